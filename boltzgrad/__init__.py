@@ -1,0 +1,12 @@
+"""boltzgrad: differentiable Boltzmann estimators and StABlE training for machine-learning force fields.
+
+Units throughout: energy eV, length Å, time fs, mass amu, temperature K (``kT`` in eV).
+"""
+
+from . import ops
+from ._extension import compiled_backends
+from .ops import RunningCovariance
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["ops", "compiled_backends", "RunningCovariance", "__version__"]

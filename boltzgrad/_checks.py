@@ -1,0 +1,51 @@
+"""Argument validation shared by the public functions: errors name the argument."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def as_tensor(name: str, x, *, dtype=None, device=None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be a tensor or array-like, got {type(x).__name__}") from err
+    return x
+
+
+def check_float(name: str, x: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_dim(name: str, x: torch.Tensor, dim: int, what: str = "") -> None:
+    if x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D{' ' + what if what else ''}, got shape {tuple(x.shape)}")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    if _compiling() or x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} has {bad} non-finite entries (NaN or inf)")
+
+
+def check_index(name: str, idx: torch.Tensor, size: int, size_name: str) -> None:
+    if idx.dtype != torch.int64:
+        raise ValueError(f"{name} must be an int64 tensor, got dtype {idx.dtype}")
+    if _compiling() or idx.numel() == 0:
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= size:
+        raise ValueError(f"{name} has entries in [{lo}, {hi}], outside [0, {size_name}={size})")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (value > 0):
+        raise ValueError(f"{name} must be > 0, got {value}")

@@ -1,0 +1,46 @@
+"""Loading of the compiled extensions and a report of which backends are available."""
+
+from __future__ import annotations
+
+import importlib
+
+_status: dict[str, str] = {}
+
+
+def _load(name: str) -> bool:
+    try:
+        importlib.import_module(f"boltzgrad.{name}")
+    except ImportError as err:  # recorded and reported by compiled_backends(), never hidden
+        _status[name] = f"not loaded: {err}"
+        return False
+    _status[name] = "loaded"
+    return True
+
+
+HAS_CPU_OPS = _load("_C")
+HAS_CUDA_OPS = HAS_CPU_OPS and _load("_C_cuda")
+
+
+def compiled_backends() -> dict[str, bool | str]:
+    """Which compiled kernels this installation has.
+
+    Returns a dict with ``cpu`` and ``cuda`` (True when the kernels are registered) and
+    ``cuda_device`` (True when a GPU is also visible to torch), plus ``details`` with the
+    import error of any extension that did not load.
+    """
+    import torch
+
+    return {
+        "cpu": HAS_CPU_OPS,
+        "cuda": HAS_CUDA_OPS,
+        "cuda_device": HAS_CUDA_OPS and torch.cuda.is_available(),
+        "details": dict(_status),
+    }
+
+
+def require_compiled() -> None:
+    if not HAS_CPU_OPS:
+        raise RuntimeError(
+            "boltzgrad's compiled ops are not built (" + _status.get("_C", "") + "). "
+            "Run `make build` (or `python setup.py build_ext --inplace`) in the source tree."
+        )

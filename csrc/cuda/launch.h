@@ -1,0 +1,29 @@
+// Declarations of the raw-pointer CUDA launchers (defined in csrc/cuda/*.cu).
+// The .cu files include no torch headers so that nvcc compiles them in seconds; the
+// torch dispatch lives in csrc/cuda/*.cpp.
+#pragma once
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace boltzgrad {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+void smeared_scatter_cuda(const T* values, const int64_t* segment, const T* weights, int64_t n,
+                          const T* centers, int32_t n_bins, T sigma, int32_t order, T* out,
+                          cudaStream_t stream);
+template <typename T>
+void smeared_gather_cuda(const T* grad, const T* values, const int64_t* segment, int64_t n,
+                         const T* centers, int32_t n_bins, T sigma, int32_t order, T* out,
+                         cudaStream_t stream);
+
+}  // namespace boltzgrad
+
+namespace boltzgrad {
+
+template <typename T>
+void comoment_merge_cuda(const T* ca, const T* cb, const T* mxa, const T* mxb, const T* mya, const T* myb,
+                         int64_t K, int64_t P, T factor, T frac_b, T* c, T* mx, T* my, cudaStream_t stream);
+
+}  // namespace boltzgrad

@@ -1,0 +1,65 @@
+"""Build of boltzgrad's compiled ops.
+
+Two extension modules:
+  boltzgrad._C       every csrc/*.cpp (op schemas + CPU kernels); always built.
+  boltzgrad._C_cuda  every csrc/cuda/*.cpp and *.cu (CUDA kernels); built when
+                     BOLTZGRAD_CUDA=1 (fails loudly if impossible), skipped when =0,
+                     and with BOLTZGRAD_CUDA unset built if torch is a CUDA build and nvcc exists.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fopenmp-simd"]
+
+
+def want_cuda() -> bool:
+    mode = os.environ.get("BOLTZGRAD_CUDA", "").strip()
+    possible = torch.version.cuda is not None and CUDA_HOME is not None and os.path.exists(
+        os.path.join(CUDA_HOME, "bin", "nvcc")
+    )
+    if mode == "1":
+        if not possible:
+            sys.exit(
+                "BOLTZGRAD_CUDA=1 but the CUDA extension cannot be built: "
+                f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={CUDA_HOME!r}. "
+                "Install a CUDA build of torch and set CUDA_HOME to the toolkit (e.g. /usr/local/cuda)."
+            )
+        return True
+    if mode == "0":
+        return False
+    if mode not in ("", "auto"):
+        sys.exit(f"BOLTZGRAD_CUDA must be 0, 1 or unset, got {mode!r}")
+    return possible
+
+
+def rel(paths):
+    return [os.path.relpath(p, HERE) for p in sorted(paths)]
+
+
+extensions = [
+    CppExtension(
+        "boltzgrad._C",
+        rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))),
+        extra_compile_args={"cxx": CXX_FLAGS},
+    )
+]
+if want_cuda():
+    extensions.append(
+        CUDAExtension(
+            "boltzgrad._C_cuda",
+            rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))),
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math"]},
+        )
+    )
+
+setup(
+    ext_modules=extensions,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

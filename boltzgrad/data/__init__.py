@@ -1,0 +1,11 @@
+"""Datasets and reference data: ``AtomsDataset``, loaders for MD17/rMD17/MD22/extxyz/ASE formats,
+and the generators of the reference datasets committed under ``data/`` (``boltzgrad make-data``).
+
+Units: positions Å, energies eV, forces eV/Å.
+"""
+
+from .dataset import FORMAT, AtomsBatch, AtomsDataset, collate
+from .io import KCAL_PER_MOL, from_atoms, load, load_ase, load_directory, load_npz
+
+__all__ = ["AtomsDataset", "AtomsBatch", "collate", "load", "load_npz", "load_ase", "load_directory", "from_atoms",
+           "KCAL_PER_MOL", "FORMAT"]

@@ -1,0 +1,182 @@
+"""Loaders: MD17 / revised MD17 / MD22 ``.npz``, boltzgrad's own ``.npz``, extended XYZ and any ASE format.
+
+Unit conversions (all into eV and Å; constants from ``ase.units``, CODATA 2014):
+
+* MD17, rMD17 and MD22 store energies in kcal/mol and forces in kcal/mol/Å:
+  1 kcal/mol = ``KCAL_PER_MOL`` = 0.0433641 eV. sGDML-style files that carry ``e_unit``/``r_unit``
+  keys are converted from the units they name (kcal/mol, kJ/mol, eV, Ha / Å, bohr, nm).
+* boltzgrad's own ``.npz`` (written by ``AtomsDataset.save``) is already in eV and Å.
+* Files read through ASE: energies and forces as ASE gives them (eV, eV/Å).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from ase import units
+
+from .dataset import FORMAT, AtomsDataset
+
+__all__ = ["load", "load_npz", "load_ase", "load_directory", "KCAL_PER_MOL", "ENERGY_UNITS", "LENGTH_UNITS"]
+
+KCAL_PER_MOL = units.kcal / units.mol
+"""1 kcal/mol in eV."""
+
+ENERGY_UNITS = {"kcal/mol": KCAL_PER_MOL, "kj/mol": units.kJ / units.mol, "ev": 1.0, "ha": units.Hartree,
+                "hartree": units.Hartree, "au": units.Hartree}
+"""Energy units known to the npz loader, in eV."""
+
+LENGTH_UNITS = {"ang": 1.0, "angstrom": 1.0, "a": 1.0, "bohr": units.Bohr, "au": units.Bohr, "nm": 10.0}
+"""Length units known to the npz loader, in Å."""
+
+
+def _unit(table: dict, name, what: str) -> float:
+    key = str(name).strip().lower().replace("å", "ang")
+    if key not in table:
+        raise ValueError(f"{what} unit {name!r} is not known; expected one of {sorted(table)}")
+    return table[key]
+
+
+def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_unit: str | None = None
+             ) -> AtomsDataset:
+    """Load an ``.npz`` dataset: boltzgrad's own, MD17/MD22 (sGDML keys) or revised MD17.
+
+    Recognised layouts (F frames of N atoms):
+
+    * boltzgrad: ``format``, ``positions [n_total, 3]``, ``species``, ``n_atoms [F]``, ``energy [F]``,
+      ``forces``, ``cell [F, 3, 3]``, ``pbc [F, 3]`` (eV, Å).
+    * MD17 / MD22 (sGDML): ``R [F, N, 3]`` Å, ``E [F]`` or ``[F, 1]`` kcal/mol, ``F [F, N, 3]`` kcal/mol/Å,
+      ``z [N]``; optional ``lattice [3, 3]`` (periodic), ``e_unit`` and ``r_unit``.
+    * revised MD17: ``coords [F, N, 3]`` Å, ``energies [F]`` kcal/mol, ``forces`` kcal/mol/Å,
+      ``nuclear_charges [N]``.
+
+    Args:
+        path: the ``.npz`` file.
+        energy_unit: override the energy unit of an MD17-style file (e.g. ``"eV"``); default: the
+            file's ``e_unit`` if present, else kcal/mol.
+        length_unit: override the length unit of an MD17-style file; default ``r_unit`` or Å.
+
+    Returns:
+        ``AtomsDataset`` in eV and Å, with ``info["source"]`` naming the file and its layout.
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        if "format" in keys and str(z["format"]) == FORMAT:
+            info = json.loads(str(z["info"])) if "info" in keys else {}
+            info.setdefault("source", {"path": str(path), "layout": "boltzgrad"})
+            return AtomsDataset(z["positions"], z["species"], n_atoms=z["n_atoms"], energy=z["energy"],
+                                forces=z["forces"], cell=z["cell"], pbc=z["pbc"], info=info)
+        if {"R", "z"} <= keys:
+            layout, pos_k, e_k, f_k, z_k = "md17", "R", "E", "F", "z"
+        elif {"coords", "nuclear_charges"} <= keys:
+            layout, pos_k, e_k, f_k, z_k = "rmd17", "coords", "energies", "forces", "nuclear_charges"
+        else:
+            raise ValueError(f"{path}: npz keys {sorted(keys)} match no known layout (boltzgrad positions/species, "
+                             "MD17/MD22 R/E/F/z, revised MD17 coords/energies/forces/nuclear_charges)")
+        e_name = energy_unit or (str(z["e_unit"]) if "e_unit" in keys else "kcal/mol")
+        r_name = length_unit or (str(z["r_unit"]) if "r_unit" in keys else "Ang")
+        e_scale, r_scale = _unit(ENERGY_UNITS, e_name, "energy"), _unit(LENGTH_UNITS, r_name, "length")
+        pos = np.asarray(z[pos_k], dtype=np.float64) * r_scale
+        if pos.ndim != 3 or pos.shape[-1] != 3:
+            raise ValueError(f"{path}: {pos_k} must have shape [F, N, 3], got shape {pos.shape}")
+        energy = np.asarray(z[e_k], dtype=np.float64).reshape(-1) * e_scale if e_k in keys else None
+        forces = np.asarray(z[f_k], dtype=np.float64) * (e_scale / r_scale) if f_k in keys else None
+        cell = pbc = None
+        if "lattice" in keys and np.asarray(z["lattice"]).size == 9:
+            cell = np.asarray(z["lattice"], dtype=np.float64).reshape(3, 3) * r_scale
+            pbc = True
+        info = {"source": {"path": str(path), "layout": layout, "energy_unit": e_name, "length_unit": r_name,
+                           "energy_scale_to_eV": e_scale, "length_scale_to_angstrom": r_scale}}
+        for k in ("name", "theory"):
+            if k in keys and z[k].dtype.kind in "US":
+                info[k] = str(z[k])
+        return AtomsDataset(pos, np.asarray(z[z_k]).astype(np.int64), energy=energy, forces=forces, cell=cell,
+                            pbc=pbc, info=info)
+
+
+def load_ase(path: str | os.PathLike, *, index: str | int | slice = ":", format: str | None = None,
+             energy_key: str | None = None, forces_key: str | None = None) -> AtomsDataset:
+    """Load any file ASE reads (extended XYZ, ASE trajectories, VASP, ...) into an ``AtomsDataset``.
+
+    Energies and forces come from the attached calculator (extxyz ``energy=`` / ``forces`` columns are
+    read into one by ASE) or, if given, from ``atoms.info[energy_key]`` / ``atoms.arrays[forces_key]``.
+    Structures without them get NaN labels. Cells and pbc are taken as the file gives them.
+
+    Args:
+        path: the file.
+        index: which frames (ASE syntax, default all).
+        format: ASE format name (default: guessed from the file name).
+        energy_key: key in ``atoms.info`` holding the energy in eV (e.g. ``"REF_energy"``).
+        forces_key: key in ``atoms.arrays`` holding the forces ``[N, 3]`` in eV/Å.
+    """
+    import ase.io
+
+    frames = ase.io.read(os.fspath(path), index=index, format=format)
+    if not isinstance(frames, list):
+        frames = [frames]
+    return from_atoms(frames, energy_key=energy_key, forces_key=forces_key,
+                      info={"source": {"path": str(path), "layout": format or "ase"}})
+
+
+def from_atoms(frames, *, energy_key: str | None = None, forces_key: str | None = None,
+               info: dict | None = None) -> AtomsDataset:
+    """An ``AtomsDataset`` from a list of ``ase.Atoms`` (labels as in :func:`load_ase`)."""
+    if len(frames) == 0:
+        raise ValueError("frames must contain at least one ase.Atoms, got none")
+    energies, forces = [], []
+    for k, a in enumerate(frames):
+        e = f = None
+        if energy_key is not None:
+            if energy_key not in a.info:
+                raise ValueError(f"frame {k}: energy_key {energy_key!r} not in atoms.info (keys {sorted(a.info)})")
+            e = float(a.info[energy_key])
+        elif a.calc is not None and "energy" in a.calc.results:
+            e = float(a.calc.results["energy"])
+        if forces_key is not None:
+            if forces_key not in a.arrays:
+                raise ValueError(f"frame {k}: forces_key {forces_key!r} not in atoms.arrays (keys {sorted(a.arrays)})")
+            f = np.asarray(a.arrays[forces_key], dtype=np.float64)
+        elif a.calc is not None and "forces" in a.calc.results:
+            f = np.asarray(a.calc.results["forces"], dtype=np.float64)
+        energies.append(np.nan if e is None else e)
+        forces.append(np.full((len(a), 3), np.nan) if f is None else f)
+    return AtomsDataset(np.concatenate([a.positions for a in frames]),
+                        np.concatenate([a.numbers for a in frames]).astype(np.int64),
+                        n_atoms=np.array([len(a) for a in frames]), energy=np.array(energies),
+                        forces=np.concatenate(forces), cell=np.stack([np.asarray(a.cell[:]) for a in frames]),
+                        pbc=np.stack([np.asarray(a.pbc, dtype=bool) for a in frames]), info=info)
+
+
+def load_directory(path: str | os.PathLike) -> AtomsDataset:
+    """Load a generated dataset directory: its ``provenance.json`` and the ``.npz`` files it lists.
+
+    The files are concatenated in the order of ``provenance["files"]``; ``info`` is the provenance.
+    """
+    path = Path(path)
+    prov_path = path / "provenance.json"
+    if not prov_path.is_file():
+        raise ValueError(f"{path} has no provenance.json; not a boltzgrad dataset directory")
+    prov = json.loads(prov_path.read_text())
+    files = prov.get("files")
+    if not files:
+        raise ValueError(f"{prov_path} lists no data files (key 'files')")
+    parts = [load_npz(path / f) for f in files]
+    return AtomsDataset.concatenate(parts, info=prov)
+
+
+def load(path: str | os.PathLike, **kwargs) -> AtomsDataset:
+    """Load a dataset from ``path``: a directory with ``provenance.json``, an ``.npz`` (boltzgrad,
+    MD17, rMD17, MD22), or any file ASE reads (extended XYZ, ...). ``kwargs`` go to the specific loader.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"path {str(p)!r} does not exist")
+    if p.is_dir():
+        return load_directory(p, **kwargs)
+    if p.suffix == ".npz":
+        return load_npz(p, **kwargs)
+    return load_ase(p, **kwargs)

@@ -1,0 +1,251 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import boltzgrad.data as bgd
+from boltzgrad.data import AtomsDataset
+
+KCAL = 4.184 / 96.48533212331  # 1 kcal/mol in eV from its definition (4.184 kJ) and the Faraday constant
+
+
+def random_molecules(n_frames=12, n_atoms=5, seed=0):
+    rng = np.random.default_rng(seed)
+    pos = rng.normal(size=(n_frames, n_atoms, 3)) * 2.0
+    z = rng.integers(1, 10, size=n_atoms)
+    e = rng.normal(size=n_frames) * 10.0
+    f = rng.normal(size=(n_frames, n_atoms, 3))
+    return pos, z, e, f
+
+
+# ----------------------------------------------------------------------------- AtomsDataset
+def test_dataset_indexing_and_collate_layout():
+    pos, z, e, f = random_molecules()
+    ds = AtomsDataset(pos, z, energy=e, forces=f)
+    assert len(ds) == 12 and ds.has_energy and ds.has_forces
+    item = ds[3]
+    np.testing.assert_allclose(item["positions"].numpy(), pos[3])
+    np.testing.assert_array_equal(item["species"].numpy(), z)
+    assert float(item["energy"]) == e[3] and ds[-1]["index"] == 11
+    b = ds.collate([4, 0, 7], dtype=torch.float64)
+    assert b.positions.shape == (15, 3) and b.species.shape == (15,) and b.forces.shape == (15, 3)
+    assert b.batch.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert b.energy.tolist() == [e[4], e[0], e[7]]
+    assert b.cell.shape == (3, 3, 3) and b.pbc.shape == (3, 3) and not b.pbc.any()
+    np.testing.assert_allclose(b.positions[5:10].numpy(), pos[0])
+    np.testing.assert_allclose(b.forces[10:].numpy(), f[7])
+    assert ds.collate([1], dtype=torch.float32).positions.dtype == torch.float32
+    with pytest.raises(IndexError):
+        ds[12]
+
+
+def test_dataset_variable_sizes_subset_and_collate_fn():
+    rng = np.random.default_rng(1)
+    n_atoms = np.array([3, 7, 1, 4])
+    pos, z = rng.normal(size=(15, 3)), rng.integers(1, 9, size=15)
+    cell = np.stack([np.eye(3) * (10 + k) for k in range(4)])
+    ds = AtomsDataset(pos, z, n_atoms=n_atoms, energy=np.arange(4.0), cell=cell, pbc=True)
+    assert not ds.has_forces and torch.isnan(ds.forces).all()
+    sub = ds[[3, 1]]
+    assert sub.n_atoms.tolist() == [4, 7]
+    np.testing.assert_allclose(sub.positions[:4].numpy(), pos[11:15])
+    np.testing.assert_allclose(sub.positions[4:].numpy(), pos[3:10])
+    assert sub.cell[0, 0, 0] == 13 and sub.pbc.all()
+    b = bgd.collate([ds[2], ds[0]], dtype=torch.float64)
+    assert b.batch.tolist() == [0, 1, 1, 1] and b.index.tolist() == [2, 0]
+    np.testing.assert_allclose(b.positions[1:].numpy(), pos[:3])
+    # a DataLoader with the collate function gives the same batch
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=bgd.collate)
+    first = next(iter(loader))
+    assert first.n_atoms.tolist() == [3, 7] and first.energy.tolist() == [0.0, 1.0]
+
+
+def test_batches_cover_dataset_once_and_shuffle_is_seeded():
+    pos, z, e, f = random_molecules(n_frames=10)
+    ds = AtomsDataset(pos, z, energy=e, forces=f)
+    seen = torch.cat([b.index for b in ds.batches(3, shuffle=True, seed=5)])
+    assert sorted(seen.tolist()) == list(range(10))
+    again = torch.cat([b.index for b in ds.batches(3, shuffle=True, seed=5)])
+    other = torch.cat([b.index for b in ds.batches(3, shuffle=True, seed=6)])
+    assert seen.tolist() == again.tolist() and seen.tolist() != other.tolist()
+    assert [len(b.index) for b in ds.batches(3, drop_last=True)] == [3, 3, 3]
+
+
+def test_split_random_is_deterministic_and_disjoint():
+    pos, z, e, f = random_molecules(n_frames=50)
+    ds = AtomsDataset(pos, z, energy=e, forces=f)
+    tr, va, te = ds.split([20, 0.2, 15], seed=3)
+    assert (len(tr), len(va), len(te)) == (20, 10, 15)
+    idx = [s.info["_parent_index"] for s in (tr, va, te)]
+    flat = sum(idx, [])
+    assert len(set(flat)) == 45
+    for s, i in zip((tr, va, te), idx, strict=True):
+        np.testing.assert_allclose(s.energy.numpy(), e[i])
+    tr2, _, _ = ds.split([20, 0.2, 15], seed=3)
+    tr3, _, _ = ds.split([20, 0.2, 15], seed=4)
+    assert tr2.info["_parent_index"] == idx[0] and tr3.info["_parent_index"] != idx[0]
+    # a subset of a subset still points to the original structures
+    assert tr[[0, 1]].info["_parent_index"] == idx[0][:2]
+
+
+def test_split_contiguous_keeps_time_order():
+    pos, z, e, f = random_molecules(n_frames=30)
+    ds = AtomsDataset(pos, z, energy=e, forces=f)
+    tr, va, te = ds.split([0.5, 5, 10], mode="contiguous")
+    assert tr.info["_parent_index"] == list(range(15))
+    assert va.info["_parent_index"] == list(range(15, 20))
+    assert te.info["_parent_index"] == list(range(20, 30))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(positions=np.zeros((4, 3))), ValueError, "n_atoms"),
+        (dict(positions=np.zeros((2, 3, 2))), ValueError, "positions"),
+        (dict(species=np.array([1, 1])), ValueError, "species"),
+        (dict(species=np.array([0, 1, 1])), ValueError, "atomic numbers"),
+        (dict(energy=np.zeros(3)), ValueError, "energy"),
+        (dict(forces=np.zeros((2, 4, 3))), ValueError, "forces"),
+        (dict(cell=np.zeros((3, 3, 3))), ValueError, "cell"),
+        (dict(pbc=np.ones(3)), TypeError, "pbc"),
+        (dict(pbc=True), ValueError, "pbc"),
+    ],
+)
+def test_dataset_rejects_bad_input(kwargs, exc, match):
+    args = dict(positions=np.zeros((2, 3, 3)), species=np.array([1, 8, 1]))
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        AtomsDataset(args.pop("positions"), args.pop("species"), **args)
+
+
+def test_split_rejects_bad_sizes():
+    pos, z, e, f = random_molecules(n_frames=10)
+    ds = AtomsDataset(pos, z, energy=e)
+    with pytest.raises(ValueError, match="ask for 11"):
+        ds.split([6, 5])
+    with pytest.raises(ValueError, match="mode"):
+        ds.split([1], mode="blocks")
+    with pytest.raises(ValueError, match="fractional"):
+        ds.split([1.5])
+
+
+def test_save_roundtrip_float32_storage(tmp_path):
+    pos, z, e, f = random_molecules()
+    ds = AtomsDataset(pos, z, energy=e + 1e5, forces=f, cell=np.eye(3) * 9.0, pbc=[True, True, False],
+                      info={"method": "test"})
+    ds.save(tmp_path / "d.npz")
+    back = bgd.load(tmp_path / "d.npz")
+    assert back.info["method"] == "test"
+    # energies are kept in float64 (differences of 1e-6 eV at 1e5 eV survive), positions/forces in float32
+    np.testing.assert_array_equal(back.energy.numpy(), e + 1e5)
+    np.testing.assert_allclose(back.positions.numpy(), pos.reshape(-1, 3), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(back.positions.numpy(), pos.reshape(-1, 3).astype(np.float32))
+    assert back.pbc[:, 2].sum() == 0 and back.pbc[:, :2].all()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+# ----------------------------------------------------------------------------- loaders
+def test_kcal_constant():
+    assert bgd.KCAL_PER_MOL == pytest.approx(KCAL, rel=1e-6)
+
+
+def test_load_md17_npz_converts_kcal_to_ev(tmp_path):
+    pos, z, e, f = random_molecules(n_frames=6, n_atoms=4)
+    np.savez(tmp_path / "md17.npz", R=pos, z=z, E=e[:, None], F=f, name=np.array("toy"), theory=np.array("PBE"))
+    ds = bgd.load(tmp_path / "md17.npz")
+    assert ds.info["source"]["layout"] == "md17" and ds.info["name"] == "toy"
+    np.testing.assert_allclose(ds.energy.numpy(), e * KCAL, rtol=1e-6)
+    np.testing.assert_allclose(ds.forces.numpy(), f.reshape(-1, 3) * KCAL, rtol=1e-6)
+    np.testing.assert_allclose(ds.positions.numpy(), pos.reshape(-1, 3))
+    np.testing.assert_array_equal(ds[0]["species"].numpy(), z)
+    assert not ds.pbc.any()
+
+
+def test_load_rmd17_npz(tmp_path):
+    pos, z, e, f = random_molecules(n_frames=5, n_atoms=3)
+    np.savez(tmp_path / "rmd17_toy.npz", coords=pos, nuclear_charges=z, energies=e, forces=f,
+             old_indices=np.arange(5), old_energies=e + 1, old_forces=f)
+    ds = bgd.load(tmp_path / "rmd17_toy.npz")
+    assert ds.info["source"]["layout"] == "rmd17"
+    np.testing.assert_allclose(ds.energy.numpy(), e * KCAL, rtol=1e-6)
+    np.testing.assert_allclose(ds.forces.numpy(), f.reshape(-1, 3) * KCAL, rtol=1e-6)
+
+
+def test_load_md22_style_units_and_lattice(tmp_path):
+    pos, z, e, f = random_molecules(n_frames=4, n_atoms=3)
+    np.savez(tmp_path / "md22.npz", R=pos, z=z, E=e, F=f, e_unit=np.array("kJ/mol"), r_unit=np.array("Ang"),
+             lattice=np.eye(3) * 20.0)
+    ds = bgd.load(tmp_path / "md22.npz")
+    kj = 1.0 / 96.48533212331
+    np.testing.assert_allclose(ds.energy.numpy(), e * kj, rtol=1e-6)
+    assert ds.pbc.all() and float(ds.cell[0, 1, 1]) == 20.0
+    # a length unit scales positions and forces (eV/bohr -> eV/Å)
+    np.savez(tmp_path / "bohr.npz", R=pos, z=z, E=e, F=f, e_unit=np.array("eV"), r_unit=np.array("bohr"))
+    ds = bgd.load(tmp_path / "bohr.npz")
+    bohr = 0.52917721
+    np.testing.assert_allclose(ds.positions.numpy(), pos.reshape(-1, 3) * bohr, rtol=1e-6)
+    np.testing.assert_allclose(ds.forces.numpy(), f.reshape(-1, 3) / bohr, rtol=1e-6)
+    np.savez(tmp_path / "bad.npz", R=pos, z=z, E=e, e_unit=np.array("furlong"))
+    with pytest.raises(ValueError, match="furlong"):
+        bgd.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", x=pos)
+    with pytest.raises(ValueError, match="no known layout"):
+        bgd.load(tmp_path / "other.npz")
+
+
+def test_load_extxyz_with_calculator_and_info_keys(tmp_path):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    rng = np.random.default_rng(2)
+    frames = []
+    for k in range(4):
+        a = Atoms("H2O" if k % 2 else "CH4", positions=rng.normal(size=(3 if k % 2 else 5, 3)),
+                  cell=np.eye(3) * 8.0, pbc=True)
+        a.calc = SinglePointCalculator(a, energy=-float(k), forces=rng.normal(size=(len(a), 3)))
+        frames.append(a)
+    write(tmp_path / "t.extxyz", frames)
+    ds = bgd.load(tmp_path / "t.extxyz")
+    assert ds.n_atoms.tolist() == [5, 3, 5, 3] and ds.energy.tolist() == [0.0, -1.0, -2.0, -3.0]
+    np.testing.assert_allclose(ds.forces[5:8].numpy(), frames[1].calc.results["forces"], atol=1e-7)
+    np.testing.assert_allclose(ds.positions[8:13].numpy(), frames[2].positions, atol=1e-7)
+    assert ds.pbc.all() and float(ds.cell[3, 2, 2]) == 8.0
+    assert ds[1]["species"].tolist() == [1, 1, 8]
+
+    # labels kept under custom names
+    plain = []
+    for k, a in enumerate(frames):
+        b = Atoms(a.numbers, positions=a.positions)
+        b.info["REF_energy"] = 10.0 + k
+        b.arrays["REF_forces"] = np.full((len(b), 3), float(k))
+        plain.append(b)
+    write(tmp_path / "ref.extxyz", plain)
+    ds = bgd.load(tmp_path / "ref.extxyz", energy_key="REF_energy", forces_key="REF_forces")
+    assert ds.energy.tolist() == [10.0, 11.0, 12.0, 13.0] and float(ds.forces[-1, 0]) == 3.0
+    assert not ds.pbc.any()
+    with pytest.raises(ValueError, match="energy_key"):
+        bgd.load(tmp_path / "ref.extxyz", energy_key="nope")
+    unlabelled = bgd.load(tmp_path / "ref.extxyz")
+    assert not unlabelled.has_energy and not unlabelled.has_forces
+
+
+def test_load_missing_path():
+    with pytest.raises(ValueError, match="does not exist"):
+        bgd.load("/nonexistent/file.npz")
+
+
+def test_load_directory_with_provenance(tmp_path):
+    pos, z, e, f = random_molecules(n_frames=8)
+    AtomsDataset(pos[:5], z, energy=e[:5], forces=f[:5]).save(tmp_path / "a.npz")
+    AtomsDataset(pos[5:], z, energy=e[5:], forces=f[5:]).save(tmp_path / "b.npz")
+    (tmp_path / "provenance.json").write_text(json.dumps({"files": ["a.npz", "b.npz"], "method": "toy"}))
+    ds = bgd.load(tmp_path)
+    assert len(ds) == 8 and ds.info["method"] == "toy"
+    np.testing.assert_array_equal(ds.energy.numpy(), e)
+    assert math.isclose(float(ds.positions[-1, 0]), float(np.float32(pos[-1, -1, 0])))
+    with pytest.raises(ValueError, match="provenance"):
+        bgd.load(Path(tmp_path) / "..")

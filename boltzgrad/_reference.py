@@ -79,3 +79,141 @@ def comoment_merge(ca, mxa, mya, na, cb, mxb, myb, nb):
     dy = myb - mya
     c = ca + cb + (na * nb / n) * torch.outer(dx, dy)
     return c, mxa + dx * (nb / n), mya + dy * (nb / n)
+
+
+# --------------------------------------------------------------------------- neighbour lists
+
+
+def effective_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+    """Cells ``[R, 3, 3]`` whose non-periodic rows are replaced by unit vectors normal to the periodic ones.
+
+    Shifts along non-periodic axes are always zero, so those rows never enter a pair vector; replacing
+    them makes every cell invertible (molecules get the identity, slabs with a zero third row get the
+    slab normal) while keeping the plane distances of the periodic axes, which set the image ranges.
+    Not differentiable (used only for integer decisions).
+    """
+    cell = cell.detach()
+    n_per = pbc.sum(1)
+    eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand_as(cell)
+    out = torch.where((n_per == 3)[:, None, None], cell, eye).clone()
+    mixed = torch.nonzero((n_per == 1) | (n_per == 2)).flatten().tolist()
+    for r in mixed:
+        rows = [cell[r, a] for a in range(3)]
+        per = [a for a in range(3) if bool(pbc[r, a])]
+        if len(per) == 2:
+            k = 3 - per[0] - per[1]
+            n = torch.linalg.cross(rows[(k + 1) % 3], rows[(k + 2) % 3])
+            out[r, per[0]], out[r, per[1]] = rows[per[0]], rows[per[1]]
+            out[r, k] = n / n.norm().clamp_min(torch.finfo(cell.dtype).tiny)
+        else:
+            p = per[0]
+            u = rows[p] / rows[p].norm().clamp_min(torch.finfo(cell.dtype).tiny)
+            e = torch.zeros(3, dtype=cell.dtype, device=cell.device)
+            e[int(u.abs().argmin())] = 1.0
+            n1 = torch.linalg.cross(u, e)
+            n1 = n1 / n1.norm()
+            others = [a for a in range(3) if a != p]
+            out[r, p] = rows[p]
+            out[r, others[0]], out[r, others[1]] = n1, torch.linalg.cross(u, n1)
+    return out
+
+
+def plane_distances(cell: torch.Tensor) -> torch.Tensor:
+    """Distances ``[R, 3]`` between the lattice planes of each cell (rows = box vectors): 1 / |column of inv(cell)|."""
+    return 1.0 / torch.linalg.inv(cell).norm(dim=1)
+
+
+def sort_pairs(i: torch.Tensor, j: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Permutation that sorts pairs lexicographically by (i, j, shift_x, shift_y, shift_z)."""
+    order = torch.arange(i.shape[0], device=i.device)
+    for key in (shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def pair_vectors(positions, cell, batch, i, j, shifts):
+    """``vectors = r_j - r_i + shifts @ cell[batch[i]]`` and their lengths, differentiable in positions and cell."""
+    vectors = positions[j] - positions[i]
+    if shifts.shape[0] and cell is not None:
+        s = shifts.to(positions.dtype)
+        if cell.shape[0] == 1:
+            vectors = vectors + s @ cell[0]
+        else:
+            vectors = vectors + torch.bmm(s.unsqueeze(1), cell[batch[i]]).squeeze(1)
+    return vectors, torch.linalg.vector_norm(vectors, dim=1)
+
+
+def neighbor_pairs(positions, cutoff, batch=None, cell=None, pbc=False, full_list=False):
+    """Brute-force pair search with explicit image enumeration: ``(i, j, shifts)``, sorted by (i, j, shift).
+
+    For each replica the atoms are wrapped into the cell along periodic axes (fractional coordinate
+    in [0, 1)), every pair is tried against every image ``|k_a| <= ceil(cutoff / d_a) + 1`` (``d_a`` the
+    plane distance), and the shifts are translated back to the unwrapped atoms. A pair is kept when
+    its distance is ``< cutoff``. Half list: ``i < j``, or ``i == j`` with the first non-zero shift
+    component positive. Dense ``[n, n, n_images]`` per replica: for tests and small systems only.
+    """
+    n = positions.shape[0]
+    device = positions.device
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+    n_rep = int(batch.max()) + 1 if n else 0
+    if cell is not None:
+        cell = cell.reshape(-1, 3, 3)
+        n_rep = max(n_rep, cell.shape[0])
+    if n_rep == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device)
+    pbc = torch.as_tensor(pbc, dtype=torch.bool, device=device)
+    pbc = pbc.expand(n_rep, 3) if pbc.dim() < 2 else pbc
+    if cell is None:
+        cell = torch.zeros(n_rep, 3, 3, dtype=positions.dtype, device=device)
+    cell = cell.expand(n_rep, 3, 3).detach()
+    eff = effective_cell(cell, pbc)
+    dist = plane_distances(eff)
+    pos_all = positions.detach()
+    out_i, out_j, out_s = [], [], []
+    for r in range(n_rep):
+        idx = torch.nonzero(batch == r).flatten()
+        if idx.numel() == 0:
+            continue
+        pos = pos_all[idx]
+        c = eff[r]
+        per = pbc[r]
+        frac = pos @ torch.linalg.inv(c)
+        wrap = torch.where(per, torch.floor(frac), torch.zeros_like(frac))
+        pos_w = pos - wrap @ c
+        n_img = torch.where(per, torch.ceil(cutoff / dist[r]).long() + 1, torch.zeros(3, dtype=torch.long))
+        ranges = [torch.arange(-int(m), int(m) + 1, device=device) for m in n_img]
+        images = torch.cartesian_prod(*ranges).reshape(-1, 3)
+        offsets = images.to(pos.dtype) @ c
+        d = pos_w[None, :, None, :] - pos_w[:, None, None, :] + offsets[None, None, :, :]
+        keep = torch.linalg.vector_norm(d, dim=-1) < cutoff
+        a, b, k = torch.nonzero(keep, as_tuple=True)
+        shifts = images[k] + wrap[a].long() - wrap[b].long()
+        zero = (shifts == 0).all(1)
+        if full_list:
+            sel = ~((a == b) & zero)
+        else:
+            first_nonzero = torch.where(shifts[:, 0] != 0, shifts[:, 0], torch.where(shifts[:, 1] != 0,
+                                                                                     shifts[:, 1], shifts[:, 2]))
+            sel = (a < b) | ((a == b) & (first_nonzero > 0))
+        out_i.append(idx[a[sel]])
+        out_j.append(idx[b[sel]])
+        out_s.append(shifts[sel])
+    if not out_i:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), torch.zeros(0, 3, dtype=torch.long, device=device)
+    i, j, shifts = torch.cat(out_i), torch.cat(out_j), torch.cat(out_s)
+    order = sort_pairs(i, j, shifts)
+    return i[order], j[order], shifts[order]
+
+
+def neighbor_list(positions, cutoff, batch=None, cell=None, pbc=False, full_list=False):
+    """Pure-torch twin of ``bg.neighbor_list``: ``(i, j, shifts, vectors, distances)`` (see ``neighbor_pairs``)."""
+    i, j, shifts = neighbor_pairs(positions, cutoff, batch, cell, pbc, full_list)
+    if batch is None:
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+    if cell is not None:
+        cell = cell.reshape(-1, 3, 3)
+    vectors, distances = pair_vectors(positions, cell, batch, i, j, shifts)
+    return i, j, shifts, vectors, distances

@@ -1,0 +1,311 @@
+"""Batched neighbour lists: many molecules and periodic boxes in one call, and a Verlet list with a skin.
+
+Conventions (the same for every op of boltzgrad that produces pair vectors):
+
+* Atoms of all replicas are flat: ``positions [n_atoms, 3]`` with ``batch [n_atoms]`` (int64, sorted,
+  replica index ``0..R-1``; omitted for one system).
+* ``cell [R, 3, 3]`` holds the box vectors as rows; ``pbc [R, 3]`` (or ``[3]``, or one bool) says which
+  axes are periodic. Rows of non-periodic axes are ignored (they may be zero).
+* A pair ``(i, j, shift)`` has ``vector = r_j - r_i + shift @ cell[batch[i]]`` (points from i to the
+  image of j) and ``distance = |vector|``. Pairs with ``distance < cutoff`` are listed.
+* Atoms need not be inside the box: positions are used as given (no wrapping), and the integer
+  ``shift`` is whatever makes the vector the right one; every image within the cutoff is listed,
+  so a cutoff larger than the box gives several pairs for the same ``(i, j)`` and pairs of an atom
+  with its own images (``i == j``, ``shift != 0``).
+* Half list (default): each pair once, with ``i < j``, or ``i == j`` and the first non-zero component
+  of ``shift`` positive. Full list: both ``(i, j, s)`` and ``(j, i, -s)``.
+* Output order: sorted by ``(i, j, shift)`` lexicographically.
+
+Gradients: ``vectors`` and ``distances`` are computed in torch from ``positions`` and ``cell``
+(the search itself only produces integers), so forces and virials come from autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _reference
+from ._checks import as_tensor, check_dim, check_finite, check_float
+
+__all__ = ["Pairs", "neighbor_list", "NeighborList"]
+
+
+@dataclass
+class Pairs:
+    """A list of atom pairs.
+
+    Attributes:
+        i: ``[n_pairs]`` int64, index of the first atom (into the flat ``positions``).
+        j: ``[n_pairs]`` int64, index of the second atom.
+        shifts: ``[n_pairs, 3]`` int64, integer cell shifts (zero along non-periodic axes).
+        vectors: ``[n_pairs, 3]`` float (dtype of positions), Å: ``r_j - r_i + shifts @ cell[batch[i]]``,
+            differentiable w.r.t. positions and cell.
+        distances: ``[n_pairs]`` float, Å: ``|vectors|``.
+        num_pairs: only in fixed-capacity mode (``max_pairs=``): 0-d int64 tensor, the number of valid
+            leading entries; the rest is padding (``i = j = 0``, zero shift, vector and distance).
+            ``None`` otherwise.
+        overflow: only in fixed-capacity mode: 0-d bool tensor, True when more than ``max_pairs`` pairs
+            were found (the list is then truncated and must not be used). ``None`` otherwise.
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    shifts: torch.Tensor
+    vectors: torch.Tensor
+    distances: torch.Tensor
+    num_pairs: torch.Tensor | None = None
+    overflow: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.i.shape[0])
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[n_pairs]`` bool, True for the valid entries (all True unless in fixed-capacity mode)."""
+        if self.num_pairs is None:
+            return torch.ones_like(self.i, dtype=torch.bool)
+        return torch.arange(self.i.shape[0], device=self.i.device) < self.num_pairs
+
+
+def _prepare(positions, cutoff, batch, cell, pbc):
+    """Validates and normalises the inputs; returns (positions, batch, cell [R,3,3] or None, pbc [R,3], R, cutoff)."""
+    positions = as_tensor("positions", positions)
+    check_float("positions", positions)
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must be [n_atoms, 3], got shape {tuple(positions.shape)}")
+    check_finite("positions", positions)
+    device, n = positions.device, positions.shape[0]
+    try:
+        cutoff = float(cutoff)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"cutoff must be a number, got {type(cutoff).__name__}") from err
+    if not (cutoff > 0) or cutoff == float("inf"):
+        raise ValueError(f"cutoff must be finite and > 0, got {cutoff}")
+
+    if batch is not None:
+        batch = as_tensor("batch", batch, device=device)
+        check_dim("batch", batch, 1, "[n_atoms]")
+        if batch.dtype != torch.int64:
+            raise ValueError(f"batch must be an int64 tensor, got dtype {batch.dtype}")
+        if batch.shape[0] != n:
+            raise ValueError(f"batch must have shape [n_atoms] = [{n}], got shape {tuple(batch.shape)}")
+        if batch.device != device:
+            raise ValueError(f"batch must be on the device of positions ({device}), got {batch.device}")
+        if n and int(batch[0]) < 0:
+            raise ValueError(f"batch must hold replica indices >= 0, got {int(batch[0])}")
+        if n > 1 and bool((batch[1:] < batch[:-1]).any()):
+            raise ValueError("batch must be sorted (non-decreasing replica indices)")
+        n_rep = int(batch[-1]) + 1 if n else 0
+    else:
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+        n_rep = 1
+
+    if cell is not None:
+        cell = as_tensor("cell", cell, dtype=positions.dtype, device=device)
+        if cell.dtype != positions.dtype:
+            raise ValueError(f"cell must have the dtype of positions ({positions.dtype}), got {cell.dtype}")
+        if cell.device != device:
+            raise ValueError(f"cell must be on the device of positions ({device}), got {cell.device}")
+        if cell.shape == (3, 3):
+            cell = cell.unsqueeze(0)
+        if cell.dim() != 3 or cell.shape[1:] != (3, 3):
+            raise ValueError(f"cell must be [R, 3, 3] (or [3, 3]), got shape {tuple(cell.shape)}")
+        if cell.shape[0] == 1 and n_rep > 1:
+            cell = cell.expand(n_rep, 3, 3)
+        if cell.shape[0] < n_rep:
+            raise ValueError(
+                f"cell must be [R, 3, 3] with R >= number of replicas in batch ({n_rep}), got shape {tuple(cell.shape)}"
+            )
+        n_rep = cell.shape[0]
+        check_finite("cell", cell)
+
+    if isinstance(pbc, bool):
+        pbc_t = torch.full((n_rep, 3), pbc, dtype=torch.bool, device=device)
+    else:
+        pbc_t = as_tensor("pbc", pbc, device=device)
+        if pbc_t.dtype != torch.bool:
+            raise ValueError(f"pbc must be bool (a bool, [3] or [R, 3]), got dtype {pbc_t.dtype}")
+        if pbc_t.dim() == 0:
+            pbc_t = pbc_t.expand(n_rep, 3)
+        elif pbc_t.shape == (3,):
+            pbc_t = pbc_t.expand(n_rep, 3)
+        elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] == n_rep:
+            pass
+        elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] > n_rep and cell is None:
+            n_rep = pbc_t.shape[0]
+        else:
+            raise ValueError(f"pbc must be a bool, [3] or [R, 3] with R = {n_rep}, got shape {tuple(pbc_t.shape)}")
+        pbc_t = pbc_t.to(device)
+
+    any_pbc = bool(pbc_t.any())
+    if any_pbc:
+        if cell is None:
+            raise ValueError("cell is required when pbc is True along some axis (cell must be [R, 3, 3])")
+        eff = _reference.effective_cell(cell, pbc_t)
+        det = torch.linalg.det(eff).abs()
+        scale = eff.norm(dim=2).prod(dim=1)
+        bad = torch.nonzero(~(det > 1e-8 * scale)).flatten()
+        if bad.numel():
+            r = int(bad[0])
+            raise ValueError(
+                f"cell[{r}] is singular along its periodic axes (pbc={pbc_t[r].tolist()}, cell={cell[r].tolist()}); "
+                "the periodic box vectors must be linearly independent"
+            )
+    return positions, batch, cell, pbc_t, n_rep, cutoff
+
+
+def _search(positions, cutoff, batch, cell, pbc, full_list):
+    """Candidate pairs (i, j, shifts), sorted by (i, j, shift), searched with a rounding margin.
+
+    The search works on wrapped coordinates, so its distances can differ from the final ones by
+    rounding; it uses a cutoff enlarged by a few ulps of the coordinates' magnitude and
+    :func:`_finish` applies the exact ``distance < cutoff`` test on the final distances.
+    """
+    if positions.shape[0]:
+        extent = float(positions.detach().abs().max())
+        if cell is not None:
+            extent += float(cell.detach().abs().sum(dim=(1, 2)).max())
+    else:
+        extent = 0.0
+    margin = 64 * torch.finfo(positions.dtype).eps * (cutoff + extent)
+    return _reference.neighbor_pairs(positions, cutoff + margin, batch, cell, pbc, full_list)
+
+
+def _finish(positions, cell, batch, candidates, cutoff) -> Pairs:
+    """Vectors and distances of the candidates (differentiable), filtered to ``distance < cutoff``."""
+    i, j, shifts = candidates
+    vectors, distances = _reference.pair_vectors(positions, cell, batch, i, j, shifts)
+    keep = distances < cutoff
+    if bool(keep.all()):
+        return Pairs(i, j, shifts, vectors, distances)
+    return Pairs(i[keep], j[keep], shifts[keep], vectors[keep], distances[keep])
+
+
+def _pad(pairs: Pairs, max_pairs: int) -> Pairs:
+    i, j, shifts, vectors, distances = pairs.i, pairs.j, pairs.shifts, pairs.vectors, pairs.distances
+    n = i.shape[0]
+    num = torch.tensor(min(n, max_pairs), dtype=torch.long, device=i.device)
+    overflow = torch.tensor(n > max_pairs, device=i.device)
+    if n >= max_pairs:
+        return Pairs(i[:max_pairs], j[:max_pairs], shifts[:max_pairs], vectors[:max_pairs], distances[:max_pairs],
+                     num, overflow)
+    extra = max_pairs - n
+    return Pairs(
+        torch.cat([i, i.new_zeros(extra)]),
+        torch.cat([j, j.new_zeros(extra)]),
+        torch.cat([shifts, shifts.new_zeros(extra, 3)]),
+        torch.cat([vectors, vectors.new_zeros(extra, 3)]),
+        torch.cat([distances, distances.new_zeros(extra)]),
+        num,
+        overflow,
+    )
+
+
+def neighbor_list(
+    positions: torch.Tensor,
+    cutoff: float,
+    *,
+    batch: torch.Tensor | None = None,
+    cell: torch.Tensor | None = None,
+    pbc=False,
+    full_list: bool = False,
+    max_pairs: int | None = None,
+) -> Pairs:
+    """All pairs closer than ``cutoff``, for many molecules and periodic boxes at once.
+
+    Args:
+        positions: ``[n_atoms, 3]`` float32/float64, Å. Atoms of all replicas, flat. Need not be
+            inside the box.
+        cutoff: float > 0, Å. Pairs with ``distance < cutoff`` are listed (any cutoff, also larger
+            than the box: every periodic image within the cutoff is listed).
+        batch: ``[n_atoms]`` int64, sorted replica index of each atom (``None``: one system). A replica
+            may have no atoms.
+        cell: ``[R, 3, 3]`` (or ``[3, 3]`` for all replicas), dtype of positions, Å; box vectors as rows.
+            Required if any axis is periodic; rows of non-periodic axes are ignored (may be zero).
+        pbc: one bool, ``[3]`` or ``[R, 3]`` bool: periodic axes per replica.
+        full_list: False (default) lists each pair once; True lists ``(i, j, s)`` and ``(j, i, -s)``.
+        max_pairs: fixed-capacity mode: the output has exactly ``max_pairs`` entries (valid ones
+            first, then padding) and carries ``num_pairs`` and an ``overflow`` flag.
+
+    Returns:
+        :class:`Pairs` sorted by ``(i, j, shift)``; ``vectors`` and ``distances`` are differentiable
+        w.r.t. ``positions`` and ``cell``.
+
+    Raises:
+        ValueError naming the argument for non-finite positions or cell, a singular cell along
+        periodic axes, ``cutoff <= 0``, wrong shapes, or an unsorted ``batch``.
+    """
+    positions, batch, cell, pbc_t, n_rep, cutoff = _prepare(positions, cutoff, batch, cell, pbc)
+    if max_pairs is not None and int(max_pairs) < 0:
+        raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
+    pairs = _finish(positions, cell, batch, _search(positions, cutoff, batch, cell, pbc_t, full_list), cutoff)
+    if max_pairs is not None:
+        return _pad(pairs, int(max_pairs))
+    return pairs
+
+
+class NeighborList:
+    """Verlet neighbour list: searches with ``cutoff + skin`` and reuses the candidates while atoms move little.
+
+    A new search happens on the first call and whenever some atom has moved by more than ``skin / 2``
+    since the last search (then no pair can have crossed ``cutoff`` unseen), or the number of atoms,
+    ``batch``, ``cell``, ``pbc``, dtype or device changed. Between searches the stored candidate pairs get
+    fresh vectors and distances from the current positions and are filtered to ``distance < cutoff``,
+    so the result is always the same set and order as ``neighbor_list(positions, cutoff, ...)``.
+
+    Args:
+        cutoff: float > 0, Å.
+        skin: float >= 0, Å (default 0.5). Larger: fewer searches, more candidates to filter.
+        full_list: as in :func:`neighbor_list`.
+
+    Attributes:
+        n_builds: number of searches done so far.
+    """
+
+    def __init__(self, cutoff: float, *, skin: float = 0.5, full_list: bool = False):
+        cutoff, skin = float(cutoff), float(skin)
+        if not (cutoff > 0) or cutoff == float("inf"):
+            raise ValueError(f"cutoff must be finite and > 0, got {cutoff}")
+        if not (skin >= 0) or skin == float("inf"):
+            raise ValueError(f"skin must be finite and >= 0, got {skin}")
+        self.cutoff = cutoff
+        self.skin = skin
+        self.full_list = bool(full_list)
+        self.n_builds = 0
+        self._ref_positions: torch.Tensor | None = None
+        self._key = None
+        self._candidates = None
+
+    def reset(self) -> None:
+        """Forgets the stored list: the next call searches anew."""
+        self._ref_positions = None
+        self._key = None
+        self._candidates = None
+
+    def _needs_build(self, positions, batch, cell, pbc_t) -> bool:
+        if self._ref_positions is None:
+            return True
+        ref = self._ref_positions
+        if ref.shape != positions.shape or ref.dtype != positions.dtype or ref.device != positions.device:
+            return True
+        old_batch, old_cell, old_pbc = self._key
+        if not torch.equal(old_batch, batch) or not torch.equal(old_pbc, pbc_t):
+            return True
+        if (old_cell is None) != (cell is None) or (cell is not None and not torch.equal(old_cell, cell.detach())):
+            return True
+        if positions.shape[0] == 0:
+            return False
+        moved = torch.linalg.vector_norm(positions.detach() - ref, dim=1).max()
+        return bool(moved > 0.5 * self.skin)
+
+    def __call__(self, positions, *, batch=None, cell=None, pbc=False) -> Pairs:
+        """Pairs closer than ``cutoff``; arguments as in :func:`neighbor_list`."""
+        positions, batch, cell, pbc_t, n_rep, _ = _prepare(positions, self.cutoff, batch, cell, pbc)
+        if self._needs_build(positions, batch, cell, pbc_t):
+            self._candidates = _search(positions, self.cutoff + self.skin, batch, cell, pbc_t, self.full_list)
+            self._ref_positions = positions.detach().clone()
+            self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc_t.clone())
+            self.n_builds += 1
+        return _finish(positions, cell, batch, self._candidates, self.cutoff)

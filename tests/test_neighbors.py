@@ -1,0 +1,211 @@
+import ase
+import ase.neighborlist
+import numpy as np
+import pytest
+import torch
+
+import boltzgrad as bg
+from boltzgrad import _reference
+from boltzgrad.testing import DEVICES, DTYPES
+
+
+def triples(pairs):
+    """List of (i, j, shift) triples in output order."""
+    return [(a, b, tuple(s)) for a, b, s in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.shifts.tolist(), strict=True)]
+
+
+def as_set(pairs):
+    """Set of (i, j, shift) triples; asserts that no triple appears twice."""
+    out = set(triples(pairs))
+    assert len(out) == len(pairs.i), "duplicate pairs"
+    return out
+
+
+def canonical_half(triples):
+    """Half-list convention of boltzgrad applied to a full list of triples."""
+    out = set()
+    for a, b, s in triples:
+        if a > b:
+            a, b, s = b, a, tuple(-x for x in s)
+        if a == b:
+            first = next(x for x in s if x != 0)
+            if first < 0:
+                continue
+        out.add((a, b, tuple(s)))
+    return out
+
+
+def ase_set(positions, cell, pbc, cutoff, full_list):
+    atoms = ase.Atoms(positions=positions, cell=cell, pbc=pbc)
+    i, j, S = ase.neighborlist.neighbor_list("ijS", atoms, cutoff, self_interaction=False)
+    full = {(int(a), int(b), tuple(int(x) for x in s)) for a, b, s in zip(i, j, S, strict=True)}
+    return full if full_list else canonical_half(full)
+
+
+def random_box(rng, n, triclinic=True, spread=(-0.2, 1.2)):
+    cell = np.diag(rng.uniform(3.0, 7.0, 3))
+    if triclinic:
+        cell = cell + np.triu(rng.uniform(-2.5, 2.5, (3, 3)), 1)
+    frac = rng.uniform(*spread, (n, 3))
+    return frac @ cell, cell
+
+
+def away_from_cutoff(pairs, cutoff, tol):
+    return {t for t, d in zip(triples(pairs), pairs.distances.tolist(), strict=True) if abs(d - cutoff) > tol}
+
+
+@pytest.mark.parametrize("full_list", [False, True])
+@pytest.mark.parametrize(
+    "pbc,triclinic,cutoff",
+    [
+        ((True, True, True), False, 3.0),
+        ((True, True, True), True, 3.5),
+        ((True, False, True), True, 4.0),
+        ((False, True, False), True, 2.5),
+        ((True, True, True), True, 9.0),  # cutoff larger than the box: several images per pair
+    ],
+)
+def test_single_box_matches_ase(pbc, triclinic, cutoff, full_list):
+    rng = np.random.default_rng(hash((pbc, triclinic, cutoff)) % 2**32)
+    pos, cell = random_box(rng, 30, triclinic)
+    pairs = bg.neighbor_list(torch.tensor(pos), cutoff, cell=torch.tensor(cell), pbc=torch.tensor(pbc),
+                             full_list=full_list)
+    assert as_set(pairs) == ase_set(pos, cell, pbc, cutoff, full_list)
+    assert len(pairs) > 0
+
+
+def test_molecules_in_a_batch_match_ase_per_molecule():
+    rng = np.random.default_rng(1)
+    sizes = [5, 0, 12, 1, 21]  # includes an empty and a single-atom replica
+    pos = [rng.normal(scale=1.5, size=(n, 3)) for n in sizes]
+    batch = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(sizes)])
+    flat = torch.tensor(np.concatenate(pos))
+    pairs = bg.neighbor_list(flat, 2.5, batch=batch)
+    expected, offset = set(), 0
+    for n, p in zip(sizes, pos, strict=True):
+        if n:
+            expected |= {(a + offset, b + offset, s) for a, b, s in ase_set(p, np.zeros((3, 3)), False, 2.5, False)}
+        offset += n
+    assert as_set(pairs) == expected
+    assert bool((batch[pairs.i] == batch[pairs.j]).all())
+
+
+def test_vectors_and_distances_follow_the_convention():
+    rng = np.random.default_rng(2)
+    pos, cell = random_box(rng, 20, spread=(-3.0, 4.0))  # atoms far outside the box
+    p = torch.tensor(pos)
+    c = torch.tensor(cell)
+    pairs = bg.neighbor_list(p, 4.0, cell=c, pbc=True)
+    expected = p[pairs.j] - p[pairs.i] + pairs.shifts.double() @ c
+    torch.testing.assert_close(pairs.vectors, expected)
+    torch.testing.assert_close(pairs.distances, expected.norm(dim=1))
+    assert float(pairs.distances.max()) < 4.0
+    assert as_set(pairs) == ase_set(pos, cell, True, 4.0, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixed_batch_matches_reference(device, dtype):
+    rng = np.random.default_rng(3)
+    cells, pos, pbcs = [], [], []
+    for r in range(4):
+        x, c = random_box(rng, 10 + 5 * r)
+        cells.append(c)
+        pos.append(x)
+        pbcs.append([r % 2 == 0, True, r != 3])
+    batch = torch.cat([torch.full((len(x),), r, dtype=torch.long) for r, x in enumerate(pos)]).to(device)
+    positions = torch.tensor(np.concatenate(pos), dtype=dtype, device=device)
+    cell = torch.tensor(np.stack(cells), dtype=dtype, device=device)
+    pbc = torch.tensor(pbcs, device=device)
+    cutoff = 3.7
+    pairs = bg.neighbor_list(positions, cutoff, batch=batch, cell=cell, pbc=pbc)
+    i, j, shifts, vectors, distances = _reference.neighbor_list(positions.double(), cutoff, batch, cell.double(), pbc)
+    ref = bg.Pairs(i, j, shifts, vectors, distances)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert away_from_cutoff(pairs, cutoff, tol) == away_from_cutoff(ref, cutoff, tol)
+    assert pairs.vectors.dtype == dtype and pairs.i.dtype == torch.int64 and pairs.shifts.dtype == torch.int64
+
+
+def test_output_is_sorted_by_i_j_shift():
+    rng = np.random.default_rng(4)
+    pos, cell = random_box(rng, 25)
+    pairs = bg.neighbor_list(torch.tensor(pos), 6.0, cell=torch.tensor(cell), pbc=True, full_list=True)
+    keys = triples(pairs)
+    assert keys == sorted(keys)
+
+
+def test_gradcheck_positions_and_cell():
+    rng = np.random.default_rng(5)
+    pos, cell = random_box(rng, 8)
+    p = torch.tensor(pos, requires_grad=True)
+    c = torch.tensor(cell, requires_grad=True)
+    pairs = bg.neighbor_list(p, 3.0, cell=c, pbc=True)
+    assert len(pairs) > 5
+
+    def f(p, c):
+        # the pair set is fixed by the first call; the differentiable part is vectors/distances
+        return bg.neighbor_list(p, 3.0, cell=c, pbc=True).distances
+
+    assert torch.autograd.gradcheck(f, (p, c))
+    assert torch.autograd.gradgradcheck(f, (p, c))
+
+
+def test_verlet_list_equals_fresh_build():
+    rng = np.random.default_rng(6)
+    pos, cell = random_box(rng, 60, spread=(0.0, 1.0))
+    p = torch.tensor(pos)
+    c = torch.tensor(cell)
+    nl = bg.NeighborList(3.0, skin=0.6)
+    for _ in range(12):
+        p = p + torch.tensor(rng.normal(scale=0.05, size=p.shape))
+        got = nl(p, cell=c, pbc=True)
+        fresh = bg.neighbor_list(p, 3.0, cell=c, pbc=True)
+        assert as_set(got) == as_set(fresh)
+        torch.testing.assert_close(got.distances, fresh.distances)
+    assert 1 <= nl.n_builds < 12
+    builds = nl.n_builds
+    p = p + 1.0  # a big move of every atom: must rebuild
+    assert as_set(nl(p, cell=c, pbc=True)) == as_set(bg.neighbor_list(p, 3.0, cell=c, pbc=True))
+    assert nl.n_builds == builds + 1
+    c2 = c * 1.01  # a new cell: must rebuild
+    assert as_set(nl(p, cell=c2, pbc=True)) == as_set(bg.neighbor_list(p, 3.0, cell=c2, pbc=True))
+    assert nl.n_builds == builds + 2
+
+
+def test_fixed_capacity_mode():
+    rng = np.random.default_rng(7)
+    pos, cell = random_box(rng, 20)
+    p, c = torch.tensor(pos), torch.tensor(cell)
+    full = bg.neighbor_list(p, 3.0, cell=c, pbc=True)
+    n = len(full)
+    padded = bg.neighbor_list(p, 3.0, cell=c, pbc=True, max_pairs=n + 7)
+    assert len(padded) == n + 7 and int(padded.num_pairs) == n and not bool(padded.overflow)
+    assert int(padded.mask.sum()) == n
+    torch.testing.assert_close(padded.distances[:n], full.distances)
+    assert bool((padded.distances[n:] == 0).all())
+    short = bg.neighbor_list(p, 3.0, cell=c, pbc=True, max_pairs=n - 1)
+    assert len(short) == n - 1 and bool(short.overflow)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(positions=torch.tensor([[0.0, 0.0, float("nan")]])), "positions"),
+        (dict(positions=torch.zeros(4, 2)), "positions"),
+        (dict(cutoff=0.0), "cutoff"),
+        (dict(cutoff=-1.0), "cutoff"),
+        (dict(cell=torch.zeros(1, 3, 3)), "cell"),
+        (dict(cell=torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]).double()), "cell"),
+        (dict(cell=torch.zeros(2, 3)), "cell"),
+        (dict(batch=torch.tensor([1, 0, 0, 0])), "batch"),
+        (dict(batch=torch.tensor([0, 0, 1])), "batch"),
+        (dict(batch=torch.tensor([0.0, 0, 0, 0])), "batch"),
+        (dict(pbc=torch.ones(2, 2, dtype=torch.bool)), "pbc"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
+    args = dict(positions=torch.rand(4, 3, dtype=torch.float64), cutoff=1.0, cell=torch.eye(3, dtype=torch.float64),
+                pbc=True, batch=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        bg.neighbor_list(args.pop("positions"), args.pop("cutoff"), **args)

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from .._checks import as_tensor, check_dim
 from .base import normalize_system
+from .pair import pair_geometry
 
 __all__ = ["SchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
 
@@ -119,7 +120,8 @@ class SchNet(nn.Module):
         max_z: largest atomic number accepted (embedding table has ``max_z + 1`` rows).
         neighbor_list: optional callable ``(positions, *, batch, cell, pbc) -> Pairs`` returning a
             half list with cutoff >= ``cutoff`` (e.g. a :class:`boltzgrad.NeighborList` with a skin,
-            reused across MD steps). Default: :func:`boltzgrad.neighbor_list` at ``cutoff``.
+            reused across MD steps). Default: :func:`boltzgrad.neighbor_list` at ``cutoff``. Only the
+            list's indices and shifts are used (see ``pairs`` in :meth:`forward`).
 
     Buffers ``shift`` and ``scale`` ([max_z + 1] float, eV) map the readout to per-atom energies;
     defaults 0 and 1, set them from data with :meth:`fit_shift_scale`.
@@ -158,14 +160,6 @@ class SchNet(nn.Module):
 
     # ------------------------------------------------------------------ energy
 
-    def pairs(self, positions, *, batch=None, cell=None, pbc=False):
-        """The half neighbour list the model uses (fields ``i, j, distances``; see boltzgrad.Pairs)."""
-        if self.neighbor_list is not None:
-            return self.neighbor_list(positions, batch=batch, cell=cell, pbc=pbc)
-        from ..neighbors import neighbor_list
-
-        return neighbor_list(positions, self.cutoff, batch=batch, cell=cell, pbc=pbc)
-
     def forward(self, positions, species, *, batch=None, cell=None, pbc=False, pairs=None) -> dict:
         """Energies of one or many configurations.
 
@@ -175,9 +169,10 @@ class SchNet(nn.Module):
             batch: [n_atoms] int64 sorted replica index 0..R-1, or None for one system.
             cell: [R, 3, 3] (or [3, 3] for one system) box vectors as rows, Å; None if not periodic.
             pbc: bool or [R, 3] bool, periodic directions.
-            pairs: optional precomputed half neighbour list (fields ``i``, ``j`` [n_pairs] int64 and
-                ``distances`` [n_pairs] Å, differentiable w.r.t. positions/cell); pairs beyond
-                ``cutoff`` contribute nothing.
+            pairs: optional :class:`boltzgrad.Pairs`, a half list built with a cutoff >= ``cutoff`` (e.g.
+                by the MD simulator's Verlet list). Only its indices and integer shifts are used: pair
+                vectors are recomputed from ``positions`` and ``cell``, so forces and virials are exact
+                for the tensors passed in; pairs beyond ``cutoff`` and padding are dropped.
         Returns:
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
@@ -188,14 +183,11 @@ class SchNet(nn.Module):
             lo, hi = int(species.min()), int(species.max())
             if lo < 0 or hi > self.max_z:
                 raise ValueError(f"species has atomic numbers in [{lo}, {hi}], outside [0, max_z={self.max_z}]")
-        if pairs is None:
-            pairs = self.pairs(positions, batch=batch, cell=system.cell, pbc=pbc)
-        i, j, d = pairs.i, pairs.j, pairs.distances
-        if d.numel() and not torch.compiler.is_compiling():
-            # drops padding of fixed-capacity lists and the skin of Verlet lists
-            keep = pairs.mask & (d < self.cutoff) if getattr(pairs, "num_pairs", None) is not None else d < self.cutoff
-            if not bool(keep.all()):
-                i, j, d = i[keep], j[keep], d[keep]
+        if pairs is None and self.neighbor_list is not None:
+            with torch.no_grad():
+                pairs = self.neighbor_list(positions.detach(), batch=batch,
+                                           cell=None if system.cell is None else system.cell.detach(), pbc=pbc)
+        i, j, _, d, _, _ = pair_geometry(positions, self.cutoff, batch=batch, cell=system.cell, pbc=pbc, pairs=pairs)
 
         h = self.embedding(species).to(positions.dtype)
         if self.interactions:

@@ -5,9 +5,11 @@ Units throughout: energy eV, length Å, time fs, mass amu, temperature K (``kT``
 
 from . import ops
 from ._extension import compiled_backends
+from .estimators import BoltzmannEstimator, boltzmann_loss, local_boltzmann_loss, reweight
 from .neighbors import NeighborList, Pairs, neighbor_list
 from .ops import RunningCovariance
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ops", "compiled_backends", "RunningCovariance", "neighbor_list", "NeighborList", "Pairs", "__version__"]
+__all__ = ["ops", "compiled_backends", "RunningCovariance", "neighbor_list", "NeighborList", "Pairs", "__version__",
+           "boltzmann_loss", "local_boltzmann_loss", "BoltzmannEstimator", "reweight"]

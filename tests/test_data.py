@@ -249,3 +249,127 @@ def test_load_directory_with_provenance(tmp_path):
     assert math.isclose(float(ds.positions[-1, 0]), float(np.float32(pos[-1, -1, 0])))
     with pytest.raises(ValueError, match="provenance"):
         bgd.load(Path(tmp_path) / "..")
+
+
+# ----------------------------------------------------------------------------- generators (tiny runs)
+def test_aspirin_geometry_is_aspirin():
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
+
+    a = aspirin_atoms()
+    assert a.get_chemical_formula() == "C9H8O4"
+    nl = NeighborList(natural_cutoffs(a), self_interaction=False, bothways=False)
+    nl.update(a)
+    bonds = sorted((i, int(j)) for i in range(len(a)) for j in nl.get_neighbors(i)[0])
+    assert bonds == sorted(ASPIRIN_BONDS)
+
+
+def test_aspirin_generator_end_to_end_and_resume(tmp_path):
+    pytest.importorskip("tblite")
+    from boltzgrad.data.generate import aspirin
+
+    kw = dict(chains=2, equilibration=1.0, frame_interval=1.0, flush_every=2, verbose=False)
+    prov = aspirin.generate(tmp_path, frames=3, **kw)
+    assert prov["files"] == ["chain_00.npz", "chain_01.npz"] and prov["n_frames"] == 6
+    first = bgd.load(tmp_path)
+    assert len(first) == 6 and first.has_energy and first.has_forces
+    assert first.n_atoms.tolist() == [21] * 6 and first[0]["species"].tolist() == aspirin_numbers()
+    # different chains have different random streams
+    assert not torch.allclose(first.positions[:21], first.positions[63:84])
+    # extending resumes the chains: old frames kept, new frames appended
+    prov = aspirin.generate(tmp_path, frames=5, **kw)
+    assert prov["n_frames"] == 10 and prov["chains"]["chain_01.npz"]["n_frames"] == 5
+    ext = bgd.load(tmp_path)
+    np.testing.assert_array_equal(ext.energy[:3].numpy(), first.energy[:3].numpy())
+    np.testing.assert_array_equal(ext.energy[5:8].numpy(), first.energy[3:6].numpy())
+    # frames are 1 fs (2 steps) apart at 500 K: consecutive positions move, but by less than 0.2 Å
+    step = (ext.positions[21:42] - ext.positions[:21]).norm(dim=1)
+    assert 0 < float(step.max()) < 0.2
+    # energies are GFN2-xTB of aspirin: about -1078 eV, within a few eV of the optimum
+    assert np.all(np.abs(ext.energy.numpy() + 1078.0) < 3.0)
+    for key in ("method", "temperature_K", "timestep_fs", "seed", "chains", "software"):
+        assert key in prov
+    assert prov["software"]["tblite"] != "not installed"
+    with pytest.raises(ValueError, match="frame_interval"):
+        aspirin.generate(tmp_path, frames=1, frame_interval=0.7)
+
+
+def aspirin_numbers():
+    from boltzgrad.data.generate.aspirin import aspirin_atoms
+
+    return aspirin_atoms().numbers.tolist()
+
+
+def test_water_generator_end_to_end(tmp_path):
+    pytest.importorskip("openmm")
+    from boltzgrad.data.generate import water
+
+    prov = water.generate(tmp_path, n_molecules=8, chains=1, frames=2, heldout_chains=1, heldout_frames=2,
+                          equilibration=10.0, frame_interval=5.0, flush_every=1, verbose=False)
+    assert prov["files"] == ["chain_00.npz"] and prov["heldout_files"] == ["heldout_00.npz"]
+    ds = bgd.load(tmp_path)
+    assert len(ds) == 2 and ds.n_atoms.tolist() == [24, 24] and ds.pbc.all()
+    assert ds[0]["species"].tolist() == [8, 1, 1] * 8
+    np.testing.assert_allclose(ds.cell[0].numpy(), np.eye(3) * 12.42)
+    # molecules stay whole (positions unwrapped): O-H distances near the SPC/Fw 1.012 Å
+    x = ds.positions[:24].reshape(8, 3, 3)
+    oh = torch.cat([(x[:, 1] - x[:, 0]).norm(dim=1), (x[:, 2] - x[:, 0]).norm(dim=1)])
+    assert float((oh - 1.012).abs().max()) < 0.15
+    held = bgd.load_npz(tmp_path / "heldout_00.npz")
+    assert held.info["role"] == "heldout" and len(held) == 2
+    # the two chains start from different random configurations
+    assert not torch.allclose(held.positions[:24], ds.positions[:24])
+
+
+def test_water_bonded_energy_matches_spcfw_formula():
+    openmm = pytest.importorskip("openmm")
+    from boltzgrad.data.generate.water import SPCFW, build_system
+
+    system = build_system(1, 12.42)
+    for f in system.getForces():
+        f.setForceGroup(1 if isinstance(f, (openmm.HarmonicBondForce, openmm.HarmonicAngleForce)) else 2)
+    r1, r2, theta = 1.10, 0.95, np.radians(100.0)
+    x = np.array([[0.0, 0.0, 0.0], [r1, 0.0, 0.0], [r2 * np.cos(theta), r2 * np.sin(theta), 0.0]]) + 5.0
+    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(x * 0.1)
+    e = ctx.getState(getEnergy=True, groups={1}).getPotentialEnergy()._value  # kJ/mol
+    expected_kcal = (0.5 * SPCFW["k_bond"] * ((r1 - 1.012) ** 2 + (r2 - 1.012) ** 2)
+                     + 0.5 * SPCFW["k_angle"] * (theta - np.radians(113.24)) ** 2)
+    assert e == pytest.approx(expected_kcal * 4.184, rel=1e-9)
+
+
+def test_diffusion_coefficient_of_brownian_motion():
+    from boltzgrad.data.generate.water import diffusion_coefficient
+
+    rng = np.random.default_rng(0)
+    D, dt, T, n = 2.5e-4, 100.0, 2000, 64  # Å²/fs (water-like), fs
+    x = np.cumsum(rng.normal(scale=np.sqrt(2 * D * dt), size=(T, n, 3)), axis=0)
+    x += rng.normal(size=(T, 1, 3)).cumsum(0)  # a common drift, removed by the estimator
+    out = diffusion_coefficient(x, dt, fit=(1000.0, 10000.0), n_blocks=5)
+    assert out["D_err"] > 0
+    assert abs(out["D"] - D) < 4 * out["D_err"] + 0.02 * D
+    assert out["D_cm2_per_s"] == pytest.approx(out["D"] * 0.1)
+    with pytest.raises(ValueError, match="fit window"):
+        diffusion_coefficient(x[:100], dt)
+
+
+def test_cli_make_data_and_config(tmp_path):
+    pytest.importorskip("tblite")
+    import subprocess
+    import sys
+
+    from boltzgrad import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("frames: 5\nframe-interval: 1.0\nequilibration: 0.5\nchains: 1\n")
+    # the command-line --frames wins over the file, the other options come from the file
+    assert cli.main(["make-data", "aspirin", "--out", str(tmp_path / "a"), "--config", str(cfg), "--frames", "2"]) == 0
+    prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert prov["n_frames"] == 2 and prov["frame_interval_fs"] == 1.0 and prov["equilibration_fs"] == 0.5
+    cfg.write_text("framez: 5\n")
+    with pytest.raises(SystemExit, match="framez"):
+        cli.main(["make-data", "aspirin", "--out", str(tmp_path / "b"), "--config", str(cfg)])
+    res = subprocess.run([sys.executable, "-m", "boltzgrad.cli", "make-data", "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "aspirin" in res.stdout and "water" in res.stdout

@@ -1,0 +1,19 @@
+"""Potentials: the interface (``energy_and_forces``, virials) and built-in models.
+
+A potential is any ``torch.nn.Module`` with
+``forward(positions, species, *, batch=None, cell=None, pbc=False) -> dict(energy=[R], atom_energies=[n_atoms])``.
+"""
+
+from .base import accepts_pairs, energy_and_forces, energy_forces_virial, stress
+from .pair import Harmonic, LennardJones, PairMLP, Sum
+
+__all__ = [
+    "energy_and_forces",
+    "energy_forces_virial",
+    "stress",
+    "accepts_pairs",
+    "LennardJones",
+    "Harmonic",
+    "PairMLP",
+    "Sum",
+]

@@ -1,0 +1,217 @@
+"""The potential interface of boltzgrad, and forces, virials and stresses from any potential.
+
+A potential is any ``torch.nn.Module`` whose forward is::
+
+    forward(positions, species, *, batch=None, cell=None, pbc=False) -> dict(energy=[R], atom_energies=[n_atoms])
+
+with all replicas' atoms flat (``positions [n_atoms, 3]`` in Å, ``batch [n_atoms]`` int64 sorted replica
+index 0..R-1, ``cell [R, 3, 3]`` box vectors as rows in Å, ``pbc [R, 3]`` bool or one bool), energies in eV.
+Forces are obtained here by automatic differentiation; the virial by differentiating the energy w.r.t. a
+homogeneous strain applied to positions and cell together.
+
+Potentials that work on a pair list may also accept a ``pairs=`` keyword (a ``bg.Pairs`` built with a
+cutoff at least as large as theirs, half list) and set the class attribute ``accepts_pairs = True``; the
+MD ``Simulator`` then builds one Verlet list with a skin and hands it to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import as_tensor, check_dim, check_finite, check_float
+
+
+@dataclass
+class System:
+    """A validated batch of systems (see :func:`normalize_system`)."""
+
+    batch: torch.Tensor  # [n_atoms] int64
+    n_replicas: int
+    cell: torch.Tensor | None  # [R, 3, 3] or None
+    pbc: torch.Tensor  # [R, 3] bool
+
+
+def normalize_system(positions, species=None, *, batch=None, cell=None, pbc=False, check_values: bool = True
+                     ) -> System:
+    """Check the shapes of a flat batch of systems and bring ``batch``, ``cell`` and ``pbc`` to full form.
+
+    Args:
+        positions: [n_atoms, 3] float, Å.
+        species: [n_atoms] integer (atomic numbers or type indices), or None to skip its check.
+        batch: [n_atoms] int64 sorted replica index 0..R-1, or None for a single system.
+        cell: [R, 3, 3] (or [3, 3] for one system) float, Å, box vectors as rows; None when not periodic.
+        pbc: bool, [3] bool or [R, 3] bool: periodicity along each box vector.
+        check_values: also check that ``batch`` is sorted and that positions are finite (one host sync).
+
+    Returns:
+        A :class:`System` with ``batch`` [n_atoms], ``n_replicas`` R, ``cell`` [R, 3, 3] or None, ``pbc`` [R, 3].
+    """
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor of shape [n_atoms, 3], got {type(positions).__name__}")
+    check_float("positions", positions)
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape [n_atoms, 3], got {tuple(positions.shape)}")
+    n = positions.shape[0]
+    dev = positions.device
+    if species is not None:
+        if not isinstance(species, torch.Tensor):
+            raise TypeError(f"species must be a torch.Tensor of shape [n_atoms], got {type(species).__name__}")
+        if species.shape != (n,):
+            raise ValueError(f"species must have shape [n_atoms] = [{n}], got {tuple(species.shape)}")
+        if species.is_floating_point():
+            raise ValueError(f"species must be an integer tensor, got dtype {species.dtype}")
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.int64, device=dev)
+        n_rep = 1
+    else:
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"batch must be a torch.Tensor of shape [n_atoms], got {type(batch).__name__}")
+        if batch.shape != (n,):
+            raise ValueError(f"batch must have shape [n_atoms] = [{n}], got {tuple(batch.shape)}")
+        if batch.dtype != torch.int64:
+            raise ValueError(f"batch must be an int64 tensor, got dtype {batch.dtype}")
+        n_rep = int(batch[-1]) + 1 if n > 0 else 0
+        if check_values and n > 0:
+            if int(batch[0]) != 0 or bool((batch[1:] < batch[:-1]).any()):
+                raise ValueError("batch must be sorted and start at 0 (replica indices 0..R-1)")
+            if bool(((batch[1:] - batch[:-1]) > 1).any()):
+                raise ValueError("batch must not skip replica indices (every replica 0..R-1 needs atoms)")
+    if cell is not None:
+        cell = as_tensor("cell", cell, dtype=positions.dtype, device=dev)
+        if cell.dim() == 2:
+            cell = cell.unsqueeze(0)
+        if cell.shape != (n_rep, 3, 3):
+            raise ValueError(f"cell must have shape [R, 3, 3] = [{n_rep}, 3, 3] (box vectors as rows), "
+                             f"got {tuple(cell.shape)}")
+        if cell.dtype != positions.dtype:
+            raise ValueError(f"cell must have the dtype of positions ({positions.dtype}), got {cell.dtype}")
+    pbc = torch.as_tensor(pbc, dtype=torch.bool, device=dev)
+    if pbc.dim() == 0:
+        pbc = pbc.expand(n_rep, 3)
+    elif pbc.shape == (3,):
+        pbc = pbc.unsqueeze(0).expand(n_rep, 3)
+    elif pbc.shape != (n_rep, 3):
+        raise ValueError(f"pbc must be a bool, [3] or [R, 3] = [{n_rep}, 3], got shape {tuple(pbc.shape)}")
+    if cell is None and check_values and bool(pbc.any()):
+        raise ValueError("cell is required when pbc is True along any direction")
+    if check_values:
+        check_finite("positions", positions.detach())
+    return System(batch=batch, n_replicas=n_rep, cell=cell, pbc=pbc)
+
+
+def accepts_pairs(model: torch.nn.Module) -> bool:
+    """True when ``model.forward`` takes a ``pairs=`` keyword (class attribute ``accepts_pairs``)."""
+    return bool(getattr(model, "accepts_pairs", False))
+
+
+def _call(model, positions, species, batch, cell, pbc, pairs):
+    if pairs is not None:
+        out = model(positions, species, batch=batch, cell=cell, pbc=pbc, pairs=pairs)
+    else:
+        out = model(positions, species, batch=batch, cell=cell, pbc=pbc)
+    if not isinstance(out, dict) or "energy" not in out:
+        raise TypeError(f"the potential {type(model).__name__} must return a dict with 'energy' [R] "
+                        f"and 'atom_energies' [n_atoms], got {type(out).__name__}")
+    return out
+
+
+def _grad_positions(positions: torch.Tensor) -> torch.Tensor:
+    # Positions already in a graph keep it (differentiable simulation); data positions become a leaf.
+    return positions if positions.requires_grad else positions.detach().requires_grad_(True)
+
+
+def energy_and_forces(model: torch.nn.Module, positions: torch.Tensor, species: torch.Tensor, *, batch=None,
+                      cell=None, pbc=False, create_graph: bool = False, pairs=None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies per replica and forces per atom of a potential, forces by automatic differentiation.
+
+    Args:
+        model: a potential (see the module docstring).
+        positions: [n_atoms, 3] float, Å.
+        species: [n_atoms] int64 (atomic numbers or the model's type indices).
+        batch: [n_atoms] int64 sorted replica index, or None for one system.
+        cell: [R, 3, 3] float, Å (rows are box vectors), or None.
+        pbc: bool, [3] or [R, 3] bool.
+        create_graph: keep the graph of the forces, so a loss on forces can be differentiated w.r.t. the
+            model's parameters (force training). When False the returned tensors are detached.
+        pairs: optional ``bg.Pairs`` (half list, cutoff >= the model's) for models with ``accepts_pairs``.
+
+    Returns:
+        ``(energy [R] eV, forces [n_atoms, 3] eV/Å)``, in the dtype of ``positions``.
+    """
+    normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=False)
+    with torch.enable_grad():
+        pos = _grad_positions(positions)
+        out = _call(model, pos, species, batch, cell, pbc, pairs)
+        energy = out["energy"]
+        (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+    forces = -grad
+    if not create_graph:
+        return energy.detach(), forces.detach()
+    return energy, forces
+
+
+def energy_forces_virial(model: torch.nn.Module, positions: torch.Tensor, species: torch.Tensor, *, batch=None,
+                         cell, pbc=True, create_graph: bool = False, pairs=None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Energies, forces and virials (strain derivatives) of a batch of periodic systems.
+
+    The virial is ``W = -dE/dε`` at ε = 0, where the homogeneous strain ε [R, 3, 3] maps every position and
+    every box vector (rows of ``cell``) of replica r to ``x (1 + ε_r)``. For a pair potential this equals
+    ``-Σ_pairs r_ij ⊗ dE/dr_ij``; the pressure is ``(2 K + tr W) / (3 V)`` and the stress ``σ = -W / V``.
+
+    Args:
+        model, positions, species, batch, pbc, create_graph, pairs: as in :func:`energy_and_forces`.
+        cell: [R, 3, 3] float, Å (required).
+
+    Returns:
+        ``(energy [R] eV, forces [n_atoms, 3] eV/Å, virial [R, 3, 3] eV)``.
+    """
+    if cell is None:
+        raise ValueError("cell is required for the virial (shape [R, 3, 3], box vectors as rows)")
+    system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=False)
+    cell = system.cell
+    eye = torch.eye(3, dtype=positions.dtype, device=positions.device)
+    with torch.enable_grad():
+        pos = _grad_positions(positions)
+        strain = torch.zeros(system.n_replicas, 3, 3, dtype=positions.dtype, device=positions.device,
+                             requires_grad=True)
+        deform = eye + strain
+        pos_s = torch.bmm(pos.unsqueeze(1), deform[system.batch]).squeeze(1)
+        cell_s = torch.bmm(cell, deform)
+        out = _call(model, pos_s, species, batch, cell_s, pbc, pairs)
+        energy = out["energy"]
+        grad, dstrain = torch.autograd.grad(energy.sum(), (pos, strain), create_graph=create_graph)
+    forces, virial = -grad, -dstrain
+    if not create_graph:
+        return energy.detach(), forces.detach(), virial.detach()
+    return energy, forces, virial
+
+
+def stress(virial: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Configurational stress ``σ = -W / V`` [R, 3, 3] in eV/Å³ from virials [R, 3, 3] eV and cells [R, 3, 3] Å.
+
+    Same sign convention as ASE (``σ = (1/V) dE/dε``; a compressed system has negative diagonal stress).
+    """
+    check_dim("virial", virial, 3, "[R, 3, 3]")
+    check_dim("cell", cell, 3, "[R, 3, 3]")
+    return -virial / torch.linalg.det(cell).abs()[:, None, None]
+
+
+def segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum of ``values [M, ...]`` into ``n`` rows by ``index [M]`` (int64); differentiable."""
+    out = torch.zeros((n,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
+    return out.index_add(0, index, values)
+
+
+def n_replicas_of(batch: torch.Tensor | None) -> int:
+    """R from a sorted ``batch [n_atoms]`` (1 when None)."""
+    if batch is None:
+        return 1
+    return int(batch[-1]) + 1 if batch.numel() else 0
+
+
+__all__ = ["energy_and_forces", "energy_forces_virial", "stress", "normalize_system", "accepts_pairs",
+           "segment_sum", "n_replicas_of", "System"]

@@ -27,7 +27,8 @@ import numpy as np
 
 from ._store import ChainStore, add_md_arguments, software_versions, write_provenance
 
-__all__ = ["ASPIRIN_XYZ", "aspirin_atoms", "generate", "DEFAULTS", "add_arguments", "main"]
+__all__ = ["ASPIRIN_XYZ", "ASPIRIN_BONDS", "aspirin_atoms", "gfn2_energy_forces", "generate", "DEFAULTS",
+           "add_arguments", "main"]
 
 # Aspirin (2-acetoxybenzoic acid), optimised with GFN2-xTB (tblite 0.8.0, fmax 0.005 eV/Å) from a hand-built
 # geometry: planar benzene ring (C 0-5), carboxylic acid on C0 (C6, =O7, O8-H9), acetoxy group on C1
@@ -76,10 +77,39 @@ def aspirin_atoms():
     return Atoms([r[0] for r in rows], positions=[[float(x) for x in r[1:]] for r in rows])
 
 
+def _one_openmp_thread() -> None:
+    """Make tblite's OpenMP regions use one thread: chains are the parallelism, and several OpenMP threads
+    per chain on a shared CPU slow GFN2-xTB calls down many-fold. Works after torch has initialised
+    OpenMP (when ``OMP_NUM_THREADS`` set later would be ignored)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(1)
+    except OSError:
+        return  # tblite built without GNU OpenMP: it runs one thread anyway
+
+
 def _calculator():
     from tblite.ase import TBLite
 
+    _one_openmp_thread()
     return TBLite(verbosity=0, **XTB_SETTINGS)
+
+
+def gfn2_energy_forces(numbers, positions) -> tuple[float, np.ndarray]:
+    """GFN2-xTB energy (eV) and forces ``[N, 3]`` (eV/Å) of one structure, with the generator's settings.
+
+    Args:
+        numbers: ``[N]`` int atomic numbers.
+        positions: ``[N, 3]`` float Å.
+
+    A fresh calculator each call (no density restart), so the result depends on the positions only.
+    """
+    from ase import Atoms
+
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
+    atoms.calc = _calculator()
+    return float(atoms.get_potential_energy()), np.asarray(atoms.get_forces())
 
 
 def _thermalize(atoms, temperature: float, rng) -> None:
@@ -151,7 +181,7 @@ def _run_chain(out: str, chain: int, cfg: dict) -> dict:
 
 
 def _init_worker() -> None:
-    # one OpenMP thread per chain process: the chains are the parallelism
+    # one OpenMP thread per chain process (for libraries that read it when loaded): chains are the parallelism
     os.environ["OMP_NUM_THREADS"] = "1"
 
 

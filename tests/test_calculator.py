@@ -106,3 +106,101 @@ def test_ase_md_runs_on_the_calculator():
 def test_bad_model_raises():
     with pytest.raises(TypeError, match="model"):
         Calculator(lambda x: x)
+
+
+# ----------------------------------------------------------------------------- the generic wrapper (wrap.py)
+
+
+class PaddedLJ(torch.nn.Module):
+    """Lennard-Jones on padded replicas [R, N, 3] with a mask, no cutoff: another call signature."""
+
+    def __init__(self, epsilon, sigma):
+        super().__init__()
+        self.epsilon, self.sigma = epsilon, sigma
+
+    def forward(self, pos, mask, per_atom=False):
+        d = pos[:, None, :, :] - pos[:, :, None, :]
+        pair = mask[:, None, :] & mask[:, :, None] & ~torch.eye(pos.shape[1], dtype=torch.bool)
+        r2 = torch.where(pair, (d * d).sum(-1), torch.ones_like(d[..., 0]))
+        s6 = (self.sigma**2 / r2) ** 3
+        e = torch.where(pair, 4 * self.epsilon * (s6 * s6 - s6), torch.zeros_like(r2))
+        return 0.5 * e.sum(-1) if per_atom else 0.5 * e.sum((1, 2))
+
+
+def clusters():
+    rng = np.random.default_rng(5)
+    mols = []
+    for n in (4, 7, 5):
+        while True:
+            p = rng.uniform(-2.5, 2.5, (n, 3))
+            if (np.linalg.norm(p[None] - p[:, None], axis=-1) + 9 * np.eye(n)).min() > 1.0:
+                mols.append(p)
+                break
+    pos = torch.tensor(np.concatenate(mols))
+    batch = torch.cat([torch.full((len(m),), r) for r, m in enumerate(mols)])
+    return pos, torch.full((pos.shape[0],), 18), batch
+
+
+def test_wrap_padded_module_matches_the_native_potential():
+    import boltzgrad as bg
+
+    pos, species, batch = clusters()
+    ref = bg.models.LennardJones(epsilon=0.02, sigma=1.1, cutoff=100.0).double()
+    e_ref, f_ref = bg.models.energy_and_forces(ref, pos, species, batch=batch)
+    atom_ref = ref(pos, species, batch=batch)["atom_energies"]
+
+    def totals(module, inp):
+        p, _, mask = inp.padded()
+        return module(p, mask)
+
+    def per_atom_padded(module, inp):
+        p, _, mask = inp.padded()
+        return module(p, mask, per_atom=True)
+
+    def per_atom_dict(module, inp):
+        p, _, mask = inp.padded()
+        return {"atom_energies": inp.unpad(module(p, mask, per_atom=True))}
+
+    for call in (totals, per_atom_padded, per_atom_dict):
+        pot = bg.models.wrap(PaddedLJ(0.02, 1.1), call)
+        e, f = bg.models.energy_and_forces(pot, pos, species, batch=batch)
+        # ref's energies are shifted by 4 eps ((s/rc)^12 - (s/rc)^6) per pair, ~1e-12 eV at rc = 100 Å
+        torch.testing.assert_close(e, e_ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(f, f_ref, rtol=1e-9, atol=1e-12)
+        atom_e = pot(pos, species, batch=batch)["atom_energies"]
+        if call is totals:
+            assert atom_e is None
+        else:
+            torch.testing.assert_close(atom_e, atom_ref, rtol=0, atol=1e-10)
+
+
+def test_wrap_graph_module_with_pairs_in_a_periodic_box():
+    import boltzgrad as bg
+
+    def call(module, inp):
+        pairs = inp.pairs(3.0, full_list=True)
+        s6 = (1.1 / pairs.distances) ** 6
+        e = 4 * 0.02 * (s6 * s6 - s6) - module.shift
+        return torch.zeros_like(inp.positions[:, 0]).index_add(0, pairs.i, 0.5 * e)
+
+    native = bg.models.LennardJones(epsilon=0.02, sigma=1.1, cutoff=3.0).double()
+    pot = bg.models.wrap(native, call)  # any module works, here its parameters are just its shift
+    atoms = crystal(4)
+    a, b = atoms.copy(), atoms.copy()
+    a.calc, b.calc = Calculator(pot, dtype=torch.float64), Calculator(native)
+    assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.get_stress(), b.get_stress(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.get_potential_energies(), b.get_potential_energies(), rtol=1e-9, atol=1e-12)
+
+
+def test_wrap_rejects_bad_returns():
+    import boltzgrad as bg
+
+    pos, species, batch = clusters()
+    with pytest.raises(ValueError, match="energies"):
+        bg.models.wrap(torch.nn.Identity(), lambda m, inp: inp.positions.sum(1)[:5])(pos, species, batch=batch)
+    with pytest.raises(TypeError, match="tensor or a dict"):
+        bg.models.wrap(torch.nn.Identity(), lambda m, inp: 1.0)(pos, species, batch=batch)
+    with pytest.raises(TypeError, match="module"):
+        bg.models.wrap(lambda x: x, lambda m, inp: 0)

@@ -5,7 +5,11 @@ A potential is any ``torch.nn.Module`` with
 """
 
 from .base import accepts_pairs, energy_and_forces, energy_forces_virial, stress
+from .calculator import Calculator
+from .mace import MACE
 from .pair import Harmonic, LennardJones, PairMLP, Sum
+from .schnet import SchNet
+from .wrap import Inputs, Wrapped, wrap
 
 __all__ = [
     "energy_and_forces",
@@ -16,4 +20,10 @@ __all__ = [
     "Harmonic",
     "PairMLP",
     "Sum",
+    "SchNet",
+    "MACE",
+    "Calculator",
+    "wrap",
+    "Wrapped",
+    "Inputs",
 ]

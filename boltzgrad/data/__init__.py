@@ -5,7 +5,7 @@ Units: positions Å, energies eV, forces eV/Å.
 """
 
 from .dataset import FORMAT, AtomsBatch, AtomsDataset, collate
-from .io import KCAL_PER_MOL, from_atoms, load, load_ase, load_directory, load_npz
+from .io import DATA_DIR, KCAL_PER_MOL, from_atoms, load, load_ase, load_directory, load_npz, load_reference
 
 __all__ = ["AtomsDataset", "AtomsBatch", "collate", "load", "load_npz", "load_ase", "load_directory", "from_atoms",
-           "KCAL_PER_MOL", "FORMAT"]
+           "load_reference", "DATA_DIR", "KCAL_PER_MOL", "FORMAT"]

@@ -153,6 +153,7 @@ def write_provenance(directory: str | os.PathLike, base: dict) -> dict:
             continue
         with np.load(p, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
+            info["n_frames"] = int(z["n_atoms"].shape[0])  # the frames actually in the file
             size_mb = p.stat().st_size / 2**20
         (heldout if info.get("role") == "heldout" else files).append(p.name)
         chains[p.name] = {k: v for k, v in info.items() if k in ("chain", "role", "seed", "n_frames",

@@ -190,7 +190,8 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
              timestep: float = DEFAULTS["timestep"], friction: float = DEFAULTS["friction"],
              frame_interval: float = DEFAULTS["frame_interval"], equilibration: float = DEFAULTS["equilibration"],
              seed: int = DEFAULTS["seed"], flush_every: int = DEFAULTS["flush_every"],
-             workers: int = DEFAULTS["workers"], only: list[int] | None = None, verbose: bool = True) -> dict:
+             workers: int = DEFAULTS["workers"], only: list[int] | None = None, run: bool = True,
+             verbose: bool = True) -> dict:
     """Generate (or extend) the aspirin GFN2-xTB dataset in directory ``out``; returns the provenance dict.
 
     Args:
@@ -204,6 +205,7 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
         flush_every: frames between writes to disk.
         workers: chains run in parallel processes (1: in this process).
         only: run only these chain ids (e.g. to spread chains over separate commands); default all.
+        run: False to only rewrite ``provenance.json`` from the chain files present (no MD).
     """
     for name, v in (("chains", chains), ("frames", frames), ("flush_every", flush_every), ("workers", workers)):
         if not isinstance(v, int) or v < 1:
@@ -224,7 +226,9 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
                verbose=verbose)
     out = str(out)
     Path(out).mkdir(parents=True, exist_ok=True)
-    if workers == 1 or len(ids) == 1:
+    if not run:
+        results = "provenance rewritten from the chain files present, no MD run"
+    elif workers == 1 or len(ids) == 1:
         _init_worker()
         results = [_run_chain(out, k, cfg) for k in ids]
     else:
@@ -258,6 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_md_arguments(parser, DEFAULTS)
     parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="parallel chain processes")
     parser.add_argument("--only", type=int, nargs="+", default=None, help="run only these chain ids")
+    parser.add_argument("--provenance-only", action="store_true",
+                        help="rewrite provenance.json from the chain files present, without running MD")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -265,6 +271,6 @@ def main(args: argparse.Namespace) -> dict:
     prov = generate(args.out, chains=args.chains, frames=args.frames, temperature=args.temperature,
                     timestep=args.timestep, friction=args.friction, frame_interval=args.frame_interval,
                     equilibration=args.equilibration, seed=args.seed, flush_every=args.flush_every,
-                    workers=args.workers, only=args.only)
+                    workers=args.workers, only=args.only, run=not args.provenance_only)
     print(f"aspirin: {prov['n_frames']} frames in {len(prov['files'])} chains under {args.out}")
     return prov

@@ -281,13 +281,14 @@ def reference_observables(out: str | os.PathLike, cfg: dict | None = None) -> di
     return ref
 
 
-def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None = None, verbose: bool = True,
-             **settings) -> dict:
+def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None = None, run: bool = True,
+             verbose: bool = True, **settings) -> dict:
     """Generate (or extend) the SPC/Fw water dataset in directory ``out``; returns the provenance dict.
 
     Args:
         out: dataset directory (created).
         only: run only these files' chains (e.g. ``["chain_00"]`` or ``["heldout_00"]``); default all.
+        run: False to only rewrite ``provenance.json`` and ``reference.json`` from the files present (no MD).
         settings: overrides of ``DEFAULTS``: ``n_molecules``, ``box`` (Å), ``chains``, ``frames`` (per pool
             chain), ``heldout_chains``, ``heldout_frames``, ``temperature`` (K), ``timestep`` (fs),
             ``friction``/``friction_eq`` (1/fs), ``frame_interval``/``equilibration`` (fs), ``seed``,
@@ -315,7 +316,10 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None
         jobs = [j for j in jobs if j[0] in only]
     out = str(out)
     Path(out).mkdir(parents=True, exist_ok=True)
-    results = [_run_chain(out, name, role, key, frames, cfg) for name, role, key, frames in jobs]
+    if run:
+        results = [_run_chain(out, name, role, key, frames, cfg) for name, role, key, frames in jobs]
+    else:
+        results = "provenance rewritten from the chain files present, no MD run"
     reference_observables(out, cfg)
     import openmm
 
@@ -350,11 +354,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-chains", type=int, default=d["heldout_chains"], help="held-out trajectories")
     parser.add_argument("--heldout-frames", type=int, default=d["heldout_frames"], help="frames per held-out chain")
     parser.add_argument("--only", nargs="+", default=None, help="run only these chains, e.g. chain_00 heldout_00")
+    parser.add_argument("--provenance-only", action="store_true",
+                        help="rewrite provenance.json and reference.json from the files present, without running MD")
 
 
 def main(args: argparse.Namespace) -> dict:
     """Run ``generate`` with parsed command-line ``args``."""
-    prov = generate(args.out, only=args.only, chains=args.chains, frames=args.frames,
+    prov = generate(args.out, only=args.only, run=not args.provenance_only, chains=args.chains, frames=args.frames,
                     heldout_chains=args.heldout_chains, heldout_frames=args.heldout_frames,
                     temperature=args.temperature, timestep=args.timestep, frame_interval=args.frame_interval,
                     equilibration=args.equilibration, friction=args.friction, seed=args.seed,

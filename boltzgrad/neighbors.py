@@ -28,6 +28,7 @@ import torch
 
 from . import _reference
 from ._checks import as_tensor, check_dim, check_finite, check_float
+from ._extension import HAS_CPU_OPS, HAS_CUDA_OPS
 
 __all__ = ["Pairs", "neighbor_list", "NeighborList"]
 
@@ -156,26 +157,66 @@ def _prepare(positions, cutoff, batch, cell, pbc):
     return positions, batch, cell, pbc_t, n_rep, cutoff
 
 
-def _search(positions, cutoff, batch, cell, pbc, full_list):
-    """Candidate pairs (i, j, shifts), sorted by (i, j, shift), searched with a rounding margin.
+_METHODS = {"auto": 0, "brute": 1, "cells": 2, "reference": -1}
 
-    The search works on wrapped coordinates, so its distances can differ from the final ones by
-    rounding; it uses a cutoff enlarged by a few ulps of the coordinates' magnitude and
-    :func:`_finish` applies the exact ``distance < cutoff`` test on the final distances.
-    """
+
+def _compiled_for(t: torch.Tensor) -> bool:
+    if t.device.type == "cpu":
+        return HAS_CPU_OPS
+    if t.device.type == "cuda":
+        return HAS_CUDA_OPS
+    return False
+
+
+if HAS_CPU_OPS:
+
+    @torch.library.register_fake("boltzgrad::neighbor_search")
+    def _search_fake(positions, ptr, cell, pbc, cutoff, full_list, max_pairs, mode):
+        n_pairs = max_pairs if max_pairs >= 0 else torch.library.get_ctx().new_dynamic_size()
+        long = dict(dtype=torch.long)
+        return (positions.new_empty(n_pairs, **long), positions.new_empty(n_pairs, **long),
+                positions.new_empty(n_pairs, 3, **long), positions.new_empty((), **long))
+
+
+def _margin(positions, cutoff, cell) -> float:
+    """Rounding margin of the search cutoff: a few ulps of the largest coordinate or box vector."""
+    extent = 0.0
     if positions.shape[0]:
         extent = float(positions.detach().abs().max())
         if cell is not None:
             extent += float(cell.detach().abs().sum(dim=(1, 2)).max())
+    return 64 * torch.finfo(positions.dtype).eps * (cutoff + extent)
+
+
+def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto", max_pairs=-1):
+    """Integer part of the search: (i, j, shifts, n_found), sorted by (i, j, shift).
+
+    ``max_pairs >= 0``: exactly ``max_pairs`` entries, the first ``min(n_found, max_pairs)`` valid.
+    """
+    mode = _METHODS[method]
+    if mode < 0 or not _compiled_for(positions):
+        i, j, shifts = _reference.neighbor_pairs(positions, cutoff, batch, cell, pbc, full_list)
+        n_found = torch.tensor(i.shape[0], dtype=torch.long, device=positions.device)
+        if max_pairs >= 0:
+            extra = max(0, max_pairs - i.shape[0])
+            i = torch.cat([i[:max_pairs], i.new_zeros(extra)])
+            j = torch.cat([j[:max_pairs], j.new_zeros(extra)])
+            shifts = torch.cat([shifts[:max_pairs], shifts.new_zeros(extra, 3)])
+        return i, j, shifts, n_found
+    device = positions.device
+    if not bool(pbc.any()):
+        eff = torch.eye(3, dtype=positions.dtype, device=device).expand(n_rep, 3, 3)
+    elif bool(pbc.all()):
+        eff = cell.detach()
     else:
-        extent = 0.0
-    margin = 64 * torch.finfo(positions.dtype).eps * (cutoff + extent)
-    return _reference.neighbor_pairs(positions, cutoff + margin, batch, cell, pbc, full_list)
+        eff = _reference.effective_cell(cell, pbc)
+    ptr = torch.searchsorted(batch, torch.arange(n_rep + 1, device=device))
+    return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
 
 
 def _finish(positions, cell, batch, candidates, cutoff) -> Pairs:
     """Vectors and distances of the candidates (differentiable), filtered to ``distance < cutoff``."""
-    i, j, shifts = candidates
+    i, j, shifts = candidates[:3]
     vectors, distances = _reference.pair_vectors(positions, cell, batch, i, j, shifts)
     keep = distances < cutoff
     if bool(keep.all()):
@@ -183,24 +224,19 @@ def _finish(positions, cell, batch, candidates, cutoff) -> Pairs:
     return Pairs(i[keep], j[keep], shifts[keep], vectors[keep], distances[keep])
 
 
-def _pad(pairs: Pairs, max_pairs: int) -> Pairs:
-    i, j, shifts, vectors, distances = pairs.i, pairs.j, pairs.shifts, pairs.vectors, pairs.distances
-    n = i.shape[0]
-    num = torch.tensor(min(n, max_pairs), dtype=torch.long, device=i.device)
-    overflow = torch.tensor(n > max_pairs, device=i.device)
-    if n >= max_pairs:
-        return Pairs(i[:max_pairs], j[:max_pairs], shifts[:max_pairs], vectors[:max_pairs], distances[:max_pairs],
-                     num, overflow)
-    extra = max_pairs - n
-    return Pairs(
-        torch.cat([i, i.new_zeros(extra)]),
-        torch.cat([j, j.new_zeros(extra)]),
-        torch.cat([shifts, shifts.new_zeros(extra, 3)]),
-        torch.cat([vectors, vectors.new_zeros(extra, 3)]),
-        torch.cat([distances, distances.new_zeros(extra)]),
-        num,
-        overflow,
-    )
+def _fixed_capacity(positions, cell, batch, found, max_pairs) -> Pairs:
+    i, j, shifts, n_found = found
+    num = n_found.clamp(max=max_pairs)
+    mask = torch.arange(max_pairs, device=positions.device) < num
+    if positions.shape[0] == 0:
+        vectors = positions.new_zeros(max_pairs, 3)
+    else:
+        vectors = _reference.pair_vectors(positions, cell, batch, i, j, shifts)[0]
+    # padding: zero vector and distance, with a zero (not NaN) gradient
+    vectors = torch.where(mask[:, None], vectors, torch.zeros_like(vectors))
+    safe = torch.where(mask[:, None], vectors, torch.ones_like(vectors))
+    distances = torch.where(mask, torch.linalg.vector_norm(safe, dim=1), torch.zeros_like(safe[:, 0]))
+    return Pairs(i, j, shifts, vectors, distances, num, n_found > max_pairs)
 
 
 def neighbor_list(
@@ -212,6 +248,7 @@ def neighbor_list(
     pbc=False,
     full_list: bool = False,
     max_pairs: int | None = None,
+    method: str = "auto",
 ) -> Pairs:
     """All pairs closer than ``cutoff``, for many molecules and periodic boxes at once.
 
@@ -227,7 +264,16 @@ def neighbor_list(
         pbc: one bool, ``[3]`` or ``[R, 3]`` bool: periodic axes per replica.
         full_list: False (default) lists each pair once; True lists ``(i, j, s)`` and ``(j, i, -s)``.
         max_pairs: fixed-capacity mode: the output has exactly ``max_pairs`` entries (valid ones
-            first, then padding) and carries ``num_pairs`` and an ``overflow`` flag.
+            first, then padding) and carries ``num_pairs`` and an ``overflow`` flag. Membership is
+            then decided by the search's own distance test (no re-filtering), so a pair within
+            rounding error of the cutoff may differ from the default mode.
+        method: ``"auto"`` (default), ``"brute"``, ``"cells"`` or ``"reference"``. The compiled
+            search chooses per replica between brute force (all pairs of the replica, with the exact
+            range of periodic images of each pair) and a cell list (bins at least ``cutoff`` thick,
+            O(n) for large boxes) from a cost estimate (csrc/neighbors.h): molecules and boxes up to
+            a few hundred atoms use brute force, larger boxes the cell list. ``"reference"`` is the
+            dense pure-torch search of ``boltzgrad._reference`` (also the fallback when the compiled
+            op is missing for the device). All give the same pairs in the same order.
 
     Returns:
         :class:`Pairs` sorted by ``(i, j, shift)``; ``vectors`` and ``distances`` are differentiable
@@ -238,12 +284,17 @@ def neighbor_list(
         periodic axes, ``cutoff <= 0``, wrong shapes, or an unsorted ``batch``.
     """
     positions, batch, cell, pbc_t, n_rep, cutoff = _prepare(positions, cutoff, batch, cell, pbc)
-    if max_pairs is not None and int(max_pairs) < 0:
-        raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
-    pairs = _finish(positions, cell, batch, _search(positions, cutoff, batch, cell, pbc_t, full_list), cutoff)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
     if max_pairs is not None:
-        return _pad(pairs, int(max_pairs))
-    return pairs
+        max_pairs = int(max_pairs)
+        if max_pairs < 0:
+            raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
+        found = _search(positions, cutoff, batch, cell, pbc_t, n_rep, full_list, method, max_pairs)
+        return _fixed_capacity(positions, cell, batch, found, max_pairs)
+    margin = _margin(positions, cutoff, cell)
+    found = _search(positions, cutoff + margin, batch, cell, pbc_t, n_rep, full_list, method)
+    return _finish(positions, cell, batch, found, cutoff)
 
 
 class NeighborList:
@@ -304,7 +355,9 @@ class NeighborList:
         """Pairs closer than ``cutoff``; arguments as in :func:`neighbor_list`."""
         positions, batch, cell, pbc_t, n_rep, _ = _prepare(positions, self.cutoff, batch, cell, pbc)
         if self._needs_build(positions, batch, cell, pbc_t):
-            self._candidates = _search(positions, self.cutoff + self.skin, batch, cell, pbc_t, self.full_list)
+            rc = self.cutoff + self.skin
+            self._candidates = _search(positions, rc + _margin(positions, rc, cell), batch, cell, pbc_t, n_rep,
+                                       self.full_list)
             self._ref_positions = positions.detach().clone()
             self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc_t.clone())
             self.n_builds += 1

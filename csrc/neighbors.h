@@ -1,0 +1,312 @@
+// Batched neighbour search: kernel math shared by the CPU and CUDA launchers.
+//
+// Pair convention (see common.h): vector_ij = r_j - r_i + S_ij @ cell, cell rows = box vectors,
+// S_ij the integer cell shift. A pair is reported when |vector_ij| < cutoff.
+//
+// Each replica gets an "effective cell" from the caller: its rows along non-periodic axes are
+// replaced by unit normals of the periodic rows, so the cell is always invertible and its plane
+// distances d_a (distance between lattice planes a = const) are those of the periodic lattice.
+//
+// Per atom (atom_place): fractional coordinates f = r @ inv(cell); along periodic axes they are
+// wrapped into [0, 1) with the integer wrap w (r' = r - w @ cell), along non-periodic axes kept.
+// In the wrapped frame the pair vector for image k is r'_j - r'_i + k @ cell, and the shift of
+// the unwrapped atoms is S = k + w_i - w_j. So callers need not wrap, and atoms may sit anywhere.
+//
+// Two search modes per replica, both exhaustive:
+//  * brute force: every atom j of the replica, with the exact image range per periodic axis
+//    |f'_j - f'_i + k_a| <= cutoff / d_a (a necessary condition for |vector| < cutoff, since
+//    |x . inv_col_a| <= |x| / d_a). Output per atom is ordered by (j, k) without sorting.
+//  * cell list: the replica's fractional box (periodic axes: [0, 1); non-periodic: the atoms'
+//    range) is cut into n_a bins per axis of thickness t_a = d_a * extent_a / n_a; every pair
+//    within the cutoff has bin indices (in the periodic extension) that differ by at most
+//    reach_a = ceil(cutoff / t_a) per axis, so scanning those bins (with the image k_a given by
+//    the bin index wrap-around) finds all of them. reach_a > n_a (cutoff larger than the box)
+//    visits the same bin several times with different images, which are different pairs.
+//    The atom's entries are then sorted by (j, S).
+// The host chooses the mode per replica from a cost estimate (replica_setup below).
+//
+// Half list: i < j, or i == j with the first non-zero component of S positive (S = k when i == j).
+#pragma once
+#include "common.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace boltzgrad {
+namespace nl {
+
+// Per-replica search parameters, computed on the host (replica_setup) and read by the kernels.
+template <typename T>
+struct Replica {
+    T cell[9];          // effective cell, row-major (rows = box vectors)
+    T inv[9];           // its inverse: f = r @ inv
+    T rc_over_d[3];     // cutoff / plane distance per axis
+    T origin[3];        // fractional coordinate where bin 0 starts (0 along periodic axes)
+    T bins_per_frac[3]; // n_bins / fractional extent
+    int32_t n_bins[3];
+    int32_t reach[3];   // bins scanned on each side along each axis
+    int32_t periodic[3];
+    int32_t brute;      // 1: brute force with per-pair image ranges, 0: cell list
+    int64_t first_bin;  // global index of this replica's bin (0, 0, 0)
+    int64_t atom_begin; // atoms [atom_begin, atom_end) belong to this replica
+    int64_t atom_end;
+};
+
+// Slack of the image ranges in fractional units: covers the rounding of f.
+constexpr double kFracSlack = 1e-4;
+
+template <typename T>
+BG_HD void frac_of(const T* r, const T* inv, T* f) {
+    for (int a = 0; a < 3; ++a) f[a] = r[0] * inv[a] + r[1] * inv[3 + a] + r[2] * inv[6 + a];
+}
+
+// Wrapped position r' [3], wrapped fractional f' [3], wrap w [3] and global bin of one atom.
+template <typename T>
+BG_HD void atom_place(const T* r, const Replica<T>& rep, T* pw, T* fw, int64_t* w, int64_t* bin) {
+    T f[3];
+    frac_of(r, rep.inv, f);
+    for (int a = 0; a < 3; ++a) {
+        if (rep.periodic[a]) {
+            T fl = floor(f[a]);
+            T g = f[a] - fl;
+            if (g >= T(1)) {  // rounding of f - floor(f) for tiny negative f
+                g -= T(1);
+                fl += T(1);
+            }
+            w[a] = static_cast<int64_t>(fl);
+            fw[a] = g;
+        } else {
+            w[a] = 0;
+            fw[a] = f[a];
+        }
+    }
+    for (int b = 0; b < 3; ++b) {
+        pw[b] = r[b] - (T(w[0]) * rep.cell[b] + T(w[1]) * rep.cell[3 + b] + T(w[2]) * rep.cell[6 + b]);
+    }
+    int64_t idx[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = floor((fw[a] - rep.origin[a]) * rep.bins_per_frac[a]);
+        int64_t c = x < T(0) ? 0 : static_cast<int64_t>(x);
+        idx[a] = c >= rep.n_bins[a] ? rep.n_bins[a] - 1 : c;
+    }
+    *bin = rep.first_bin + (idx[0] * rep.n_bins[1] + idx[1]) * rep.n_bins[2] + idx[2];
+}
+
+BG_HD bool first_nonzero_positive(int64_t s0, int64_t s1, int64_t s2) {
+    return s0 != 0 ? s0 > 0 : (s1 != 0 ? s1 > 0 : s2 > 0);
+}
+
+BG_HD int64_t floor_div(int64_t a, int64_t b) {
+    const int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+// Tests atom j (image k in the wrapped frame) against atom i; calls emit(j, S) for a pair.
+template <typename T, typename Emit>
+BG_HD void try_pair(int64_t i, int64_t j, int64_t k0, int64_t k1, int64_t k2, const Replica<T>& rep,
+                    const T* pw, const int64_t* wrap, T rc2, bool full_list, Emit& emit) {
+    if (i == j) {
+        if (k0 == 0 && k1 == 0 && k2 == 0) return;
+        if (!full_list && !first_nonzero_positive(k0, k1, k2)) return;
+    }
+    const T* c = rep.cell;
+    T d2 = T(0);
+    for (int b = 0; b < 3; ++b) {
+        const T d = pw[3 * j + b] - pw[3 * i + b] + (T(k0) * c[b] + T(k1) * c[3 + b] + T(k2) * c[6 + b]);
+        d2 += d * d;
+    }
+    if (d2 < rc2) {
+        emit(j, k0 + wrap[3 * i] - wrap[3 * j], k1 + wrap[3 * i + 1] - wrap[3 * j + 1],
+             k2 + wrap[3 * i + 2] - wrap[3 * j + 2]);
+    }
+}
+
+// All neighbours of atom i; emit(j, s0, s1, s2) for each. Brute-force mode emits in (j, S) order.
+template <typename T, typename Emit>
+BG_HD void visit_neighbors(int64_t i, const Replica<T>& rep, const T* pw, const T* fw, const int64_t* wrap,
+                           const int64_t* bin_start, const int64_t* bin_atoms, T cutoff, bool full_list,
+                           Emit& emit) {
+    const T rc2 = cutoff * cutoff;
+    if (rep.brute) {
+        const T slack = T(kFracSlack);
+        const int64_t j0 = full_list ? rep.atom_begin : i;
+        for (int64_t j = j0; j < rep.atom_end; ++j) {
+            int64_t lo[3], hi[3];
+            for (int a = 0; a < 3; ++a) {
+                if (rep.periodic[a]) {
+                    const T df = fw[3 * j + a] - fw[3 * i + a];
+                    lo[a] = static_cast<int64_t>(ceil(-rep.rc_over_d[a] - df - slack));
+                    hi[a] = static_cast<int64_t>(floor(rep.rc_over_d[a] - df + slack));
+                } else {
+                    lo[a] = 0;
+                    hi[a] = 0;
+                }
+            }
+            for (int64_t k0 = lo[0]; k0 <= hi[0]; ++k0)
+                for (int64_t k1 = lo[1]; k1 <= hi[1]; ++k1)
+                    for (int64_t k2 = lo[2]; k2 <= hi[2]; ++k2)
+                        try_pair(i, j, k0, k1, k2, rep, pw, wrap, rc2, full_list, emit);
+        }
+        return;
+    }
+    int64_t b[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = floor((fw[3 * i + a] - rep.origin[a]) * rep.bins_per_frac[a]);
+        int64_t c = x < T(0) ? 0 : static_cast<int64_t>(x);
+        b[a] = c >= rep.n_bins[a] ? rep.n_bins[a] - 1 : c;
+    }
+    for (int64_t m0 = -rep.reach[0]; m0 <= rep.reach[0]; ++m0) {
+        int64_t t0 = b[0] + m0, k0 = 0;
+        if (rep.periodic[0]) {
+            k0 = floor_div(t0, rep.n_bins[0]);
+            t0 -= k0 * rep.n_bins[0];
+        } else if (t0 < 0 || t0 >= rep.n_bins[0]) {
+            continue;
+        }
+        for (int64_t m1 = -rep.reach[1]; m1 <= rep.reach[1]; ++m1) {
+            int64_t t1 = b[1] + m1, k1 = 0;
+            if (rep.periodic[1]) {
+                k1 = floor_div(t1, rep.n_bins[1]);
+                t1 -= k1 * rep.n_bins[1];
+            } else if (t1 < 0 || t1 >= rep.n_bins[1]) {
+                continue;
+            }
+            for (int64_t m2 = -rep.reach[2]; m2 <= rep.reach[2]; ++m2) {
+                int64_t t2 = b[2] + m2, k2 = 0;
+                if (rep.periodic[2]) {
+                    k2 = floor_div(t2, rep.n_bins[2]);
+                    t2 -= k2 * rep.n_bins[2];
+                } else if (t2 < 0 || t2 >= rep.n_bins[2]) {
+                    continue;
+                }
+                const int64_t bin = rep.first_bin + (t0 * rep.n_bins[1] + t1) * rep.n_bins[2] + t2;
+                for (int64_t q = bin_start[bin]; q < bin_start[bin + 1]; ++q) {
+                    const int64_t j = bin_atoms[q];
+                    if (!full_list && j < i) continue;
+                    try_pair(i, j, k0, k1, k2, rep, pw, wrap, rc2, full_list, emit);
+                }
+            }
+        }
+    }
+}
+
+BG_HD bool pair_less(int64_t ja, const int64_t* sa, int64_t jb, const int64_t* sb) {
+    if (ja != jb) return ja < jb;
+    if (sa[0] != sb[0]) return sa[0] < sb[0];
+    if (sa[1] != sb[1]) return sa[1] < sb[1];
+    return sa[2] < sb[2];
+}
+
+// Insertion sort of one atom's entries (j [n], shifts [n, 3]) by (j, shift); used on the GPU,
+// where segments are short (tens of entries).
+BG_HD void sort_segment(int64_t* j, int64_t* s, int64_t n) {
+    for (int64_t a = 1; a < n; ++a) {
+        const int64_t jj = j[a];
+        const int64_t ss[3] = {s[3 * a], s[3 * a + 1], s[3 * a + 2]};
+        int64_t b = a - 1;
+        while (b >= 0 && pair_less(jj, ss, j[b], s + 3 * b)) {
+            j[b + 1] = j[b];
+            s[3 * (b + 1)] = s[3 * b];
+            s[3 * (b + 1) + 1] = s[3 * b + 1];
+            s[3 * (b + 1) + 2] = s[3 * b + 2];
+            --b;
+        }
+        j[b + 1] = jj;
+        s[3 * (b + 1)] = ss[0];
+        s[3 * (b + 1) + 1] = ss[1];
+        s[3 * (b + 1) + 2] = ss[2];
+    }
+}
+
+// ------------------------------------------------------------------ host-side setup
+
+// Fills one replica's parameters. cell: effective cell (row-major, invertible), inv its inverse; periodic[3];
+// fmin/fmax: range of the atoms' fractional coordinates along non-periodic axes; n_atoms of
+// the replica. Returns the number of bins (>= 1). Mode choice (mode 0 = automatic): brute force
+// costs per atom about n_atoms x (0.5 for the image-range computation + the expected number of
+// images tested, the product over periodic axes of 2 cutoff / d_a); the cell list costs
+// (2 reach + 1)^3 x (atoms per bin) tests plus about 16 for sorting the atom's neighbours. Brute
+// force is taken when its estimate is at most kBruteFactor times the cell-list one. In effect:
+// molecules and small boxes (up to a few hundred atoms) use brute force, large boxes the cell list.
+constexpr double kBruteFactor = 1.5;
+constexpr double kBinSlack = 1e-5;  // bins are kept at least cutoff * (1 + kBinSlack) thick
+
+// Inverse of a row-major 3x3 matrix (the caller guarantees it is invertible).
+inline void invert3(const double* c, double* inv) {
+    const double det = c[0] * (c[4] * c[8] - c[5] * c[7]) - c[1] * (c[3] * c[8] - c[5] * c[6]) +
+                       c[2] * (c[3] * c[7] - c[4] * c[6]);
+    inv[0] = (c[4] * c[8] - c[5] * c[7]) / det;
+    inv[1] = (c[2] * c[7] - c[1] * c[8]) / det;
+    inv[2] = (c[1] * c[5] - c[2] * c[4]) / det;
+    inv[3] = (c[5] * c[6] - c[3] * c[8]) / det;
+    inv[4] = (c[0] * c[8] - c[2] * c[6]) / det;
+    inv[5] = (c[2] * c[3] - c[0] * c[5]) / det;
+    inv[6] = (c[3] * c[7] - c[4] * c[6]) / det;
+    inv[7] = (c[1] * c[6] - c[0] * c[7]) / det;
+    inv[8] = (c[0] * c[4] - c[1] * c[3]) / det;
+}
+
+template <typename T>
+inline int64_t replica_setup(const double* cell, const double* inv, const bool* periodic, const double* fmin,
+                             const double* fmax, double cutoff, int64_t atom_begin, int64_t atom_end, int mode,
+                             int64_t first_bin, Replica<T>& rep) {
+    for (int k = 0; k < 9; ++k) {
+        rep.cell[k] = static_cast<T>(cell[k]);
+        rep.inv[k] = static_cast<T>(inv[k]);
+    }
+    const int64_t n = atom_end - atom_begin;
+    double d[3], extent[3], nb[3];
+    for (int a = 0; a < 3; ++a) {
+        // plane distance: 1 / |column a of inv|
+        d[a] = 1.0 / std::sqrt(inv[a] * inv[a] + inv[3 + a] * inv[3 + a] + inv[6 + a] * inv[6 + a]);
+        rep.periodic[a] = periodic[a] ? 1 : 0;
+        rep.rc_over_d[a] = static_cast<T>(cutoff / d[a]);
+        const double lo = periodic[a] ? 0.0 : fmin[a];
+        const double ext = periodic[a] ? 1.0 : std::max(fmax[a] - fmin[a], 0.0);
+        rep.origin[a] = static_cast<T>(lo);
+        extent[a] = ext;
+        nb[a] = std::max(1.0, std::floor(d[a] * ext / (cutoff * (1.0 + kBinSlack))));
+    }
+    // at most ~2 bins per atom (sparse replicas, e.g. molecules far apart)
+    const double cap = std::max(8.0, 2.0 * double(n));
+    while (nb[0] * nb[1] * nb[2] > cap) {
+        const double s = std::cbrt(cap / (nb[0] * nb[1] * nb[2]));
+        for (int a = 0; a < 3; ++a) nb[a] = std::max(1.0, std::floor(nb[a] * std::min(s, 0.999)));
+    }
+    double cell_cost = 1.0, brute_images = 1.0;  // images: product over periodic axes of 2 cutoff / d_a
+    for (int a = 0; a < 3; ++a) {
+        rep.n_bins[a] = static_cast<int32_t>(nb[a]);
+        const double thick = d[a] * (extent[a] > 0 ? extent[a] : 1.0) / nb[a];
+        rep.reach[a] = static_cast<int32_t>(std::ceil(cutoff / thick * (1.0 + kBinSlack)));
+        if (!periodic[a] && rep.reach[a] > rep.n_bins[a]) rep.reach[a] = rep.n_bins[a];
+        rep.bins_per_frac[a] = static_cast<T>(extent[a] > 0 ? nb[a] / extent[a] : 0.0);
+        cell_cost *= 2.0 * rep.reach[a] + 1.0;
+        if (periodic[a]) brute_images *= 2.0 * cutoff / d[a];
+    }
+    const double n_bins = nb[0] * nb[1] * nb[2];
+    cell_cost = cell_cost * double(n) / n_bins + 16.0;
+    const double brute_cost = double(n) * (0.5 + brute_images);
+    rep.brute = mode == 1 ? 1 : (mode == 2 ? 0 : (brute_cost <= kBruteFactor * cell_cost ? 1 : 0));
+    rep.first_bin = first_bin;
+    rep.atom_begin = atom_begin;
+    rep.atom_end = atom_end;
+    return static_cast<int64_t>(n_bins);
+}
+
+// Parameters of every replica. cell [R, 9] effective cells, inv [R, 9] their inverses, periodic [R, 3],
+// fmin/fmax [R, 3] fractional ranges along non-periodic axes, ptr [R + 1] atom offsets.
+// Returns the total number of bins.
+template <typename T>
+inline int64_t setup_replicas(int64_t R, const double* cell, const double* inv, const bool* periodic,
+                              const double* fmin, const double* fmax, const int64_t* ptr, double cutoff, int mode,
+                              Replica<T>* reps) {
+    int64_t first_bin = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        first_bin += replica_setup<T>(cell + 9 * r, inv + 9 * r, periodic + 3 * r, fmin + 3 * r, fmax + 3 * r, cutoff,
+                                      ptr[r], ptr[r + 1], mode, first_bin, reps[r]);
+    }
+    return first_bin;
+}
+
+}  // namespace nl
+}  // namespace boltzgrad

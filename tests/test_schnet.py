@@ -281,3 +281,30 @@ def test_bad_inputs_raise_naming_the_argument():
         SchNet(cutoff=0.0)
     with pytest.raises(ValueError, match="forces"):
         fit_species_shift_scale(torch.zeros(1), species, torch.zeros(4, dtype=torch.int64), torch.zeros(3, 3))
+
+
+def test_runs_in_the_md_simulator_with_its_verlet_list():
+    model = small_schnet(seed=10, cutoff=3.5)
+    model.scale.fill_(300.0)  # a rugged landscape: the dynamics exchange eV between potential and kinetic energy
+    mols = [random_molecule(6, seed=s, spread=1.8) for s in (11, 12)]
+    pos = torch.cat([m[0] for m in mols]) * 1.3
+    species = torch.cat([m[1] for m in mols])
+    batch = torch.arange(2).repeat_interleave(6)
+    masses = torch.tensor([1.008, 12.011, 15.999, 14.007, 1.008, 1.008] * 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    vel = bg.md.maxwell_boltzmann(masses, 0.05, batch=batch, generator=g)
+    state = bg.md.State(pos, vel, masses, species, batch=batch)
+    sim = bg.md.Simulator(model, bg.md.VelocityVerlet(0.1))
+    assert isinstance(sim.neighbor_list, bg.NeighborList) and sim.neighbor_list.cutoff == 3.5
+
+    def total(s):
+        return s.energy + bg.md.kinetic_energy(s.velocities, masses, batch, 2)
+
+    first = sim.run(state, 1)
+    last = sim.run(first, 100)
+    assert (last.positions - pos).abs().max() > 0.01
+    assert not bool(last.frozen.any())
+    ke0 = bg.md.kinetic_energy(first.velocities, masses, batch, 2)
+    ke1 = bg.md.kinetic_energy(last.velocities, masses, batch, 2)
+    assert float((ke1 - ke0).abs().min()) > 0.5  # eV exchanged with the potential energy
+    assert float((total(last) - total(first)).abs().max()) < 2e-3  # conserved (measured 1e-4 eV)

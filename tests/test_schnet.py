@@ -308,3 +308,24 @@ def test_runs_in_the_md_simulator_with_its_verlet_list():
     ke1 = bg.md.kinetic_energy(last.velocities, masses, batch, 2)
     assert float((ke1 - ke0).abs().min()) > 0.5  # eV exchanged with the potential energy
     assert float((total(last) - total(first)).abs().max()) < 2e-3  # conserved (measured 1e-4 eV)
+
+
+def test_vmap_per_sample_gradients_with_a_shared_pair_list():
+    model = small_schnet(seed=11)
+    pos, species = random_molecule(6, seed=4)
+    g = torch.Generator().manual_seed(1)
+    samples = pos[None] + 0.2 * torch.randn(5, 6, 3, generator=g, dtype=torch.float64)
+    # one list for all samples, with a skin so that it holds every pair within the cutoff of each sample
+    pairs = bg.neighbor_list(pos, 4.0 + 1.5, max_pairs=20)
+    assert int(pairs.num_pairs) < 20  # padding present: it must be masked
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def energy(p, x):
+        return torch.func.functional_call(model, (p,), (x, species), {"pairs": pairs})["energy"].sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(energy), in_dims=(None, 0))(params, samples)
+    for s in range(samples.shape[0]):
+        model.zero_grad()
+        model(samples[s], species)["energy"].sum().backward()  # own neighbour list, no shared one
+        for k, v in model.named_parameters():
+            torch.testing.assert_close(per_sample[k][s], v.grad, rtol=1e-9, atol=1e-12)

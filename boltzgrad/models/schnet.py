@@ -102,10 +102,34 @@ class Interaction(nn.Module):
         return h + self.dense(shifted_softplus(self.f2out(m)))
 
 
+def _in_functorch(t: torch.Tensor) -> bool:
+    # inside torch.func transforms (vmap, grad): no host syncs, no data-dependent shapes
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def _segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     # accumulate rows of values [P, F] into n rows; index_put with accumulation is several times
-    # faster than index_add/scatter_add on the CPU and differentiable to any order
-    return values.new_zeros(n, values.shape[1]).index_put((index,), values, accumulate=True)
+    # faster than index_add/scatter_add on the CPU and differentiable to any order; vmap has a
+    # batching rule for index_add only
+    out = values.new_zeros(n, values.shape[1])
+    if _in_functorch(values):
+        return out.index_add(0, index, values)
+    return out.index_put((index,), values, accumulate=True)
+
+
+def _fixed_pair_geometry(positions, cell, batch, pairs, cutoff):
+    """Distances [P] and a validity weight [P] for a given list, without filtering (vmap-compatible)."""
+    i, j = pairs.i, pairs.j
+    vec = positions[j] - positions[i]
+    if cell is not None:
+        b = torch.zeros_like(i) if batch is None else batch[i]
+        vec = vec + torch.bmm(pairs.shifts.to(positions.dtype).unsqueeze(1), cell[b]).squeeze(1)
+    d2 = (vec * vec).sum(-1)
+    valid = d2 < cutoff * cutoff
+    if pairs.num_pairs is not None:
+        valid = valid & pairs.mask
+    d = torch.sqrt(torch.where(valid, d2, torch.ones_like(d2)))
+    return i, j, d, valid.to(positions.dtype)
 
 
 class SchNet(nn.Module):
@@ -172,7 +196,9 @@ class SchNet(nn.Module):
             pairs: optional :class:`boltzgrad.Pairs`, a half list built with a cutoff >= ``cutoff`` (e.g.
                 by the MD simulator's Verlet list). Only its indices and integer shifts are used: pair
                 vectors are recomputed from ``positions`` and ``cell``, so forces and virials are exact
-                for the tensors passed in; pairs beyond ``cutoff`` and padding are dropped.
+                for the tensors passed in; pairs beyond ``cutoff`` and padding are dropped. Inside
+                ``torch.func`` transforms (``vmap`` over configurations that share this list, e.g. for
+                per-sample parameter gradients) they are masked instead of dropped (no host syncs).
         Returns:
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
@@ -187,12 +213,20 @@ class SchNet(nn.Module):
             with torch.no_grad():
                 pairs = self.neighbor_list(positions.detach(), batch=batch,
                                            cell=None if system.cell is None else system.cell.detach(), pbc=pbc)
-        i, j, _, d, _, _ = pair_geometry(positions, self.cutoff, batch=batch, cell=system.cell, pbc=pbc, pairs=pairs)
+        if pairs is not None and _in_functorch(positions):
+            # e.g. per-sample parameter gradients with torch.func.vmap over configurations sharing one list
+            i, j, d, weight = _fixed_pair_geometry(positions, system.cell, batch, pairs, self.cutoff)
+        else:
+            i, j, _, d, _, _ = pair_geometry(positions, self.cutoff, batch=batch, cell=system.cell, pbc=pbc,
+                                             pairs=pairs)
+            weight = None
 
         h = self.embedding(species).to(positions.dtype)
         if self.interactions:
             rbf = self.rbf(d)
             fcut = cosine_cutoff(d, self.cutoff)
+            if weight is not None:
+                fcut = fcut * weight
             for block in self.interactions:
                 h = block(h, rbf, fcut, i, j)
         y = self.readout2(shifted_softplus(self.readout1(h))).squeeze(-1)

@@ -1,0 +1,26 @@
+"""Batched molecular dynamics: many replicas in flat tensors, integrators for NVE/NVT/NPT, a robust Simulator.
+
+Units: Å, fs, amu, eV (see :mod:`boltzgrad.md.units`); ``kT`` in eV, per replica allowed.
+"""
+
+from . import units
+from .integrators import BerendsenNPT, Integrator, Langevin, NoseHoover, VelocityVerlet
+from .simulator import Simulator
+from .state import State, kinetic_energy, maxwell_boltzmann, remove_com_velocity
+from .trajectory import TrajectoryBuffer, write_extxyz
+
+__all__ = [
+    "units",
+    "State",
+    "maxwell_boltzmann",
+    "kinetic_energy",
+    "remove_com_velocity",
+    "Integrator",
+    "VelocityVerlet",
+    "Langevin",
+    "NoseHoover",
+    "BerendsenNPT",
+    "Simulator",
+    "TrajectoryBuffer",
+    "write_extxyz",
+]

@@ -1,0 +1,227 @@
+"""The Simulator: runs many replicas with one model call per step, a Verlet list, recording and freezing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..models.base import accepts_pairs, energy_and_forces, energy_forces_virial, segment_sum
+from .integrators import Integrator
+from .state import State
+from .trajectory import TrajectoryBuffer
+
+
+def _replica_any(mask_atoms: torch.Tensor, batch: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return segment_sum(mask_atoms.to(torch.int32), batch, n_rep) > 0
+
+
+def _where_rep(frozen_rep: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    return torch.where(frozen_rep.view((-1,) + (1,) * (new.dim() - 1)), old, new)
+
+
+class Simulator:
+    """Runs R replicas of one potential with an integrator; robust to replicas that blow up.
+
+    Each step makes one batched model call for all replicas. Pair potentials (``accepts_pairs``) get their
+    pairs from one Verlet ``NeighborList`` (cutoff = the model's, with a skin) shared by the whole batch.
+
+    A replica is frozen (its last finite state kept, ``state.frozen[r]`` set, ``state.frozen_step[r]`` the step)
+    when, during a step, any of its positions, velocities, forces, cell or its energy became non-finite, or
+    an atom moved by more than ``max_displacement`` in one step. Frozen replicas stay fixed in later steps
+    (they are still evaluated, so shapes never change) and never influence the others: a batch with a
+    frozen replica gives the other replicas exactly the trajectories they would have without it. Users may
+    freeze replicas themselves by setting ``state.frozen``.
+
+    Args:
+        model: a potential (see :mod:`boltzgrad.models.base`).
+        integrator: a :class:`~boltzgrad.md.integrators.Integrator`.
+        neighbor_list: a ``bg.NeighborList`` (half list, cutoff >= the model's) for models with
+            ``accepts_pairs``; default: ``bg.NeighborList(model.cutoff, skin=skin)`` for such models,
+            none otherwise (the model then finds its own neighbours).
+        skin: Verlet skin of the default neighbour list, Å.
+        max_displacement: Å per step beyond which an atom counts as exploding (None: no such check).
+        wrap_every: wrap positions back into periodic boxes every this many steps (None: never);
+            ``state.image`` keeps the unwrapped trajectory.
+        buffer_size: capacity of :attr:`trajectory`, the ring buffer used when ``run`` gets ``every`` but no
+            ``callback``.
+    """
+
+    def __init__(self, model: torch.nn.Module, integrator: Integrator, *, neighbor_list=None, skin: float = 0.5,
+                 max_displacement: float | None = 1.0, wrap_every: int | None = 100, buffer_size: int = 1000):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
+        if not isinstance(integrator, Integrator):
+            raise TypeError(f"integrator must be a boltzgrad.md Integrator, got {type(integrator).__name__}")
+        if neighbor_list is not None and not accepts_pairs(model):
+            raise ValueError(f"neighbor_list was given but the model {type(model).__name__} does not take pairs")
+        if neighbor_list is None and accepts_pairs(model) and hasattr(model, "cutoff"):
+            from ..neighbors import NeighborList
+
+            neighbor_list = NeighborList(float(model.cutoff), skin=skin)
+        if max_displacement is not None and not (float(max_displacement) > 0):
+            raise ValueError(f"max_displacement must be > 0 (Å) or None, got {max_displacement}")
+        if wrap_every is not None and int(wrap_every) < 1:
+            raise ValueError(f"wrap_every must be >= 1 or None, got {wrap_every}")
+        self.model = model
+        self.integrator = integrator
+        self.neighbor_list = neighbor_list
+        self.max_displacement = None if max_displacement is None else float(max_displacement)
+        self.wrap_every = None if wrap_every is None else int(wrap_every)
+        self.buffer_size = int(buffer_size)
+        self.trajectory: TrajectoryBuffer | None = None
+        self.n_model_calls = 0
+        self._ref: State | None = None
+        self._bad: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ forces
+    def evaluate(self, state: State, positions: torch.Tensor, cell: torch.Tensor | None):
+        """Energy [R], forces [n_atoms, 3] and virial [R, 3, 3] (or None) at ``positions``/``cell``."""
+        pairs = None
+        if self.neighbor_list is not None:
+            with torch.no_grad():
+                pairs = self.neighbor_list(positions, batch=state.batch, cell=cell, pbc=state.pbc)
+        self.n_model_calls += 1
+        if self.integrator.needs_virial:
+            return energy_forces_virial(self.model, positions, state.species, batch=state.batch, cell=cell,
+                                        pbc=state.pbc, pairs=pairs)
+        energy, forces = energy_and_forces(self.model, positions, state.species, batch=state.batch, cell=cell,
+                                           pbc=state.pbc, pairs=pairs)
+        return energy, forces, None
+
+    def _guarded_compute(self, positions: torch.Tensor, cell: torch.Tensor | None):
+        """The integrator's force call: replicas whose new positions are non-finite or jumped are evaluated at
+        their previous positions instead (so the neighbour list and model never see them) and marked bad."""
+        ref = self._ref
+        batch, R = ref.batch, ref.n_replicas
+        cell_changed = cell is not None and cell is not ref.cell
+        start = ref.positions
+        if cell_changed and bool(torch.isfinite(cell).all()):
+            # compare with the start positions carried along by the cell deformation (barostat)
+            deform = torch.linalg.solve(ref.cell, cell)
+            start = torch.bmm(start.unsqueeze(1), deform[batch]).squeeze(1)
+        disp2 = ((positions - start) ** 2).sum(-1)
+        limit = math.inf if self.max_displacement is None else self.max_displacement**2
+        # fast path, one host sync: NaN/inf positions make the maximum NaN/inf and fail the test
+        ok = disp2.max() <= limit if disp2.numel() else torch.tensor(True)
+        if cell_changed:
+            ok = ok & torch.isfinite(cell).all()
+        if bool(ok):
+            self._bad = None
+            return self.evaluate(ref, positions, cell)
+        bad = _replica_any(~(disp2 <= limit), batch, R)
+        if cell_changed:
+            bad = bad | ~torch.isfinite(cell).flatten(1).all(-1)
+        atom_bad = bad[batch].unsqueeze(-1)
+        positions = torch.where(atom_bad, ref.positions, positions)
+        if cell is not None:
+            cell = _where_rep(bad, ref.cell, cell)
+        self._bad = bad
+        return self.evaluate(ref, positions, cell)
+
+    # ------------------------------------------------------------------ freezing
+    def _freeze(self, old: State, new: State, bad: torch.Tensor | None) -> State:
+        batch, R = new.batch, new.n_replicas
+        if bad is None:
+            # fast path, one host sync: any NaN/inf (or overflow) makes the sum non-finite
+            total = new.energy.sum() + new.forces.sum() + new.velocities.sum()
+            if new.virial is not None:
+                total = total + new.virial.sum()
+            if bool(torch.isfinite(total)) and not bool(old.frozen.any()):
+                return new
+            bad = torch.zeros_like(old.frozen)
+        bad = bad | ~torch.isfinite(new.energy)
+        bad = bad | _replica_any(~(torch.isfinite(new.forces).all(-1) & torch.isfinite(new.velocities).all(-1)),
+                                 batch, R)
+        if new.virial is not None:
+            bad = bad | ~torch.isfinite(new.virial).flatten(1).all(-1)
+        frozen = old.frozen | bad
+        if not bool(frozen.any()):
+            return new
+        newly = frozen & ~old.frozen
+        fa = frozen[batch].unsqueeze(-1)
+        fields = {
+            "positions": torch.where(fa, old.positions, new.positions),
+            "velocities": torch.where(fa, old.velocities, new.velocities),
+            "forces": torch.where(fa, old.forces, new.forces),
+            "image": torch.where(fa, old.image, new.image),
+            "energy": torch.where(frozen, old.energy, new.energy),
+            "frozen": frozen,
+            "frozen_step": torch.where(newly, torch.full_like(old.frozen_step, new.step), old.frozen_step),
+        }
+        if new.cell is not None and new.cell is not old.cell:
+            fields["cell"] = _where_rep(frozen, old.cell, new.cell)
+        if new.virial is not None and old.virial is not None:
+            fields["virial"] = _where_rep(frozen, old.virial, new.virial)
+        out = new.replace(**fields)
+        for k, v in new.aux.items():
+            # integrator variables are per replica [R, ...] or per atom [n_atoms, ...]
+            if k in old.aux and v.shape[:1] == (R,):
+                out.aux[k] = _where_rep(frozen, old.aux[k], v)
+            elif k in old.aux and v.shape[:1] == batch.shape:
+                out.aux[k] = _where_rep(frozen[batch], old.aux[k], v)
+        return out
+
+    def _initialise(self, state: State) -> State:
+        """Forces (and virial) at the state's own positions; replicas with a non-finite start are frozen."""
+        energy, forces, virial = self.evaluate(state, state.positions, state.cell)
+        new = state.replace(energy=energy, forces=forces, virial=virial)
+        bad = ~torch.isfinite(energy) | _replica_any(~torch.isfinite(forces).all(-1), state.batch, state.n_replicas)
+        if virial is not None:
+            bad = bad | ~torch.isfinite(virial).flatten(1).all(-1)
+        if bool(bad.any()):
+            newly = bad & ~state.frozen
+            fa = bad[state.batch].unsqueeze(-1)
+            new = new.replace(
+                forces=torch.where(fa, torch.zeros_like(forces), forces),
+                energy=torch.where(bad, torch.full_like(energy, math.nan), energy),
+                frozen=state.frozen | bad,
+                frozen_step=torch.where(newly, torch.full_like(state.frozen_step, state.step), state.frozen_step),
+            )
+            if virial is not None:
+                new.virial = _where_rep(bad, torch.zeros_like(virial), virial)
+        return new
+
+    # ------------------------------------------------------------------ running
+    def run(self, state: State, n_steps: int, *, every: int | None = None,
+            callback: Callable[[State, int], None] | None = None) -> State:
+        """Advance all replicas by ``n_steps`` steps and return the new state (the input is not modified).
+
+        Forces are recomputed at the start of every call, so a state edited between calls is handled.
+
+        Args:
+            state: the :class:`State` of R replicas.
+            n_steps: number of steps, >= 0.
+            every: call ``callback(state, step)`` every this many steps (``state.step % every == 0``);
+                without a callback the frames go into :attr:`trajectory`, a :class:`TrajectoryBuffer`.
+            callback: a function ``(state, step)``, e.g. a :class:`TrajectoryBuffer`.
+
+        Returns:
+            the final :class:`State`.
+        """
+        if not isinstance(state, State):
+            raise TypeError(f"state must be a boltzgrad.md.State, got {type(state).__name__}")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+            raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"every must be an int >= 1 or None, got {every!r}")
+        if callback is not None and every is None:
+            every = 1
+        if every is not None and callback is None:
+            if self.trajectory is None:
+                self.trajectory = TrajectoryBuffer(self.buffer_size)
+            callback = self.trajectory
+        state = state.replace()
+        self.integrator.init(state)
+        state = self._initialise(state)
+        for _ in range(n_steps):
+            self._ref = state
+            new = self.integrator.step(state, self._guarded_compute)
+            state = self._freeze(state, new, self._bad)
+            if self.wrap_every is not None and state.step % self.wrap_every == 0:
+                state = state.wrapped()
+            if every is not None and state.step % every == 0:
+                callback(state, state.step)
+        self._ref = None
+        return state

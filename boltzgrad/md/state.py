@@ -1,0 +1,253 @@
+"""The state of many MD replicas in flat tensors, Maxwell-Boltzmann velocities, kinetic energies."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import as_tensor
+from ..models.base import normalize_system, segment_sum
+from . import units
+
+_FIELDS = ("positions", "velocities", "masses", "species", "batch", "cell", "pbc", "image", "energy", "forces",
+           "virial", "frozen", "frozen_step", "step", "aux", "n_replicas")
+
+
+def _kT_tensor(name: str, kT, n_rep: int, dtype, device, *, positive: bool = False) -> torch.Tensor:
+    """kT as a [R] tensor (eV) from a float or a [R] / [1] tensor; checks finiteness and sign."""
+    t = as_tensor(name, kT, dtype=dtype, device=device)
+    if not t.is_floating_point():
+        t = t.to(dtype)
+    if t.dim() == 0:
+        t = t.expand(n_rep)
+    elif t.shape == (1,):
+        t = t.expand(n_rep)
+    elif t.shape != (n_rep,):
+        raise ValueError(f"{name} must be a float or a tensor of shape [R] = [{n_rep}] (eV), got shape "
+                         f"{tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (eV), got {t.tolist()}")
+    if positive and not bool((t > 0).all()):
+        raise ValueError(f"{name} must be > 0 (eV), got {t.tolist()}")
+    if not bool((t >= 0).all()):
+        raise ValueError(f"{name} must be >= 0 (eV), got {t.tolist()}")
+    return t.to(dtype=dtype, device=device)
+
+
+def kinetic_energy(velocities: torch.Tensor, masses: torch.Tensor, batch: torch.Tensor, n_replicas: int
+                   ) -> torch.Tensor:
+    """Kinetic energy per replica [R] in eV.
+
+    Args:
+        velocities: [n_atoms, 3] Å/fs. masses: [n_atoms] amu. batch: [n_atoms] int64. n_replicas: R.
+    """
+    ke_atom = 0.5 * masses * (velocities * velocities).sum(-1)
+    return segment_sum(ke_atom, batch, n_replicas) / units.ACCELERATION
+
+
+def remove_com_velocity(velocities: torch.Tensor, masses: torch.Tensor, batch: torch.Tensor, n_replicas: int
+                        ) -> torch.Tensor:
+    """Velocities [n_atoms, 3] with each replica's centre-of-mass velocity subtracted."""
+    p = segment_sum(masses.unsqueeze(-1) * velocities, batch, n_replicas)
+    m = segment_sum(masses, batch, n_replicas)
+    return velocities - (p / m.unsqueeze(-1))[batch]
+
+
+def maxwell_boltzmann(masses, kT, *, batch=None, generator: torch.Generator | None = None,
+                      remove_com: bool = True, exact: bool = False, dtype=None) -> torch.Tensor:
+    """Velocities drawn from the Maxwell-Boltzmann distribution at ``kT``, per replica.
+
+    Each Cartesian component of atom a is Gaussian with variance ``kT / m_a`` (in Å²/fs² after the unit
+    conversion of :mod:`boltzgrad.md.units`).
+
+    Args:
+        masses: [n_atoms] float, amu, > 0.
+        kT: float or [R] float, eV, >= 0 (per-replica temperatures allowed).
+        batch: [n_atoms] int64 sorted replica index, or None for one system.
+        generator: torch random generator (for reproducible draws).
+        remove_com: subtract each replica's centre-of-mass velocity (then 3N - 3 degrees of freedom).
+        exact: rescale each replica so that its instantaneous temperature ``2K / n_dof`` equals kT exactly.
+        dtype: floating dtype of the result (default: that of ``masses``).
+
+    Returns:
+        velocities [n_atoms, 3], Å/fs.
+    """
+    masses = as_tensor("masses", masses)
+    if masses.dim() != 1:
+        raise ValueError(f"masses must have shape [n_atoms], got {tuple(masses.shape)}")
+    if not masses.is_floating_point():
+        masses = masses.to(torch.get_default_dtype())
+    dtype = dtype or masses.dtype
+    masses = masses.to(dtype)
+    if masses.numel() and not bool((masses > 0).all() & torch.isfinite(masses).all()):
+        raise ValueError("masses must be finite and > 0 (amu)")
+    n = masses.shape[0]
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.int64, device=masses.device)
+    elif batch.shape != (n,) or batch.dtype != torch.int64:
+        raise ValueError(f"batch must be an int64 tensor of shape [n_atoms] = [{n}], got {tuple(batch.shape)} "
+                         f"{batch.dtype}")
+    n_rep = int(batch[-1]) + 1 if n else 0
+    kT_t = _kT_tensor("kT", kT, n_rep, dtype, masses.device)
+    z = torch.randn(n, 3, generator=generator, dtype=dtype, device=masses.device)
+    v = z * torch.sqrt(kT_t[batch] * units.ACCELERATION / masses).unsqueeze(-1)
+    if remove_com:
+        v = remove_com_velocity(v, masses, batch, n_rep)
+    if exact:
+        counts = torch.bincount(batch, minlength=n_rep).to(dtype)
+        n_dof = 3 * counts - (3 if remove_com else 0)
+        ke = kinetic_energy(v, masses, batch, n_rep)
+        target = 0.5 * n_dof * kT_t
+        scale = torch.where(ke > 0, torch.sqrt(target / ke.clamp_min(torch.finfo(dtype).tiny)), torch.zeros_like(ke))
+        v = v * scale[batch].unsqueeze(-1)
+    return v
+
+
+class State:
+    """Positions, velocities and everything else an integrator needs, for R replicas with flat atoms.
+
+    Args:
+        positions: [n_atoms, 3] float, Å (finite).
+        velocities: [n_atoms, 3] float (dtype of positions), Å/fs.
+        masses: [n_atoms] float, amu, > 0.
+        species: [n_atoms] int64 (atomic numbers, or the model's type indices).
+        batch: [n_atoms] int64 sorted replica index 0..R-1, or None for one system.
+        cell: [R, 3, 3] (or [3, 3]) float, Å, box vectors as rows; None when not periodic.
+        pbc: bool, [3] or [R, 3] bool.
+
+    Further attributes, filled by the integrators and the :class:`~boltzgrad.md.Simulator`:
+        energy: [R] potential energy, eV (None until computed).
+        forces: [n_atoms, 3] eV/Å. virial: [R, 3, 3] eV (only with a barostat).
+        image: [n_atoms, 3] int64 — how many box vectors each atom was wrapped by; ``unwrapped_positions()``
+            adds them back (for diffusion).
+        frozen: [R] bool, replicas whose dynamics stopped (non-finite state, or set by the user).
+        frozen_step: [R] int64, the step at which each replica froze (-1 when running).
+        step: int, number of steps taken.
+        aux: dict of per-replica integrator variables (e.g. the Nosé-Hoover chain), leading dimension R.
+    """
+
+    def __init__(self, positions, velocities, masses, species, *, batch=None, cell=None, pbc=False):
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"positions must be a torch.Tensor [n_atoms, 3], got {type(positions).__name__}")
+        species = as_tensor("species", species, dtype=torch.int64, device=positions.device)
+        system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc)
+        n = positions.shape[0]
+        velocities = as_tensor("velocities", velocities, dtype=positions.dtype, device=positions.device)
+        if velocities.shape != (n, 3):
+            raise ValueError(f"velocities must have shape [n_atoms, 3] = [{n}, 3], got {tuple(velocities.shape)}")
+        if velocities.dtype != positions.dtype:
+            raise ValueError(f"velocities must have the dtype of positions ({positions.dtype}), got "
+                             f"{velocities.dtype}")
+        if not bool(torch.isfinite(velocities).all()):
+            raise ValueError("velocities has non-finite entries (NaN or inf)")
+        masses = as_tensor("masses", masses, dtype=positions.dtype, device=positions.device)
+        if masses.shape != (n,):
+            raise ValueError(f"masses must have shape [n_atoms] = [{n}], got {tuple(masses.shape)}")
+        masses = masses.to(positions.dtype)
+        if not bool(((masses > 0) & torch.isfinite(masses)).all()):
+            raise ValueError(f"masses must be finite and > 0 (amu); got min {float(masses.min())}")
+        if system.cell is not None and bool(system.pbc.any()):
+            vol = torch.linalg.det(system.cell).abs()
+            if not bool((vol > 0).all()):
+                raise ValueError("cell must have non-zero volume in every replica")
+        R = system.n_replicas
+        dev = positions.device
+        self.positions = positions.detach()
+        self.velocities = velocities.detach()
+        self.masses = masses
+        self.species = species
+        self.batch = system.batch
+        self.cell = system.cell
+        self.pbc = system.pbc
+        self.n_replicas = R
+        self.image = torch.zeros(n, 3, dtype=torch.int64, device=dev)
+        self.energy: torch.Tensor | None = None
+        self.forces: torch.Tensor | None = None
+        self.virial: torch.Tensor | None = None
+        self.frozen = torch.zeros(R, dtype=torch.bool, device=dev)
+        self.frozen_step = torch.full((R,), -1, dtype=torch.int64, device=dev)
+        self.step = 0
+        self.aux: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ copies
+    def replace(self, **fields) -> State:
+        """A shallow copy with some fields replaced (no validation; tensors are shared, not copied)."""
+        new = object.__new__(State)
+        new.__dict__.update(self.__dict__)
+        new.aux = dict(self.aux)
+        for k, v in fields.items():
+            if k not in _FIELDS:
+                raise ValueError(f"State has no field {k!r}")
+            setattr(new, k, v)
+        return new
+
+    def clone(self) -> State:
+        """A deep copy (all tensors cloned)."""
+        new = self.replace()
+        for k, v in list(new.__dict__.items()):
+            if isinstance(v, torch.Tensor):
+                setattr(new, k, v.clone())
+        new.aux = {k: v.clone() for k, v in self.aux.items()}
+        return new
+
+    # ------------------------------------------------------------------ derived quantities
+    def acceleration_factor(self) -> torch.Tensor:
+        """[n_atoms, 1] factor ``ACCELERATION / m`` turning forces (eV/Å) into accelerations (Å/fs²); cached."""
+        cached = self.__dict__.get("_acc")
+        if cached is None or cached[0] is not self.masses:
+            cached = (self.masses, (units.ACCELERATION / self.masses).unsqueeze(-1))
+            self.__dict__["_acc"] = cached
+        return cached[1]
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.positions.shape[0])
+
+    def atoms_per_replica(self) -> torch.Tensor:
+        """[R] int64 atom counts."""
+        return torch.bincount(self.batch, minlength=self.n_replicas)
+
+    def n_dof(self, remove_com: bool = True) -> torch.Tensor:
+        """[R] degrees of freedom, 3N − 3 (centre of mass fixed) or 3N, as the positions' dtype."""
+        return (3 * self.atoms_per_replica() - (3 if remove_com else 0)).to(self.positions.dtype)
+
+    def kinetic_energy(self) -> torch.Tensor:
+        """[R] kinetic energy, eV."""
+        return kinetic_energy(self.velocities, self.masses, self.batch, self.n_replicas)
+
+    def kT(self, remove_com: bool = True) -> torch.Tensor:
+        """[R] instantaneous kT = 2K / n_dof, eV."""
+        return 2.0 * self.kinetic_energy() / self.n_dof(remove_com).clamp_min(1)
+
+    def temperature(self, remove_com: bool = True) -> torch.Tensor:
+        """[R] instantaneous temperature, K."""
+        return self.kT(remove_com) / units.KB
+
+    def volume(self) -> torch.Tensor:
+        """[R] cell volumes, Å³."""
+        if self.cell is None:
+            raise ValueError("this state has no cell")
+        return torch.linalg.det(self.cell).abs()
+
+    def unwrapped_positions(self) -> torch.Tensor:
+        """[n_atoms, 3] positions with the periodic wrapping undone (continuous trajectories), Å."""
+        if self.cell is None:
+            return self.positions
+        return self.positions + torch.bmm(self.image.to(self.positions.dtype).unsqueeze(1),
+                                          self.cell[self.batch]).squeeze(1)
+
+    def wrapped(self) -> State:
+        """A copy with positions wrapped into the cell along periodic axes (``image`` counts updated)."""
+        if self.cell is None or not bool(self.pbc.any()):
+            return self
+        cell_a = self.cell[self.batch]
+        frac = torch.linalg.solve(cell_a.transpose(1, 2), self.positions.unsqueeze(-1)).squeeze(-1)
+        shift = torch.where(self.pbc[self.batch], torch.floor(frac), torch.zeros_like(frac))
+        if not bool((shift != 0).any()):
+            return self
+        pos = self.positions - torch.bmm(shift.unsqueeze(1), cell_a).squeeze(1)
+        return self.replace(positions=pos, image=self.image + shift.to(torch.int64))
+
+    def __repr__(self) -> str:
+        return (f"State(n_atoms={self.n_atoms}, n_replicas={self.n_replicas}, step={self.step}, "
+                f"periodic={self.cell is not None and bool(self.pbc.any())}, frozen={int(self.frozen.sum())}, "
+                f"dtype={self.positions.dtype})")

@@ -28,7 +28,8 @@ import torch
 
 from . import _reference
 from ._checks import as_tensor, check_dim, check_finite, check_float
-from ._extension import HAS_CPU_OPS, HAS_CUDA_OPS
+from ._extension import HAS_CPU_OPS
+from .ops.histogram import _compiled_for
 
 __all__ = ["Pairs", "neighbor_list", "NeighborList"]
 
@@ -160,14 +161,6 @@ def _prepare(positions, cutoff, batch, cell, pbc):
 _METHODS = {"auto": 0, "brute": 1, "cells": 2, "reference": -1}
 
 
-def _compiled_for(t: torch.Tensor) -> bool:
-    if t.device.type == "cpu":
-        return HAS_CPU_OPS
-    if t.device.type == "cuda":
-        return HAS_CUDA_OPS
-    return False
-
-
 if HAS_CPU_OPS:
 
     @torch.library.register_fake("boltzgrad::neighbor_search")
@@ -176,6 +169,47 @@ if HAS_CPU_OPS:
         long = dict(dtype=torch.long)
         return (positions.new_empty(n_pairs, **long), positions.new_empty(n_pairs, **long),
                 positions.new_empty(n_pairs, 3, **long), positions.new_empty((), **long))
+
+
+    @torch.library.register_fake("boltzgrad::pair_vectors")
+    def _pair_vectors_fake(positions, cell, batch, i, j, shifts):
+        return positions.new_empty(i.shape[0], 3), positions.new_empty(i.shape[0])
+
+    def _pair_vectors_setup(ctx, inputs, output):
+        positions, cell, batch, i, j, shifts = inputs
+        ctx.save_for_backward(cell, batch, i, j, shifts, *output)
+        ctx.n_atoms = positions.shape[0]
+
+    def _pair_vectors_backward(ctx, grad_vectors, grad_distances):
+        # written in torch ops of the saved outputs, so it is itself differentiable (forces in a loss)
+        cell, batch, i, j, shifts, vectors, distances = ctx.saved_tensors
+        g = torch.zeros_like(vectors) if grad_vectors is None else grad_vectors
+        if grad_distances is not None:
+            nonzero = distances > 0
+            safe = torch.where(nonzero, distances, torch.ones_like(distances))
+            g = g + (grad_distances * nonzero / safe)[:, None] * vectors
+        grad_positions = grad_cell = None
+        if ctx.needs_input_grad[0]:
+            grad_positions = g.new_zeros(ctx.n_atoms, 3).index_add(0, j, g).index_add(0, i, g, alpha=-1)
+        if ctx.needs_input_grad[1]:
+            s = shifts.to(g.dtype)
+            if cell.shape[0] == 1:
+                grad_cell = (s.T @ g).unsqueeze(0)
+            else:
+                grad_cell = torch.zeros_like(cell).index_add(0, batch[i], s[:, :, None] * g[:, None, :])
+        return grad_positions, grad_cell, None, None, None, None
+
+    torch.library.register_autograd("boltzgrad::pair_vectors", _pair_vectors_backward,
+                                    setup_context=_pair_vectors_setup)
+
+
+def _pair_vectors(positions, cell, batch, n_rep, i, j, shifts):
+    """``(vectors, distances)`` of the pairs; differentiable w.r.t. positions and cell (to any order)."""
+    if not _compiled_for(positions):
+        return _reference.pair_vectors(positions, cell, batch, i, j, shifts)
+    if cell is None:
+        cell = positions.new_zeros(n_rep, 3, 3)
+    return torch.ops.boltzgrad.pair_vectors(positions, cell, batch, i, j, shifts)
 
 
 def _margin(positions, cutoff, cell) -> float:
@@ -214,24 +248,24 @@ def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto"
     return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
 
 
-def _finish(positions, cell, batch, candidates, cutoff) -> Pairs:
+def _finish(positions, cell, batch, n_rep, candidates, cutoff) -> Pairs:
     """Vectors and distances of the candidates (differentiable), filtered to ``distance < cutoff``."""
     i, j, shifts = candidates[:3]
-    vectors, distances = _reference.pair_vectors(positions, cell, batch, i, j, shifts)
+    vectors, distances = _pair_vectors(positions, cell, batch, n_rep, i, j, shifts)
     keep = distances < cutoff
     if bool(keep.all()):
         return Pairs(i, j, shifts, vectors, distances)
     return Pairs(i[keep], j[keep], shifts[keep], vectors[keep], distances[keep])
 
 
-def _fixed_capacity(positions, cell, batch, found, max_pairs) -> Pairs:
+def _fixed_capacity(positions, cell, batch, n_rep, found, max_pairs) -> Pairs:
     i, j, shifts, n_found = found
     num = n_found.clamp(max=max_pairs)
     mask = torch.arange(max_pairs, device=positions.device) < num
     if positions.shape[0] == 0:
         vectors = positions.new_zeros(max_pairs, 3)
     else:
-        vectors = _reference.pair_vectors(positions, cell, batch, i, j, shifts)[0]
+        vectors = _pair_vectors(positions, cell, batch, n_rep, i, j, shifts)[0]
     # padding: zero vector and distance, with a zero (not NaN) gradient
     vectors = torch.where(mask[:, None], vectors, torch.zeros_like(vectors))
     safe = torch.where(mask[:, None], vectors, torch.ones_like(vectors))
@@ -291,10 +325,10 @@ def neighbor_list(
         if max_pairs < 0:
             raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
         found = _search(positions, cutoff, batch, cell, pbc_t, n_rep, full_list, method, max_pairs)
-        return _fixed_capacity(positions, cell, batch, found, max_pairs)
+        return _fixed_capacity(positions, cell, batch, n_rep, found, max_pairs)
     margin = _margin(positions, cutoff, cell)
     found = _search(positions, cutoff + margin, batch, cell, pbc_t, n_rep, full_list, method)
-    return _finish(positions, cell, batch, found, cutoff)
+    return _finish(positions, cell, batch, n_rep, found, cutoff)
 
 
 class NeighborList:
@@ -361,4 +395,4 @@ class NeighborList:
             self._ref_positions = positions.detach().clone()
             self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc_t.clone())
             self.n_builds += 1
-        return _finish(positions, cell, batch, self._candidates, self.cutoff)
+        return _finish(positions, cell, batch, n_rep, self._candidates, self.cutoff)

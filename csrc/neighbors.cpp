@@ -7,6 +7,9 @@
 //   entries are valid, the rest are zeros; n_found > max_pairs means the list overflowed.
 //   mode: 0 automatic, 1 brute force, 2 cell list (for every replica).
 // Output order: sorted by (i, j, shift), independent of the number of threads.
+//
+// pair_vectors(positions, cell, batch, i, j, shifts) -> (vectors, distances): the differentiable
+// part, r_j - r_i + shifts @ cell[batch[i]] and its length, in one pass (backward in Python).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -118,6 +121,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1);
         for (int64_t a = 0; a < n; ++a) bin_atoms[fill[bin[a]]++] = a;
     }
+    std::vector<T> pw_binned(3 * n);
+    at::parallel_for(0, n, 4096, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+            for (int b = 0; b < 3; ++b) pw_binned[3 * q + b] = pw[3 * bin_atoms[q] + b];
+        }
+    });
 
     // search: fixed chunks of atoms (independent of the thread count), each into its own buffer
     constexpr int64_t kChunk = 64;
@@ -135,13 +144,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
                 const auto& rep = reps[r];
                 if (rep.brute) {  // emits in (j, shift) order already
                     VectorEmit emit{&out, a};
-                    nl::visit_neighbors(a, rep, pw.data(), fw.data(), wrap.data(), bin_start.data(), bin_atoms.data(),
-                                        rc, full_list, emit);
+                    nl::visit_neighbors(a, rep, pw.data(), pw_binned.data(), fw.data(), wrap.data(), bin_start.data(),
+                                        bin_atoms.data(), rc, full_list, emit);
                 } else {
                     atom_buf.clear();
                     VectorEmit emit{&atom_buf, a};
-                    nl::visit_neighbors(a, rep, pw.data(), fw.data(), wrap.data(), bin_start.data(), bin_atoms.data(),
-                                        rc, full_list, emit);
+                    nl::visit_neighbors(a, rep, pw.data(), pw_binned.data(), fw.data(), wrap.data(), bin_start.data(),
+                                        bin_atoms.data(), rc, full_list, emit);
                     std::sort(atom_buf.begin(), atom_buf.end(), entry_less);
                     out.insert(out.end(), atom_buf.begin(), atom_buf.end());
                 }
@@ -188,13 +197,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_search_cpu(
     return out;
 }
 
+// pair_vectors(positions [n, 3], cell [R, 3, 3], batch [n], i [P], j [P], shifts [P, 3])
+//   -> (vectors [P, 3] = r_j - r_i + shifts @ cell[batch[i]], distances [P])
+std::tuple<at::Tensor, at::Tensor> pair_vectors_cpu(const at::Tensor& positions_, const at::Tensor& cell_,
+                                                    const at::Tensor& batch_, const at::Tensor& i_,
+                                                    const at::Tensor& j_, const at::Tensor& shifts_) {
+    TORCH_CHECK(positions_.dim() == 2 && positions_.size(1) == 3, "positions must be [n_atoms, 3]");
+    TORCH_CHECK(cell_.dim() == 3 && cell_.size(1) == 3 && cell_.size(2) == 3, "cell must be [R, 3, 3]");
+    TORCH_CHECK(cell_.scalar_type() == positions_.scalar_type(), "cell must have the dtype of positions");
+    TORCH_CHECK(batch_.dim() == 1 && batch_.size(0) == positions_.size(0), "batch must be [n_atoms]");
+    TORCH_CHECK(i_.dim() == 1 && j_.sizes() == i_.sizes() && shifts_.dim() == 2 && shifts_.size(0) == i_.size(0) &&
+                    shifts_.size(1) == 3,
+                "i, j must be [P] and shifts [P, 3]");
+    const auto positions = positions_.contiguous();
+    const auto cell = cell_.contiguous();
+    const auto batch = batch_.contiguous();
+    const auto pi = i_.contiguous(), pj = j_.contiguous(), ps = shifts_.contiguous();
+    const int64_t P = pi.size(0), n = positions.size(0), R = cell.size(0);
+    auto vectors = at::empty({P, 3}, positions.options());
+    auto distances = at::empty({P}, positions.options());
+    AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "pair_vectors_cpu", [&] {
+        const scalar_t* x = positions.data_ptr<scalar_t>();
+        const scalar_t* c = cell.data_ptr<scalar_t>();
+        const int64_t* bt = batch.data_ptr<int64_t>();
+        const int64_t *ii = pi.data_ptr<int64_t>(), *jj = pj.data_ptr<int64_t>(), *ss = ps.data_ptr<int64_t>();
+        scalar_t* v = vectors.data_ptr<scalar_t>();
+        scalar_t* d = distances.data_ptr<scalar_t>();
+        at::parallel_for(0, P, 8192, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) {
+                TORCH_CHECK(ii[p] >= 0 && ii[p] < n && jj[p] >= 0 && jj[p] < n, "pair ", p, " indexes outside [0, ",
+                            n, ")");
+                const int64_t r = bt[ii[p]];
+                TORCH_CHECK(r >= 0 && r < R, "batch[", ii[p], "] = ", r, " outside [0, ", R, ")");
+                nl::pair_vector(x, c + 9 * r, ii[p], jj[p], ss + 3 * p, v + 3 * p, d + p);
+            }
+        });
+    });
+    return {vectors, distances};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(boltzgrad, m) {
     m.def("neighbor_search(Tensor positions, Tensor ptr, Tensor cell, Tensor pbc, float cutoff, bool full_list, "
           "int max_pairs, int mode) -> (Tensor, Tensor, Tensor, Tensor)");
+    m.def("pair_vectors(Tensor positions, Tensor cell, Tensor batch, Tensor i, Tensor j, Tensor shifts) "
+          "-> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(boltzgrad, CPU, m) { m.impl("neighbor_search", &neighbor_search_cpu); }
+TORCH_LIBRARY_IMPL(boltzgrad, CPU, m) {
+    m.impl("neighbor_search", &neighbor_search_cpu);
+    m.impl("pair_vectors", &pair_vectors_cpu);
+}
 
 }  // namespace boltzgrad

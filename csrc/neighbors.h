@@ -101,32 +101,51 @@ BG_HD int64_t floor_div(int64_t a, int64_t b) {
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
-// Tests atom j (image k in the wrapped frame) against atom i; calls emit(j, S) for a pair.
+// Cartesian offset k @ cell of image k.
+template <typename T>
+BG_HD void image_offset(const T* c, int64_t k0, int64_t k1, int64_t k2, T* off) {
+    for (int b = 0; b < 3; ++b) off[b] = T(k0) * c[b] + T(k1) * c[3 + b] + T(k2) * c[6 + b];
+}
+
+// Candidate atom j (wrapped position xj, image k) of atom i: d = xj + base with base = k @ cell - r'_i.
+// Reports (i, j, S) if |d| < cutoff, unless it is atom i itself (k = 0) or, in a half list, the
+// mirror image of a self-pair.
 template <typename T, typename Emit>
-BG_HD void try_pair(int64_t i, int64_t j, int64_t k0, int64_t k1, int64_t k2, const Replica<T>& rep,
-                    const T* pw, const int64_t* wrap, T rc2, bool full_list, Emit& emit) {
+BG_HD void test_pair(int64_t i, int64_t j, const T* xj, const T* base, int64_t k0, int64_t k1, int64_t k2,
+                     const int64_t* wrap, T rc2, bool full_list, Emit& emit) {
+    const T d0 = xj[0] + base[0], d1 = xj[1] + base[1], d2 = xj[2] + base[2];
+    if (d0 * d0 + d1 * d1 + d2 * d2 >= rc2) return;
     if (i == j) {
         if (k0 == 0 && k1 == 0 && k2 == 0) return;
         if (!full_list && !first_nonzero_positive(k0, k1, k2)) return;
     }
-    const T* c = rep.cell;
-    T d2 = T(0);
-    for (int b = 0; b < 3; ++b) {
-        const T d = pw[3 * j + b] - pw[3 * i + b] + (T(k0) * c[b] + T(k1) * c[3 + b] + T(k2) * c[6 + b]);
-        d2 += d * d;
+    emit(j, k0 + wrap[3 * i] - wrap[3 * j], k1 + wrap[3 * i + 1] - wrap[3 * j + 1],
+         k2 + wrap[3 * i + 2] - wrap[3 * j + 2]);
+}
+
+// Neighbour bin along one axis: bin index t = b + m, folded into [0, n) with image k along a
+// periodic axis; false when it falls outside a non-periodic axis.
+BG_HD bool axis_step(int64_t b, int64_t m, int32_t n, int32_t periodic, int64_t& t, int64_t& k) {
+    t = b + m;
+    k = 0;
+    if (periodic) {
+        k = floor_div(t, n);
+        t -= k * n;
+        return true;
     }
-    if (d2 < rc2) {
-        emit(j, k0 + wrap[3 * i] - wrap[3 * j], k1 + wrap[3 * i + 1] - wrap[3 * j + 1],
-             k2 + wrap[3 * i + 2] - wrap[3 * j + 2]);
-    }
+    return t >= 0 && t < n;
 }
 
 // All neighbours of atom i; emit(j, s0, s1, s2) for each. Brute-force mode emits in (j, S) order.
+// pw: wrapped positions in atom order; pw_binned: the same in bin order (pw_binned[q] = pw[bin_atoms[q]]),
+// so that the cell-list scan reads memory contiguously.
 template <typename T, typename Emit>
-BG_HD void visit_neighbors(int64_t i, const Replica<T>& rep, const T* pw, const T* fw, const int64_t* wrap,
-                           const int64_t* bin_start, const int64_t* bin_atoms, T cutoff, bool full_list,
-                           Emit& emit) {
+BG_HD void visit_neighbors(int64_t i, const Replica<T>& rep, const T* pw, const T* pw_binned, const T* fw,
+                           const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms, T cutoff,
+                           bool full_list, Emit& emit) {
     const T rc2 = cutoff * cutoff;
+    const T* c = rep.cell;
+    const T xi[3] = {pw[3 * i], pw[3 * i + 1], pw[3 * i + 2]};
     if (rep.brute) {
         const T slack = T(kFracSlack);
         const int64_t j0 = full_list ? rep.atom_begin : i;
@@ -144,50 +163,53 @@ BG_HD void visit_neighbors(int64_t i, const Replica<T>& rep, const T* pw, const 
             }
             for (int64_t k0 = lo[0]; k0 <= hi[0]; ++k0)
                 for (int64_t k1 = lo[1]; k1 <= hi[1]; ++k1)
-                    for (int64_t k2 = lo[2]; k2 <= hi[2]; ++k2)
-                        try_pair(i, j, k0, k1, k2, rep, pw, wrap, rc2, full_list, emit);
+                    for (int64_t k2 = lo[2]; k2 <= hi[2]; ++k2) {
+                        T base[3];
+                        image_offset(c, k0, k1, k2, base);
+                        for (int b = 0; b < 3; ++b) base[b] -= xi[b];
+                        test_pair(i, j, pw + 3 * j, base, k0, k1, k2, wrap, rc2, full_list, emit);
+                    }
         }
         return;
     }
     int64_t b[3];
     for (int a = 0; a < 3; ++a) {
         T x = floor((fw[3 * i + a] - rep.origin[a]) * rep.bins_per_frac[a]);
-        int64_t c = x < T(0) ? 0 : static_cast<int64_t>(x);
-        b[a] = c >= rep.n_bins[a] ? rep.n_bins[a] - 1 : c;
+        int64_t cb = x < T(0) ? 0 : static_cast<int64_t>(x);
+        b[a] = cb >= rep.n_bins[a] ? rep.n_bins[a] - 1 : cb;
     }
+    int64_t t0, t1, t2, k0, k1, k2;
     for (int64_t m0 = -rep.reach[0]; m0 <= rep.reach[0]; ++m0) {
-        int64_t t0 = b[0] + m0, k0 = 0;
-        if (rep.periodic[0]) {
-            k0 = floor_div(t0, rep.n_bins[0]);
-            t0 -= k0 * rep.n_bins[0];
-        } else if (t0 < 0 || t0 >= rep.n_bins[0]) {
-            continue;
-        }
+        if (!axis_step(b[0], m0, rep.n_bins[0], rep.periodic[0], t0, k0)) continue;
         for (int64_t m1 = -rep.reach[1]; m1 <= rep.reach[1]; ++m1) {
-            int64_t t1 = b[1] + m1, k1 = 0;
-            if (rep.periodic[1]) {
-                k1 = floor_div(t1, rep.n_bins[1]);
-                t1 -= k1 * rep.n_bins[1];
-            } else if (t1 < 0 || t1 >= rep.n_bins[1]) {
-                continue;
-            }
+            if (!axis_step(b[1], m1, rep.n_bins[1], rep.periodic[1], t1, k1)) continue;
             for (int64_t m2 = -rep.reach[2]; m2 <= rep.reach[2]; ++m2) {
-                int64_t t2 = b[2] + m2, k2 = 0;
-                if (rep.periodic[2]) {
-                    k2 = floor_div(t2, rep.n_bins[2]);
-                    t2 -= k2 * rep.n_bins[2];
-                } else if (t2 < 0 || t2 >= rep.n_bins[2]) {
-                    continue;
-                }
+                if (!axis_step(b[2], m2, rep.n_bins[2], rep.periodic[2], t2, k2)) continue;
                 const int64_t bin = rep.first_bin + (t0 * rep.n_bins[1] + t1) * rep.n_bins[2] + t2;
-                for (int64_t q = bin_start[bin]; q < bin_start[bin + 1]; ++q) {
+                T base[3];
+                image_offset(c, k0, k1, k2, base);
+                for (int q = 0; q < 3; ++q) base[q] -= xi[q];
+                const int64_t q1 = bin_start[bin + 1];
+                for (int64_t q = bin_start[bin]; q < q1; ++q) {
                     const int64_t j = bin_atoms[q];
                     if (!full_list && j < i) continue;
-                    try_pair(i, j, k0, k1, k2, rep, pw, wrap, rc2, full_list, emit);
+                    test_pair(i, j, pw_binned + 3 * q, base, k0, k1, k2, wrap, rc2, full_list, emit);
                 }
             }
         }
     }
+}
+
+// Pair vector r_j - r_i + s @ cell and its length (the differentiable output; see pair_vectors op).
+template <typename T>
+BG_HD void pair_vector(const T* positions, const T* cell, int64_t i, int64_t j, const int64_t* s, T* v, T* d) {
+    T acc = T(0);
+    for (int b = 0; b < 3; ++b) {
+        v[b] = positions[3 * j + b] - positions[3 * i + b] +
+               (T(s[0]) * cell[b] + T(s[1]) * cell[3 + b] + T(s[2]) * cell[6 + b]);
+        acc += v[b] * v[b];
+    }
+    *d = sqrt(acc);
 }
 
 BG_HD bool pair_less(int64_t ja, const int64_t* sa, int64_t jb, const int64_t* sb) {

@@ -3,10 +3,15 @@ import ase.neighborlist
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import boltzgrad as bg
 from boltzgrad import _reference
+from boltzgrad._extension import HAS_CPU_OPS
 from boltzgrad.testing import DEVICES, DTYPES
+
+METHODS = ["auto", "brute", "cells"] if HAS_CPU_OPS else ["reference"]
 
 
 def triples(pairs):
@@ -103,27 +108,106 @@ def test_vectors_and_distances_follow_the_convention():
     assert as_set(pairs) == ase_set(pos, cell, True, 4.0, False)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_mixed_batch_matches_reference(device, dtype):
-    rng = np.random.default_rng(3)
+def mixed_batch(rng, sizes=(10, 0, 15, 1, 25), cutoff_scale=1.0):
+    """Replicas of different sizes, cells and pbc (one replica empty, one a single atom)."""
     cells, pos, pbcs = [], [], []
-    for r in range(4):
-        x, c = random_box(rng, 10 + 5 * r)
+    for r, n in enumerate(sizes):
+        x, c = random_box(rng, n, spread=(-0.6, 1.6))
+        if r % 3 == 2:
+            c[2] = 0.0  # slab with a zero non-periodic row
+            x = rng.uniform(-0.5, 1.5, (n, 3)) * 4.0
         cells.append(c)
         pos.append(x)
-        pbcs.append([r % 2 == 0, True, r != 3])
-    batch = torch.cat([torch.full((len(x),), r, dtype=torch.long) for r, x in enumerate(pos)]).to(device)
-    positions = torch.tensor(np.concatenate(pos), dtype=dtype, device=device)
-    cell = torch.tensor(np.stack(cells), dtype=dtype, device=device)
-    pbc = torch.tensor(pbcs, device=device)
+        pbcs.append([r % 2 == 0, True, r % 3 != 2])
+    batch = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(sizes)])
+    return torch.tensor(np.concatenate(pos)), batch, torch.tensor(np.stack(cells)), torch.tensor(pbcs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("full_list", [False, True])
+def test_mixed_batch_matches_reference(device, dtype, method, full_list):
+    positions, batch, cell, pbc = mixed_batch(np.random.default_rng(3))
     cutoff = 3.7
-    pairs = bg.neighbor_list(positions, cutoff, batch=batch, cell=cell, pbc=pbc)
-    i, j, shifts, vectors, distances = _reference.neighbor_list(positions.double(), cutoff, batch, cell.double(), pbc)
-    ref = bg.Pairs(i, j, shifts, vectors, distances)
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
-    assert away_from_cutoff(pairs, cutoff, tol) == away_from_cutoff(ref, cutoff, tol)
+    pairs = bg.neighbor_list(positions.to(device, dtype), cutoff, batch=batch.to(device), cell=cell.to(device, dtype),
+                             pbc=pbc.to(device), full_list=full_list, method=method)
+    ref = bg.Pairs(*_reference.neighbor_list(positions, cutoff, batch, cell, pbc, full_list))
+    assert len(ref) > 100
+    if dtype == torch.float64:  # same pairs in the same order
+        assert triples(pairs) == triples(ref)
+        torch.testing.assert_close(pairs.distances.cpu(), ref.distances, rtol=0, atol=1e-12)
+    else:  # float32 rounding may move pairs within 1e-4 of the cutoff across it
+        assert away_from_cutoff(pairs, cutoff, 1e-4) == away_from_cutoff(ref, cutoff, 1e-4)
     assert pairs.vectors.dtype == dtype and pairs.i.dtype == torch.int64 and pairs.shifts.dtype == torch.int64
+    assert bool((batch[pairs.i.cpu()] == batch[pairs.j.cpu()]).all())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_large_box_cell_list_matches_ase(method):
+    # enough atoms that the automatic choice is the cell list; strongly triclinic, atoms unwrapped
+    rng = np.random.default_rng(8)
+    cell = np.array([[14.0, 0.0, 0.0], [6.0, 13.0, 0.0], [-5.0, 4.0, 12.0]])
+    pos = rng.uniform(-0.5, 1.5, (700, 3)) @ cell
+    for pbc in [(True, True, True), (True, False, True)]:
+        pairs = bg.neighbor_list(torch.tensor(pos), 3.2, cell=torch.tensor(cell), pbc=torch.tensor(pbc), method=method)
+        assert as_set(pairs) == ase_set(pos, cell, pbc, 3.2, False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_atom_sees_its_own_images(method):
+    cell = np.array([[2.0, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, -0.4, 1.9]])
+    pos = np.array([[5.3, -7.1, 0.2]])  # far outside the box
+    for full_list in (False, True):
+        pairs = bg.neighbor_list(torch.tensor(pos), 4.5, cell=torch.tensor(cell), pbc=True, full_list=full_list,
+                                 method=method)
+        assert len(pairs) > 20 and bool((pairs.i == 0).all() & (pairs.j == 0).all())
+        assert as_set(pairs) == ase_set(pos, cell, True, 4.5, full_list)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_inputs(method):
+    empty = bg.neighbor_list(torch.zeros(0, 3), 2.0, method=method)
+    assert len(empty) == 0 and empty.shifts.shape == (0, 3) and empty.vectors.shape == (0, 3)
+    padded = bg.neighbor_list(torch.zeros(0, 3), 2.0, max_pairs=4, method=method)
+    assert len(padded) == 4 and int(padded.num_pairs) == 0 and not bool(padded.overflow)
+    # replicas 0 and 2 empty, given by the cell's leading dimension
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    pairs = bg.neighbor_list(pos, 1.5, batch=torch.tensor([1, 1]), cell=torch.eye(3).expand(3, 3, 3) * 3.0,
+                             pbc=torch.tensor([[True] * 3, [False] * 3, [True] * 3]), method=method)
+    assert triples(pairs) == [(0, 1, (0, 0, 0))]
+
+
+positions_st = st.lists(st.tuples(*[st.floats(-2.5, 3.5)] * 3), min_size=1, max_size=24)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    frac=positions_st,
+    diag=st.tuples(*[st.floats(1.5, 6.0)] * 3),
+    tilt=st.tuples(*[st.floats(-3.0, 3.0)] * 3),
+    pbc=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    cutoff=st.floats(0.3, 7.0),
+    full_list=st.booleans(),
+)
+def test_property_random_cells_agree_with_reference_and_ase(frac, diag, tilt, pbc, cutoff, full_list):
+    cell = np.diag(diag)
+    cell[1, 0], cell[2, 0], cell[2, 1] = tilt
+    pos = np.array(frac) @ cell
+    p, c = torch.tensor(pos), torch.tensor(cell)
+    ref = bg.Pairs(*_reference.neighbor_list(p, cutoff, None, c, torch.tensor(pbc), full_list))
+    tol = 1e-9
+
+    def dist(t):
+        a, b, shift = t
+        return float(np.linalg.norm(pos[b] - pos[a] + np.array(shift) @ cell))
+
+    expected_ase = {t for t in ase_set(pos, cell, pbc, cutoff, full_list) if abs(dist(t) - cutoff) > tol}
+    expected_ref = away_from_cutoff(ref, cutoff, tol)
+    assert expected_ref == expected_ase
+    for method in METHODS:
+        pairs = bg.neighbor_list(p, cutoff, cell=c, pbc=torch.tensor(pbc), full_list=full_list, method=method)
+        assert away_from_cutoff(pairs, cutoff, tol) == expected_ref
 
 
 def test_output_is_sorted_by_i_j_shift():

@@ -50,28 +50,36 @@ __global__ void place_kernel(const T* positions, int64_t n, const int64_t* ptr, 
 
 template <typename T>
 __global__ void count_kernel(int64_t n, const int64_t* ptr, int64_t R, const nl::Replica<T>* reps, const T* pw,
-                             const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
+                             const T* pw_binned, const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
                              T cutoff, bool full_list, int64_t* counts) {
     for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < n; a += int64_t(blockDim.x) * gridDim.x) {
         const int64_t r = replica_of_atom(ptr, R, a);
         CountEmit emit{0};
-        nl::visit_neighbors(a, reps[r], pw, fw, wrap, bin_start, bin_atoms, cutoff, full_list, emit);
+        nl::visit_neighbors(a, reps[r], pw, pw_binned, fw, wrap, bin_start, bin_atoms, cutoff, full_list, emit);
         counts[a] = emit.count;
     }
 }
 
 template <typename T>
 __global__ void fill_kernel(int64_t n, const int64_t* ptr, int64_t R, const nl::Replica<T>* reps, const T* pw,
-                            const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
+                            const T* pw_binned, const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
                             T cutoff, bool full_list, const int64_t* offsets, int64_t capacity, int64_t* oi,
                             int64_t* oj, int64_t* os) {
     for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < n; a += int64_t(blockDim.x) * gridDim.x) {
         const int64_t r = replica_of_atom(ptr, R, a);
         WriteEmit emit{a, offsets[a], capacity, oi, oj, os};
-        nl::visit_neighbors(a, reps[r], pw, fw, wrap, bin_start, bin_atoms, cutoff, full_list, emit);
+        nl::visit_neighbors(a, reps[r], pw, pw_binned, fw, wrap, bin_start, bin_atoms, cutoff, full_list, emit);
         if (!reps[r].brute && emit.pos <= capacity) {
             nl::sort_segment(oj + offsets[a], os + 3 * offsets[a], emit.pos - offsets[a]);
         }
+    }
+}
+
+template <typename T>
+__global__ void pair_vectors_kernel(const T* positions, const T* cell, const int64_t* batch, const int64_t* i,
+                                    const int64_t* j, const int64_t* shifts, int64_t P, T* vectors, T* distances) {
+    for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < P; p += int64_t(blockDim.x) * gridDim.x) {
+        nl::pair_vector(positions, cell + 9 * batch[i[p]], i[p], j[p], shifts + 3 * p, vectors + 3 * p, distances + p);
     }
 }
 
@@ -91,32 +99,42 @@ void neighbor_place_cuda(const T* positions, int64_t n, const int64_t* ptr, int6
 
 template <typename T>
 void neighbor_count_cuda(int64_t n, const int64_t* ptr, int64_t R, const nl::Replica<T>* reps, const T* pw,
-                         const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
+                         const T* pw_binned, const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
                          T cutoff, bool full_list, int64_t* counts, cudaStream_t stream) {
     if (n == 0) return;
-    count_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(n, ptr, R, reps, pw, fw, wrap, bin_start, bin_atoms, cutoff,
+    count_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(n, ptr, R, reps, pw, pw_binned, fw, wrap, bin_start, bin_atoms, cutoff,
                                                             full_list, counts);
 }
 
 template <typename T>
 void neighbor_fill_cuda(int64_t n, const int64_t* ptr, int64_t R, const nl::Replica<T>* reps, const T* pw,
-                        const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
+                        const T* pw_binned, const T* fw, const int64_t* wrap, const int64_t* bin_start, const int64_t* bin_atoms,
                         T cutoff, bool full_list, const int64_t* offsets, int64_t capacity, int64_t* out_i,
                         int64_t* out_j, int64_t* out_shifts, cudaStream_t stream) {
     if (n == 0) return;
-    fill_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(n, ptr, R, reps, pw, fw, wrap, bin_start, bin_atoms, cutoff,
+    fill_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(n, ptr, R, reps, pw, pw_binned, fw, wrap, bin_start, bin_atoms, cutoff,
                                                            full_list, offsets, capacity, out_i, out_j, out_shifts);
+}
+
+template <typename T>
+void pair_vectors_cuda(const T* positions, const T* cell, const int64_t* batch, const int64_t* i, const int64_t* j,
+                       const int64_t* shifts, int64_t P, T* vectors, T* distances, cudaStream_t stream) {
+    if (P == 0) return;
+    pair_vectors_kernel<T><<<blocks_for(P), kThreads, 0, stream>>>(positions, cell, batch, i, j, shifts, P, vectors,
+                                                                   distances);
 }
 
 #define BG_INSTANTIATE(T)                                                                                        \
     template void neighbor_place_cuda<T>(const T*, int64_t, const int64_t*, int64_t, const nl::Replica<T>*, T*, T*, \
                                          int64_t*, int64_t*, cudaStream_t);                                      \
     template void neighbor_count_cuda<T>(int64_t, const int64_t*, int64_t, const nl::Replica<T>*, const T*,        \
-                                         const T*, const int64_t*, const int64_t*, const int64_t*, T, bool,       \
+                                         const T*, const T*, const int64_t*, const int64_t*, const int64_t*, T, bool,       \
                                          int64_t*, cudaStream_t);                                                \
     template void neighbor_fill_cuda<T>(int64_t, const int64_t*, int64_t, const nl::Replica<T>*, const T*,         \
-                                        const T*, const int64_t*, const int64_t*, const int64_t*, T, bool,        \
-                                        const int64_t*, int64_t, int64_t*, int64_t*, int64_t*, cudaStream_t);
+                                        const T*, const T*, const int64_t*, const int64_t*, const int64_t*, T, bool,        \
+                                        const int64_t*, int64_t, int64_t*, int64_t*, int64_t*, cudaStream_t);     \
+    template void pair_vectors_cuda<T>(const T*, const T*, const int64_t*, const int64_t*, const int64_t*,         \
+                                       const int64_t*, int64_t, T*, T*, cudaStream_t);
 BG_INSTANTIATE(float)
 BG_INSTANTIATE(double)
 #undef BG_INSTANTIATE

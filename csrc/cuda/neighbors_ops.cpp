@@ -81,10 +81,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cuda(const at:
     auto sorted = at::sort(bin, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     const auto bin_atoms = std::get<1>(sorted).contiguous();
     const auto bin_start = at::searchsorted(std::get<0>(sorted), at::arange(n_bins + 1, long_opts)).contiguous();
+    const auto pw_binned = pw.index_select(0, bin_atoms).contiguous();
 
     auto counts = at::zeros({n}, long_opts);
     const T rc = static_cast<T>(cutoff);
-    neighbor_count_cuda<T>(n, ptr.data_ptr<int64_t>(), R, rep_ptr, pw.data_ptr<T>(), fw.data_ptr<T>(),
+    neighbor_count_cuda<T>(n, ptr.data_ptr<int64_t>(), R, rep_ptr, pw.data_ptr<T>(), pw_binned.data_ptr<T>(), fw.data_ptr<T>(),
                            wrap.data_ptr<int64_t>(), bin_start.data_ptr<int64_t>(), bin_atoms.data_ptr<int64_t>(), rc,
                            full_list, counts.data_ptr<int64_t>(), stream);
     const auto incl = at::cumsum(counts, 0);
@@ -94,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cuda(const at:
     auto out_i = at::zeros({P}, long_opts);
     auto out_j = at::zeros({P}, long_opts);
     auto out_s = at::zeros({P, 3}, long_opts);
-    neighbor_fill_cuda<T>(n, ptr.data_ptr<int64_t>(), R, rep_ptr, pw.data_ptr<T>(), fw.data_ptr<T>(),
+    neighbor_fill_cuda<T>(n, ptr.data_ptr<int64_t>(), R, rep_ptr, pw.data_ptr<T>(), pw_binned.data_ptr<T>(), fw.data_ptr<T>(),
                           wrap.data_ptr<int64_t>(), bin_start.data_ptr<int64_t>(), bin_atoms.data_ptr<int64_t>(), rc,
                           full_list, offsets.data_ptr<int64_t>(), P, out_i.data_ptr<int64_t>(),
                           out_j.data_ptr<int64_t>(), out_s.data_ptr<int64_t>(), stream);
@@ -119,8 +120,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_search_cuda_
     return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> pair_vectors_cuda_op(const at::Tensor& positions_, const at::Tensor& cell_,
+                                                        const at::Tensor& batch_, const at::Tensor& i_,
+                                                        const at::Tensor& j_, const at::Tensor& shifts_) {
+    TORCH_CHECK(positions_.dim() == 2 && positions_.size(1) == 3, "positions must be [n_atoms, 3]");
+    TORCH_CHECK(cell_.dim() == 3 && cell_.scalar_type() == positions_.scalar_type(), "cell must be [R, 3, 3]");
+    TORCH_CHECK(i_.dim() == 1 && j_.sizes() == i_.sizes() && shifts_.dim() == 2 && shifts_.size(0) == i_.size(0),
+                "i, j must be [P] and shifts [P, 3]");
+    const c10::cuda::CUDAGuard guard(positions_.device());
+    const auto positions = positions_.contiguous(), cell = cell_.contiguous(), batch = batch_.contiguous();
+    const auto pi = i_.contiguous(), pj = j_.contiguous(), ps = shifts_.contiguous();
+    const int64_t P = pi.size(0);
+    auto vectors = at::empty({P, 3}, positions.options());
+    auto distances = at::empty({P}, positions.options());
+    const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+    AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "pair_vectors_cuda", [&] {
+        pair_vectors_cuda<scalar_t>(positions.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+                                    batch.data_ptr<int64_t>(), pi.data_ptr<int64_t>(), pj.data_ptr<int64_t>(),
+                                    ps.data_ptr<int64_t>(), P, vectors.data_ptr<scalar_t>(),
+                                    distances.data_ptr<scalar_t>(), stream);
+    });
+    return {vectors, distances};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(boltzgrad, CUDA, m) { m.impl("neighbor_search", &neighbor_search_cuda_op); }
+TORCH_LIBRARY_IMPL(boltzgrad, CUDA, m) {
+    m.impl("neighbor_search", &neighbor_search_cuda_op);
+    m.impl("pair_vectors", &pair_vectors_cuda_op);
+}
 
 }  // namespace boltzgrad

@@ -211,3 +211,30 @@ def test_single_atom_replica_and_empty_pair_list():
     pos = torch.tensor([[0.0, 0, 0], [100.0, 0, 0]], dtype=torch.float64)
     e, f = energy_and_forces(lj, pos, torch.zeros(2, dtype=torch.int64), batch=torch.tensor([0, 1]))
     assert e.shape == (2,) and bool((e == 0).all()) and bool((f == 0).all())
+
+
+def test_harmonic_bond_cache_follows_batch_and_bonds():
+    """The bond table is reused for the same batch tensor, and rebuilt when batch or bonds change."""
+    model = Harmonic([[0, 1]], k=1.0)
+    species = torch.zeros(4, dtype=torch.int64)
+    pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0], [0.0, 2.0, 0]], dtype=torch.float64)
+    batch = torch.tensor([0, 0, 1, 1])
+    e1 = model(pos, species, batch=batch)["energy"]
+    b_first = model._global_bonds(batch)[0]
+    assert model._global_bonds(batch)[0] is b_first  # cache hit for the same, unmodified tensor
+    torch.testing.assert_close(model(pos, species, batch=batch)["energy"], e1, rtol=0, atol=0)
+    torch.testing.assert_close(e1, torch.tensor([0.5, 2.0], dtype=torch.float64), rtol=1e-14, atol=0)
+    # the same tensor modified in place (now 3 atoms + 1 atom): the stale table must not be used
+    batch[2] = 0
+    with pytest.raises(ValueError, match="bonds index atom"):
+        model(pos, species, batch=batch)
+    batch[2] = 1
+    torch.testing.assert_close(model(pos, species, batch=batch)["energy"], e1, rtol=0, atol=0)
+    # bonds edited in place (0-1 -> 0-0, zero length): the new bond is used
+    model.bonds[0, 1] = 0
+    torch.testing.assert_close(model(pos, species, batch=batch)["energy"], torch.zeros(2, dtype=torch.float64))
+    # a different batch tensor with other replica sizes gets its own table
+    pos3 = torch.cat([pos, torch.tensor([[5.0, 5, 5]], dtype=torch.float64)])
+    model.bonds[0, 1] = 1
+    e3 = model(pos3, torch.zeros(5, dtype=torch.int64), batch=torch.tensor([0, 0, 0, 1, 1]))["energy"]
+    torch.testing.assert_close(e3, torch.tensor([0.5, 0.5 * 59.0], dtype=torch.float64), rtol=1e-14, atol=0)

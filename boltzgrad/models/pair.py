@@ -203,18 +203,33 @@ class Harmonic(nn.Module):
         self.register_buffer("k", k)
         self.register_buffer("r0", r0)
 
-    def forward(self, positions, species=None, *, batch=None, cell=None, pbc=False):
-        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface."""
-        batch = _batch_of(positions, batch)
-        n = positions.shape[0]
+    def _global_bonds(self, batch: torch.Tensor):
+        """Bonds as flat atom indices [R*B, 2], their replica [R*B] and R.
+
+        Cached for the last ``batch`` seen (MD passes the same tensor every step): the cache is used only for
+        that very tensor object, unmodified in place since (same storage and version counter), and for the
+        same, unmodified ``bonds``.
+        """
+        key = (batch.data_ptr(), batch._version, self.bonds.data_ptr(), self.bonds._version)
+        cache = self.__dict__.get("_bond_cache")
+        if cache is not None and cache[0] is batch and cache[1] == key:
+            return cache[2]
         n_rep = n_replicas_of(batch)
         counts = torch.bincount(batch, minlength=n_rep)
         offsets = torch.cumsum(counts, 0) - counts
         if self.bonds.numel() and int(self.bonds.max()) >= int(counts.min()):
             raise ValueError(f"bonds index atom {int(self.bonds.max())} but a replica has only "
                              f"{int(counts.min())} atoms")
-        b = (self.bonds.to(positions.device).unsqueeze(0) + offsets.view(-1, 1, 1)).reshape(-1, 2)
-        bond_rep = torch.arange(n_rep, device=positions.device).repeat_interleave(self.bonds.shape[0])
+        b = (self.bonds.to(batch.device).unsqueeze(0) + offsets.view(-1, 1, 1)).reshape(-1, 2)
+        bond_rep = torch.arange(n_rep, device=batch.device).repeat_interleave(self.bonds.shape[0])
+        self.__dict__["_bond_cache"] = (batch, key, (b, bond_rep, n_rep))
+        return b, bond_rep, n_rep
+
+    def forward(self, positions, species=None, *, batch=None, cell=None, pbc=False):
+        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface."""
+        batch = _batch_of(positions, batch)
+        n = positions.shape[0]
+        b, bond_rep, n_rep = self._global_bonds(batch)
         d = positions[b[:, 1]] - positions[b[:, 0]]
         if cell is not None:
             pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=positions.device)

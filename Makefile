@@ -22,7 +22,7 @@ $(VENV)/.deps: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q $(TORCH_SPEC)
-	BOLTZGRAD_CUDA=0 $(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]'
+	BOLTZGRAD_NO_EXT=1 $(PIP) install -q --no-build-isolation -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(VENV)/.deps

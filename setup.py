@@ -5,6 +5,8 @@ Two extension modules:
   boltzgrad._C_cuda  every csrc/cuda/*.cpp and *.cu (CUDA kernels); built when
                      BOLTZGRAD_CUDA=1 (fails loudly if impossible), skipped when =0,
                      and with BOLTZGRAD_CUDA unset built if torch is a CUDA build and nvcc exists.
+BOLTZGRAD_NO_EXT=1 skips both (used by `make` for the editable install, whose compiled ops are
+then built in place, incrementally, by `python setup.py build_ext --inplace`).
 """
 
 import glob
@@ -43,14 +45,14 @@ def rel(paths):
     return [os.path.relpath(p, HERE) for p in sorted(paths)]
 
 
-extensions = [
-    CppExtension(
+extensions = []
+if os.environ.get("BOLTZGRAD_NO_EXT", "") != "1":
+    extensions.append(CppExtension(
         "boltzgrad._C",
         rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))),
         extra_compile_args={"cxx": CXX_FLAGS},
-    )
-]
-if want_cuda():
+    ))
+if extensions and want_cuda():
     extensions.append(
         CUDAExtension(
             "boltzgrad._C_cuda",

@@ -10,14 +10,19 @@
 namespace boltzgrad {
 namespace {
 
-// Unbiased sample covariance of x [M, K] with y [M, P]. Centring x alone suffices:
-// sum_m (x_m - mean x)(y_m - mean y)^T = sum_m (x_m - mean x) y_m^T.
+// Unbiased sample covariance of x [M, K] with y [M, P]. Centring x alone suffices in exact
+// arithmetic: sum_m (x_m - mean x)(y_m - mean y)^T = sum_m (x_m - mean x) y_m^T, which avoids a
+// centred [M, P] copy of y. In floating point sum_m (x_m - mean x) = s is not exactly 0, and
+// s (mean y)^T would swamp the result when y has a large mean; subtracting that rank-1 term
+// (O(K P) work) restores full accuracy.
 at::Tensor covariance_impl(const at::Tensor& x, const at::Tensor& y) {
     TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
                 "x [M, K] and y [M, P] must be 2-D with equal M, got ", x.sizes(), " and ", y.sizes());
     TORCH_CHECK(x.size(0) >= 2, "covariance needs at least 2 samples, got ", x.size(0));
     const auto xc = x - x.mean(0, /*keepdim=*/true);
-    return at::mm(xc.t(), y).div_(static_cast<double>(x.size(0) - 1));
+    auto out = at::mm(xc.t(), y);
+    out.sub_(at::outer(xc.sum(0), y.mean(0)));
+    return out.div_(static_cast<double>(x.size(0) - 1));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> comoment_merge_cpu(

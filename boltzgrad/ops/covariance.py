@@ -126,7 +126,7 @@ class RunningCovariance:
             return self
         mx_b = x.mean(0)
         my_b = y.mean(0)
-        c_b = (x - mx_b).T @ y
+        c_b = covariance(x, y) * (n_b - 1) if n_b > 1 else torch.zeros_like(self.comoment)
         self._merge_stats(n_b, mx_b, my_b, c_b)
         return self
 

@@ -1,6 +1,8 @@
 """StABlE training (METHOD.md "The StABlE algorithm"): simulate replicas, detect instabilities, rewind, learn.
 
-The stability criteria live in :mod:`boltzgrad.stability`.
+``StableConfig`` holds the settings (YAML in and out), ``StableTrainer(model, dataset, config).fit()``
+runs the training with checkpoints and logs. The stability criteria live in :mod:`boltzgrad.stability`
+and are re-exported here.
 """
 
 from ..stability import (
@@ -10,5 +12,10 @@ from ..stability import (
     RDFCriterion,
     StabilityMonitor,
 )
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import StableConfig
+from .trainer import StableResult, StableTrainer, bonded_molecules
 
-__all__ = ["BondLengthCriterion", "MinDistanceCriterion", "RDFCriterion", "NonFinite", "StabilityMonitor"]
+__all__ = ["BondLengthCriterion", "MinDistanceCriterion", "RDFCriterion", "NonFinite", "StabilityMonitor",
+           "StableConfig", "StableTrainer", "StableResult", "bonded_molecules", "CheckpointError", "save_checkpoint",
+           "load_checkpoint"]

@@ -1,0 +1,717 @@
+"""``StableTrainer``: the StABlE training loop (METHOD.md "The StABlE algorithm", paper 3.2 and A.3).
+
+Training proceeds in *units* of τ MD steps of all R replicas at once:
+
+* simulation phase (learning rate 0): replicas run τ steps at a time; a
+  :class:`~boltzgrad.stability.StabilityMonitor` checks the criterion every ``check_every`` steps and
+  freezes the replicas it finds unstable. Before each chunk, the state of every still-stable replica
+  is kept as its *anchor*. When the unstable fraction exceeds ``upper_threshold``, every unstable
+  replica is rewound to its anchor -- the start of the chunk in which it failed, at most τ steps
+  before the instability -- and the learning phase starts from these near-unstable states.
+* learning phase: from the same starting states every time, all replicas run τ steps; every
+  ``n_dump``-th state of each replica (up to the moment it becomes unstable) is a sample. If the
+  unstable fraction of this window is below ``lower_threshold`` the phase ends; otherwise the
+  observable loss (``bg.boltzmann_loss`` or ``bg.local_boltzmann_loss`` against the reference) plus
+  λ × the QM loss on a minibatch of the original training set gives one optimizer step. The phase also
+  ends when the learning rate has decayed to ``min_lr`` or after ``max_learning_steps`` steps. The
+  next simulation phase continues from the endpoints of the last window (replicas that were unstable
+  there restart from their near-unstable states). A simulation + learning phase is a *cycle*.
+
+Training stops after ``max_cycles`` cycles, ``max_steps`` MD steps, or when a simulation phase runs
+``max_simulation_steps`` steps without reaching the upper threshold (the model is stable at that
+horizon). After every ``checkpoint_every`` units (and at the end of each cycle) everything needed to
+continue -- model, optimizer, scheduler, replica states, anchors, RNG states, the phase and the
+counters -- is written atomically to ``out_dir/checkpoint.pt``; ``fit(resume=True)`` continues
+exactly as an uninterrupted run with the same seed would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import observables as obs_mod
+from ..estimators import boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
+from ..md import units
+from ..md.integrators import Langevin, NoseHoover
+from ..md.simulator import Simulator
+from ..md.state import State, maxwell_boltzmann
+from ..stability import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
+from ..train import qm_loss
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+    state_from_dict,
+    state_to_dict,
+)
+from .config import StableConfig
+
+__all__ = ["StableTrainer", "StableResult", "bonded_molecules"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY_JSON = "history.json"
+LOG_CSV = "log.csv"
+MODEL_FILE = "model.pt"
+_CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "n_samples",
+               "learning_step", "event", "seconds")
+
+
+@dataclass
+class StableResult:
+    """What :meth:`StableTrainer.fit` returns.
+
+    Attributes:
+        history: one dict per unit (τ window): ``unit``, ``cycle``, ``phase`` (``simulate``/``learn``),
+            ``md_steps`` (steps per replica so far), ``unstable_fraction``, ``obs_loss``, ``qm_loss``
+            (NaN in simulation units), ``lr``, ``n_samples``, ``learning_step`` (optimizer steps so far),
+            ``event`` (``rewind``, ``learn_done``, or empty), ``seconds``.
+        cycles: number of completed cycles.
+        stop_reason: ``max_cycles``, ``max_steps`` or ``stable``.
+        out_dir: where checkpoint, logs and the final model were written (None: nowhere).
+    """
+
+    history: list = field(default_factory=list)
+    cycles: int = 0
+    stop_reason: str = ""
+    out_dir: str | None = None
+
+    def unstable_fraction(self, phase: str | None = None) -> list[float]:
+        """The unstable fraction of every unit (of one ``phase`` only, when given)."""
+        return [r["unstable_fraction"] for r in self.history if phase is None or r["phase"] == phase]
+
+
+def bonded_molecules(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
+    """``[n_atoms]`` int64 molecule index: the connected components of the bond graph, numbered by first atom."""
+    parent = list(range(int(n_atoms)))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in bonds.tolist():
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    roots = [find(a) for a in range(int(n_atoms))]
+    index = {r: k for k, r in enumerate(sorted(set(roots)))}
+    return torch.tensor([index[r] for r in roots], dtype=torch.int64)
+
+
+def _model_dtype_device(model: torch.nn.Module):
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def _merge(base: State, other: State, mask: torch.Tensor) -> State:
+    """``base`` with the replicas ``mask`` ([R] bool) taken from ``other`` (new tensors; inputs untouched)."""
+    out = base.clone()
+    if not bool(mask.any()):
+        return out
+    am = mask[base.batch]
+    for name in ("positions", "velocities", "image", "forces"):
+        a, b = getattr(base, name), getattr(other, name)
+        if a is not None and b is not None:
+            setattr(out, name, torch.where(am.view(-1, *([1] * (a.dim() - 1))), b, a))
+    for name in ("energy", "frozen", "frozen_step"):
+        a, b = getattr(base, name), getattr(other, name)
+        if a is not None and b is not None:
+            setattr(out, name, torch.where(mask, b, a))
+    if base.cell is not None and other.cell is not None:
+        out.cell = torch.where(mask.view(-1, 1, 1), other.cell, base.cell)
+    for k, v in base.aux.items():
+        if k not in other.aux:
+            continue
+        m = mask if v.shape[:1] == mask.shape else am
+        out.aux[k] = torch.where(m.view(-1, *([1] * (v.dim() - 1))), other.aux[k], v)
+    return out
+
+
+class _Window:
+    """Simulator callback of one τ window: stability checks, sampling, progress."""
+
+    def __init__(self, monitor: StabilityMonitor, start_step: int, n_dump: int | None, bar, periodic: bool):
+        self.monitor, self.start, self.n_dump, self.bar, self.periodic = monitor, start_step, n_dump, bar, periodic
+        self.positions: list[torch.Tensor] = []
+        self.cells: list[torch.Tensor] = []
+        self.valid: list[torch.Tensor] = []
+
+    def __call__(self, state: State, step: int) -> None:
+        local = step - self.start
+        if local % self.monitor.check_every == 0:
+            self.monitor.check(state, local)
+            if self.bar is not None:
+                self.bar.update(self.monitor.check_every)
+        if self.n_dump is not None and local % self.n_dump == 0:
+            self.positions.append(state.positions.detach().clone())
+            self.valid.append(~state.frozen.clone())
+            if self.periodic:
+                self.cells.append(state.cell.detach().clone())
+
+
+class StableTrainer:
+    """StABlE training of a pre-trained potential (see the module docstring for the procedure).
+
+    Usage::
+
+        trainer = bg.stable.StableTrainer(model, train_set, bg.stable.StableConfig(...), out_dir="runs/aspirin")
+        result = trainer.fit()              # or fit(resume=True) after an interruption
+        result.history                      # per-unit unstable fraction, losses, learning rate
+
+    Args:
+        model: a boltzgrad potential (trained in place), pre-trained on energies and forces. Simulations
+            and losses run in the dtype and on the device of its parameters.
+        dataset: the original labelled training set (``bg.data.AtomsDataset``): the starting structures
+            of the replicas (R drawn without replacement when possible, seeded), the bonds of the
+            criterion and molecules (from its first structure), and the QM loss (needs energies and
+            forces when ``qm_weight > 0``). Every structure must hold the same atoms in the same order.
+        config: a :class:`StableConfig`, a dict of its fields, or a path to a YAML file (default:
+            the paper's settings).
+        reference: where the reference observable comes from: an ``AtomsDataset`` of reference
+            structures (its h(r) / RDF / mean bond lengths are the target, and its mean bond lengths
+            the criterion's reference), a tensor holding the target observable itself, or None (the
+            training set).
+        out_dir: directory for ``checkpoint.pt``, ``history.json``, ``log.csv``, ``config.yaml``,
+            ``model.pt`` (final weights) and ``tensorboard/``; None: nothing is written (no resume).
+        criteria: stability criteria overriding the configured one (a list of
+            :class:`~boltzgrad.stability.Criterion`; :class:`~boltzgrad.stability.NonFinite` is added
+            when absent).
+    """
+
+    def __init__(self, model: torch.nn.Module, dataset, config: StableConfig | dict | str | os.PathLike | None = None,
+                 *, reference=None, out_dir: str | os.PathLike | None = None,
+                 criteria: list[Criterion] | None = None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
+        if config is None:
+            config = StableConfig()
+        elif isinstance(config, dict):
+            config = StableConfig.from_dict(config)
+        elif isinstance(config, (str, os.PathLike)):
+            config = StableConfig.from_yaml(config)
+        elif not isinstance(config, StableConfig):
+            raise TypeError(f"config must be a StableConfig, a dict or a YAML path, got {type(config).__name__}")
+        config.validate()
+        self.config = cfg = config
+        self.model = model
+        self.dataset = dataset
+        self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        self.dtype, self.device = _model_dtype_device(model)
+        self.kT = units.kT(cfg.temperature)
+
+        if not hasattr(dataset, "collate") or len(dataset) == 0:
+            raise ValueError("dataset must be a non-empty boltzgrad.data.AtomsDataset")
+        n_atoms = dataset.n_atoms
+        if not bool((n_atoms == n_atoms[0]).all()):
+            raise ValueError(f"dataset must hold structures of one molecule/system: atom counts "
+                             f"{sorted(set(n_atoms.tolist()))} differ")
+        self.n = N = int(n_atoms[0])
+        species = dataset.species.view(len(dataset), N)
+        if not bool((species == species[0]).all()):
+            raise ValueError("dataset structures must list the same atomic numbers in the same order")
+        self.species1 = species[0].to(self.device)
+        self.periodic = bool(dataset.pbc.any())
+        if cfg.qm_weight > 0:
+            if cfg.energy_weight > 0 and not dataset.has_energy:
+                raise ValueError("dataset lacks energy labels but qm_weight > 0 and energy_weight > 0")
+            if cfg.force_weight > 0 and not dataset.has_forces:
+                raise ValueError("dataset lacks force labels but qm_weight > 0 and force_weight > 0")
+
+        ref_data = dataset
+        target = None
+        if isinstance(reference, torch.Tensor):
+            target = reference.detach().to(torch.float64).reshape(-1)
+        elif reference is not None:
+            if not hasattr(reference, "batches"):
+                raise TypeError(f"reference must be an AtomsDataset, a tensor or None, got {type(reference).__name__}")
+            ref_data = reference
+
+        first = dataset[0]
+        cell0 = first["cell"] if self.periodic else None
+        self.bonds = obs_mod.bonds_from_structure(first["species"], first["positions"], mult=cfg.bond_mult,
+                                                  cell=cell0, pbc=first["pbc"] if self.periodic else False)
+        self.molecule = bonded_molecules(N, self.bonds)
+        self._setup_observable(ref_data, target)
+
+        if criteria is None:
+            if cfg.criterion == "bond_length":
+                if self.bonds.shape[0] == 0:
+                    raise ValueError("criterion 'bond_length' needs bonds, but the first structure has none "
+                                     f"(covalent radii x bond_mult={cfg.bond_mult})")
+                ref_len = self._mean_bond_lengths(ref_data)
+                criteria = [BondLengthCriterion(self.bonds, ref_len, cfg.bond_threshold)]
+            else:
+                if int(self.molecule.max()) == 0:
+                    raise ValueError("criterion 'min_distance' needs at least two molecules")
+                criteria = [MinDistanceCriterion(self.molecule, cfg.min_distance_threshold)]
+        criteria = list(criteria)
+        if not any(isinstance(c, NonFinite) for c in criteria):
+            criteria.append(NonFinite())
+        self.criteria = criteria
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        self.params = params
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
+                                                                    patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        self.md_generator = torch.Generator(device=self.device)
+        self.md_generator.manual_seed(cfg.seed * 2 + 1)
+        self._tb = None
+        self._bar = None
+        self._init_run_state()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_observable(self, ref_data, target) -> None:
+        cfg = self.config
+        if cfg.observable == "distance_histogram":
+            if self.periodic:
+                raise ValueError("observable 'distance_histogram' is for molecules; periodic systems use 'rdf'")
+            self._hist = obs_mod.DistanceHistogram(cfg.r_max, cfg.n_bins, cfg.sigma)
+        elif cfg.observable == "rdf":
+            if not self.periodic:
+                raise ValueError("observable 'rdf' needs a periodic dataset (cell and pbc)")
+            zs = sorted(set(self.species1.tolist()))
+            kinds = [(a, b) for k, a in enumerate(zs) for b in zs[k:]]
+            self._hist = obs_mod.RDF(cfg.r_max, cfg.n_bins, cfg.sigma, species_pairs=kinds)
+        else:
+            if self.bonds.shape[0] == 0:
+                raise ValueError("observable 'bond_length' needs bonds, but the first structure has none")
+            types, kinds = obs_mod.bond_types(self.species1.cpu(), self.bonds)
+            self._bond_types, self._bond_kinds = types, kinds
+            self._hist = obs_mod.BondLengths(self.bonds, bond_types=types)
+            if cfg.estimator == "local":
+                n_mol = int(self.molecule.max()) + 1
+                key = self.molecule[self.bonds[:, 0]] * kinds.shape[0] + types
+                counts = torch.bincount(key, minlength=n_mol * kinds.shape[0])
+                if not bool((counts > 0).all()):
+                    raise ValueError("estimator 'local' needs every molecule to hold bonds of every bond type "
+                                     f"{kinds.tolist()} (e.g. identical water molecules)")
+                self._local_key, self._local_counts, self._n_mol = key, counts, n_mol
+        if target is None:
+            parts = []
+            for b in ref_data.batches(64, dtype=torch.float64):
+                parts.append(self._observe(b.positions, b.batch, b.cell if self.periodic else None,
+                                           b.n_structures).sum(0))
+            target = torch.stack(parts).sum(0) / (len(ref_data) * (self._n_mol if cfg.estimator == "local" else 1))
+        self.target = target.to(torch.float64)
+        k = self._observe(self.dataset.collate([0], dtype=torch.float64).positions,
+                          torch.zeros(self.n, dtype=torch.int64), self.dataset.cell[:1] if self.periodic else None,
+                          1).shape[1]
+        if self.target.shape != (k,):
+            raise ValueError(f"reference observable must have {k} components for observable "
+                             f"{cfg.observable!r}, got shape {tuple(self.target.shape)}")
+
+    @torch.no_grad()
+    def _mean_bond_lengths(self, data) -> torch.Tensor:
+        """[n_bonds] mean bond lengths (Å) over the structures of ``data`` (minimum image when periodic)."""
+        lengths = obs_mod.BondLengths(self.bonds)
+        total = torch.zeros(self.bonds.shape[0], dtype=torch.float64)
+        for b in data.batches(256, dtype=torch.float64):
+            kw = {"cell": b.cell, "pbc": b.pbc} if self.periodic else {}
+            total += lengths(b.positions, batch=b.batch, **kw).sum(0)
+        return total / len(data)
+
+    @torch.no_grad()
+    def _observe(self, positions: torch.Tensor, batch: torch.Tensor, cell, n_frames: int) -> torch.Tensor:
+        """Observable per sample ``[S, K]`` (S = frames, or frames x molecules for the local estimator)."""
+        cfg = self.config
+        if cfg.observable == "distance_histogram":
+            return self._hist(positions, batch=batch)
+        species = self.species1.to(positions.device).repeat(n_frames)
+        if cfg.observable == "rdf":
+            return self._hist(positions, species, batch=batch, cell=cell, pbc=True).flatten(1)
+        periodic_kw = {"cell": cell, "pbc": True} if cell is not None else {}
+        if cfg.estimator == "global":
+            return self._hist(positions, batch=batch, **periodic_kw)
+        lengths = obs_mod.BondLengths(self.bonds)(positions, batch=batch, **periodic_kw)  # [F, n_bonds]
+        n_k = self._bond_kinds.shape[0]
+        key = self._local_key.to(lengths.device)
+        sums = lengths.new_zeros(n_frames, self._n_mol * n_k).index_add(1, key, lengths)
+        per = sums / self._local_counts.to(lengths)
+        return per.view(n_frames * self._n_mol, n_k)
+
+    def _initial_state(self) -> State:
+        cfg = self.config
+        g = torch.Generator().manual_seed(cfg.seed)
+        n_data = len(self.dataset)
+        R = cfg.n_replicas
+        if R <= n_data:
+            idx = torch.randperm(n_data, generator=g)[:R]
+        else:
+            idx = torch.randint(n_data, (R,), generator=g)
+        b = self.dataset.collate(idx, dtype=self.dtype, device=self.device)
+        from ase.data import atomic_masses
+
+        masses = torch.as_tensor(atomic_masses, dtype=self.dtype)[b.species.cpu()].to(self.device)
+        gv = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        vel = maxwell_boltzmann(masses, self.kT, batch=b.batch, generator=gv)
+        if self.periodic:
+            return State(b.positions, vel, masses, b.species, batch=b.batch, cell=b.cell, pbc=b.pbc)
+        return State(b.positions, vel, masses, b.species, batch=b.batch)
+
+    def _init_run_state(self) -> None:
+        self.state = self._initial_state()
+        R = self.state.n_replicas
+        self.anchor = self.state.clone()
+        self.learn_start: State | None = None
+        self.phase = "simulate"
+        self.cycle = 0
+        self.unit = 0
+        self.md_steps = 0
+        self.phase_steps = 0
+        self.learn_iter = 0
+        self.learning_steps = 0
+        self.unstable = torch.zeros(R, dtype=torch.bool, device=self.device)
+        self.history: list[dict] = []
+        self.stop_reason = ""
+
+    def _integrator(self):
+        cfg = self.config
+        if cfg.thermostat == "nose_hoover":
+            return NoseHoover(cfg.dt, self.kT, cfg.thermostat_tau)
+        return Langevin(cfg.dt, self.kT, cfg.friction, generator=self.md_generator)
+
+    def _run_window(self, start: State, *, sample: bool, bar) -> tuple[State, StabilityMonitor, _Window]:
+        """τ steps of all replicas from ``start`` with a fresh monitor (and sampling when ``sample``)."""
+        cfg = self.config
+        monitor = StabilityMonitor(self.criteria, cfg.check_every, freeze=True)
+        window = _Window(monitor, start.step, cfg.n_dump if sample else None, bar, self.periodic)
+        sim = Simulator(self.model, self._integrator())
+        with torch.no_grad():
+            end = sim.run(start, cfg.tau, every=1, callback=window)
+        return end, monitor, window
+
+    # ------------------------------------------------------------------ the two phases
+    def _simulate_unit(self, bar) -> dict:
+        cfg = self.config
+        stable = ~self.unstable
+        self.anchor = _merge(self.anchor, self.state, stable)
+        start = self.state.replace(frozen=self.unstable.clone(),
+                                   frozen_step=torch.where(self.unstable, self.state.frozen_step,
+                                                           torch.full_like(self.state.frozen_step, -1)))
+        end, monitor, _ = self._run_window(start, sample=False, bar=bar)
+        newly = monitor.unstable & stable
+        self.unstable = self.unstable | monitor.unstable
+        for c in self.criteria:
+            c.reset(newly)  # their windows restart with the rewound replicas
+        self.state = end
+        self.md_steps += cfg.tau
+        self.phase_steps += cfg.tau
+        frac = float(self.unstable.to(torch.float64).mean())
+        row = {"phase": "simulate", "unstable_fraction": frac, "obs_loss": math.nan, "qm_loss": math.nan,
+               "n_samples": 0, "event": ""}
+        if frac > cfg.upper_threshold:
+            rewound = _merge(self.state, self.anchor, self.unstable)
+            rewound.frozen = torch.zeros_like(self.unstable)
+            rewound.frozen_step = torch.full_like(rewound.frozen_step, -1)
+            self.state = rewound
+            self.learn_start = rewound.clone()
+            self.phase = "learn"
+            self.learn_iter = 0
+            row["event"] = "rewind"
+        return row
+
+    def _learn_unit(self, bar) -> dict:
+        cfg = self.config
+        start = self.learn_start.clone()
+        for c in self.criteria:
+            c.reset(None)
+        end, monitor, window = self._run_window(start, sample=True, bar=bar)
+        self.md_steps += cfg.tau
+        frac = float(monitor.unstable.to(torch.float64).mean())
+        row = {"phase": "learn", "unstable_fraction": frac, "obs_loss": math.nan, "qm_loss": math.nan,
+               "n_samples": 0, "event": ""}
+        done = frac < cfg.lower_threshold
+        if not done:
+            obs_loss, q_loss, m = self._learning_step(window)
+            row.update(obs_loss=obs_loss, qm_loss=q_loss, n_samples=m)
+            self.learn_iter += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            done = lr <= cfg.min_lr * (1 + 1e-9) or self.learn_iter >= cfg.max_learning_steps
+        if done:
+            nxt = _merge(end, self.learn_start, monitor.unstable)
+            nxt.frozen = torch.zeros_like(monitor.unstable)
+            nxt.frozen_step = torch.full_like(nxt.frozen_step, -1)
+            self.state = nxt
+            self.anchor = nxt.clone()
+            self.learn_start = None
+            self.unstable = torch.zeros_like(self.unstable)
+            for c in self.criteria:
+                c.reset(None)
+            self.phase = "simulate"
+            self.phase_steps = 0
+            self.cycle += 1
+            row["event"] = "learn_done"
+        return row
+
+    def _learning_step(self, window: _Window) -> tuple[float, float, int]:
+        """One optimizer step from the samples of a window; returns (observable loss, QM loss, samples)."""
+        cfg = self.config
+        N, R = self.n, self.state.n_replicas
+        F = len(window.positions)
+        pos = torch.stack(window.positions).view(F, R, N, 3)
+        valid = torch.stack(window.valid)  # [F, R]
+        samples = pos[valid]  # [M, N, 3], frame-major: each minibatch spans many replicas
+        cells = torch.stack(window.cells)[valid] if self.periodic else None
+        M = samples.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        obs_value = math.nan
+        if M >= 2:
+            per_frame = self.config.estimator == "local"
+            obs_all = []
+            for sl in torch.arange(M).split(256):
+                p, b = self._flat(samples[sl])
+                obs_all.append(self._observe(p, b, None if cells is None else cells[sl], len(sl)))
+            obs_all = torch.cat(obs_all)  # [M, K] or [M * n_mol, K]
+            per = self._n_mol if per_frame else 1
+            tgt = self.target.to(obs_all)
+            obs_value = float(((obs_all.mean(0) - tgt) ** 2).sum())
+            chunks = torch.arange(M).tensor_split(max(1, M // cfg.minibatch))
+            for sl in chunks:
+                p, b = self._flat(samples[sl])
+                kw = {"cell": cells[sl], "pbc": True} if cells is not None else {}
+                out = self.model(p, self.species1.repeat(len(sl)), batch=b, **kw)
+                o = obs_all.view(M, per, -1)[sl].reshape(len(sl) * per, -1)
+                if per_frame:
+                    nb = molecule_neighborhoods(self.molecule.to(self.device).repeat(len(sl)), batch=b)
+                    loss = local_boltzmann_loss(out["atom_energies"], nb, o, tgt, self.kT, split=cfg.split_halves)
+                else:
+                    loss = boltzmann_loss(out["energy"], o, tgt, self.kT, split=cfg.split_halves)
+                (loss / len(chunks)).backward()
+        else:
+            log.warning("learning window gave %d samples (< 2): no observable gradient this step", M)
+        q_value = math.nan
+        if cfg.qm_weight > 0:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.learning_steps)
+            idx = torch.randperm(len(self.dataset), generator=g)[:cfg.qm_batch_size]
+            b = self.dataset.collate(idx, dtype=self.dtype, device=self.device)
+            q, _, _ = qm_loss(self.model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
+            (cfg.qm_weight * q).backward()
+            q_value = float(q.detach())
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.learning_steps += 1
+        if math.isfinite(obs_value):
+            self.scheduler.step(obs_value)
+        return obs_value, q_value, M
+
+    def _flat(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = samples.shape[0]
+        return samples.reshape(m * self.n, 3), torch.arange(m, device=samples.device).repeat_interleave(self.n)
+
+    # ------------------------------------------------------------------ budget, logs, checkpoints
+    def _stop_reason(self) -> str:
+        cfg = self.config
+        if self.cycle >= cfg.max_cycles:
+            return "max_cycles"
+        if cfg.max_steps is not None and self.md_steps >= cfg.max_steps:
+            return "max_steps"
+        if self.phase == "simulate" and self.phase_steps >= cfg.max_simulation_steps:
+            return "stable"
+        return ""
+
+    def _payload(self) -> dict:
+        return {
+            "format": "boltzgrad-stable-trainer",
+            "config": self.config.to_dict(),
+            "fingerprint": self._fingerprint(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "trainer": {"phase": self.phase, "cycle": self.cycle, "unit": self.unit, "md_steps": self.md_steps,
+                        "phase_steps": self.phase_steps, "learn_iter": self.learn_iter,
+                        "learning_steps": self.learning_steps, "unstable": self.unstable,
+                        "stop_reason": self.stop_reason},
+            "state": state_to_dict(self.state),
+            "anchor": state_to_dict(self.anchor),
+            "learn_start": None if self.learn_start is None else state_to_dict(self.learn_start),
+            "criteria": [c.state_dict() for c in self.criteria],
+            "rng": {"torch": torch.get_rng_state(), "md": self.md_generator.get_state()},
+            "target": self.target,
+            "history": self.history,
+        }
+
+    def _fingerprint(self) -> dict:
+        return {"n_atoms": self.n, "species": self.species1.tolist(), "n_structures": len(self.dataset),
+                "n_replicas": self.config.n_replicas, "periodic": self.periodic}
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
+        """Write the full training state atomically (default ``out_dir/checkpoint.pt``); returns the path."""
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("no path given and the trainer has no out_dir")
+            path = os.path.join(self.out_dir, CHECKPOINT)
+        save_checkpoint(path, self._payload())
+        return os.fspath(path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore the training state written by :meth:`save_checkpoint` (same config and data, budget aside).
+
+        Raises:
+            CheckpointError (a ``ValueError``): missing or damaged file, or a checkpoint of another run.
+        """
+        ck = load_checkpoint(path, map_location=self.device)
+        path = os.fspath(path)
+        if ck.get("format") != "boltzgrad-stable-trainer":
+            raise CheckpointError(f"checkpoint {path!r} was not written by StableTrainer")
+        try:
+            saved = StableConfig.from_dict(ck["config"])
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path!r} holds an invalid config: {err}") from err
+        diff = saved.differences(self.config)
+        if diff:
+            text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in
+                             ((k, *v) for k, v in sorted(diff.items())))
+            raise CheckpointError(f"checkpoint {path!r} was written with a different config ({text})")
+        if ck["fingerprint"] != self._fingerprint():
+            raise CheckpointError(f"checkpoint {path!r} belongs to another dataset/system: {ck['fingerprint']} vs "
+                                  f"{self._fingerprint()}")
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this model/optimizer: {err}") from err
+        t = ck["trainer"]
+        self.phase, self.cycle, self.unit = t["phase"], t["cycle"], t["unit"]
+        self.md_steps, self.phase_steps, self.learn_iter = t["md_steps"], t["phase_steps"], t["learn_iter"]
+        self.learning_steps, self.unstable, self.stop_reason = t["learning_steps"], t["unstable"], t["stop_reason"]
+        self.state = state_from_dict(ck["state"])
+        self.anchor = state_from_dict(ck["anchor"])
+        self.learn_start = None if ck["learn_start"] is None else state_from_dict(ck["learn_start"])
+        if len(ck["criteria"]) != len(self.criteria):
+            raise CheckpointError(f"checkpoint {path!r} has {len(ck['criteria'])} criteria, this trainer "
+                                  f"{len(self.criteria)}")
+        for c, s in zip(self.criteria, ck["criteria"], strict=True):
+            c.load_state_dict(s)
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.md_generator.set_state(ck["rng"]["md"])
+        self.target = ck["target"]
+        self.history = list(ck["history"])
+
+    def _write_logs(self) -> None:
+        if self.out_dir is None:
+            return
+        text = json.dumps({"history": self.history, "cycles": self.cycle, "stop_reason": self.stop_reason,
+                           "config": self.config.to_dict()}, indent=1, default=float)
+        atomic_write_bytes(os.path.join(self.out_dir, HISTORY_JSON), text.encode())
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_bytes(os.path.join(self.out_dir, LOG_CSV), buf.getvalue().encode())
+
+    def _tensorboard(self, row: dict) -> None:
+        if self._tb is None:
+            return
+        for key in ("unstable_fraction", "obs_loss", "qm_loss", "lr"):
+            v = row[key]
+            if isinstance(v, float) and math.isfinite(v):
+                self._tb.add_scalar(f"stable/{key}", v, row["unit"])
+        self._tb.flush()
+
+    def _open_tensorboard(self) -> None:
+        if self.out_dir is None or not self.config.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("TensorBoard scalars skipped: the tensorboard package is not installed")
+            return
+        self._tb = SummaryWriter(os.path.join(self.out_dir, "tensorboard"), purge_step=self.unit)
+
+    # ------------------------------------------------------------------ main loop
+    def done(self) -> bool:
+        """True when the budget is spent (``stop_reason`` then says why)."""
+        self.stop_reason = self._stop_reason()
+        return bool(self.stop_reason)
+
+    def step(self) -> dict:
+        """Run one unit (τ MD steps of all replicas, in the current phase) and return its history row.
+
+        ``fit`` calls this until :meth:`done`; it writes no files itself.
+        """
+        bar = self._bar
+        if bar is not None:
+            bar.set_description(f"StABlE cycle {self.cycle} {self.phase}")
+        t0 = time.perf_counter()
+        self.model.eval()
+        row = self._simulate_unit(bar) if self.phase == "simulate" else self._learn_unit(bar)
+        row.update(unit=self.unit, cycle=self.cycle - (row["event"] == "learn_done"), md_steps=self.md_steps,
+                   lr=self.optimizer.param_groups[0]["lr"], learning_step=self.learning_steps,
+                   seconds=time.perf_counter() - t0)
+        self.history.append(row)
+        self.unit += 1
+        if bar is not None:
+            bar.set_postfix(unstable=f"{row['unstable_fraction']:.2f}", loss=f"{row['obs_loss']:.3g}")
+        self._tensorboard(row)
+        return row
+
+    def fit(self, *, resume: bool = False) -> StableResult:
+        """Run StABlE training until the budget is spent; returns a :class:`StableResult`.
+
+        Args:
+            resume: continue from ``out_dir/checkpoint.pt`` (an error when it is missing). Without it, an
+                ``out_dir`` that already holds a checkpoint is refused rather than overwritten.
+        """
+        cfg = self.config
+        ckpt = None if self.out_dir is None else os.path.join(self.out_dir, CHECKPOINT)
+        if resume:
+            if ckpt is None:
+                raise ValueError("resume=True needs out_dir (where checkpoint.pt was written)")
+            if not os.path.isfile(ckpt):
+                raise CheckpointError(f"cannot resume: checkpoint {ckpt!r} does not exist")
+            self.load_checkpoint(ckpt)
+        elif ckpt is not None and os.path.exists(ckpt):
+            raise ValueError(f"out_dir {self.out_dir!r} already holds a checkpoint; pass resume=True to continue "
+                             "it or choose another out_dir")
+        if self.out_dir is not None:
+            os.makedirs(self.out_dir, exist_ok=True)
+            cfg.to_yaml(os.path.join(self.out_dir, "config.yaml"))
+        self._open_tensorboard()
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=cfg.max_steps, initial=self.md_steps, unit="step", disable=not cfg.progress,
+                         desc="StABlE", leave=False)
+        try:
+            while not self.done():
+                row = self.step()
+                if self.out_dir is not None and (self.unit % cfg.checkpoint_every == 0 or row["event"]):
+                    self.save_checkpoint()
+                    self._write_logs()
+        finally:
+            self._bar.close()
+            self._bar = None
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
+        if self.out_dir is not None:
+            self.save_checkpoint()
+            self._write_logs()
+            buf = io.BytesIO()
+            torch.save(self.model.state_dict(), buf)
+            atomic_write_bytes(os.path.join(self.out_dir, MODEL_FILE), buf.getvalue())
+        return StableResult(history=list(self.history), cycles=self.cycle, stop_reason=self.stop_reason,
+                            out_dir=self.out_dir)

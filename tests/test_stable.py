@@ -1,0 +1,280 @@
+"""StABlE driver: config, rewinds, an end-to-end run on a toy cluster, checkpoints and exact resume.
+
+The toy: 4 carbon-mass atoms bound by a Lennard-Jones potential (ε = 0.2 eV, σ = 1.2 Å) into a
+tetrahedron at 300 K; the reference data (h(r), energies, forces) come from that true potential. The
+"pre-trained" model is the same form with a 10x too shallow well plus a zero-initialised PairMLP
+correction: at 300 K its clusters fall apart within a few hundred fs, which the bond-length criterion
+flags. StABlE training on h(r) must deepen the well and make most replicas stable.
+"""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import boltzgrad as bg
+import boltzgrad.data  # noqa: F401  (bg.data)
+from boltzgrad.stability import StabilityMonitor
+from boltzgrad.stable import CheckpointError, StableConfig, StableTrainer, bonded_molecules
+
+torch.set_num_threads(1)
+
+SIGMA, EPS, N_ATOMS, T = 1.2, 0.2, 4, 300.0
+
+
+def _tetrahedra(n: int) -> torch.Tensor:
+    r0 = 2 ** (1 / 6) * SIGMA
+    tet = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    return (tet * r0 / (2 * math.sqrt(2))).repeat(n, 1)
+
+
+def make_toy_data(n_rep: int = 8):
+    """160 structures of the LJ tetrahedron at 300 K with energies and forces of the true potential."""
+    batch = torch.arange(n_rep).repeat_interleave(N_ATOMS)
+    masses = torch.full((N_ATOMS * n_rep,), 12.011, dtype=torch.float64)
+    species = torch.full((N_ATOMS * n_rep,), 6)
+    kT = bg.md.units.kT(T)
+    g = torch.Generator().manual_seed(0)
+    state = bg.md.State(_tetrahedra(n_rep), bg.md.maxwell_boltzmann(masses, kT, batch=batch, generator=g), masses,
+                        species, batch=batch)
+    true = bg.models.LennardJones(EPS, SIGMA, cutoff=3.0)
+    sim = bg.md.Simulator(true, bg.md.Langevin(1.0, kT, 0.01, generator=g))
+    buf = bg.md.TrajectoryBuffer(100, fields=("positions",))
+    sim.run(sim.run(state, 200), 400, every=20, callback=buf)
+    frames = buf.stack("positions").reshape(-1, N_ATOMS, 3)
+    nf = frames.shape[0]
+    e, f = bg.models.energy_and_forces(true, frames.reshape(-1, 3), torch.full((nf * N_ATOMS,), 6),
+                                       batch=torch.arange(nf).repeat_interleave(N_ATOMS))
+    return bg.data.AtomsDataset(frames, torch.full((N_ATOMS,), 6), energy=e, forces=f.view(nf, N_ATOMS, 3))
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    return make_toy_data()
+
+
+def _weak_model(eps: float = 0.02) -> torch.nn.Module:
+    torch.manual_seed(1)
+    mlp = bg.models.PairMLP(cutoff=3.0, hidden=(16, 16), n_basis=12).double()
+    with torch.no_grad():
+        mlp.mlp[-1].weight.zero_()
+        mlp.mlp[-1].bias.zero_()
+    return bg.models.Sum(bg.models.LennardJones(eps, SIGMA, cutoff=3.0), mlp)
+
+
+def _config(**kw) -> StableConfig:
+    base = dict(temperature=T, dt=1.0, n_replicas=16, tau=100, check_every=10, n_dump=5, bond_threshold=0.3,
+                r_max=4.0, n_bins=80, sigma=0.05, optimizer="adam", lr=1e-2, min_lr=1e-4, qm_weight=0.0,
+                max_cycles=2, max_learning_steps=30, upper_threshold=0.5, lower_threshold=0.2, progress=False,
+                tensorboard=False)
+    base.update(kw)
+    return StableConfig(**base)
+
+
+def _unstable_fraction(model, data, cfg: StableConfig, *, seed: int, steps: int) -> float:
+    """Fraction of replicas, started from fresh structures and velocities, unstable within ``steps``."""
+    trainer = StableTrainer(model, data, StableConfig(**{**cfg.to_dict(), "seed": seed, "n_replicas": 32}))
+    monitor = StabilityMonitor(trainer.criteria, cfg.check_every)
+    bg.md.Simulator(model, trainer._integrator()).run(trainer._initial_state(), steps, every=cfg.check_every,
+                                                      callback=monitor)
+    return monitor.unstable_fraction()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_papers():
+    c = StableConfig()
+    assert (c.temperature, c.dt, c.thermostat, c.thermostat_tau) == (500.0, 0.5, "nose_hoover", 20.0)
+    assert (c.n_replicas, c.tau, c.lr, c.qm_weight, c.grad_clip, c.minibatch) == (128, 2000, 1e-3, 10.0, 1.0, 40)
+    assert (c.criterion, c.bond_threshold, c.observable, c.estimator, c.optimizer) == (
+        "bond_length", 0.25, "distance_histogram", "global", "sgd")
+    assert (c.r_max, c.n_bins, c.sigma) == (10.0, 500, 0.01)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("dt", -0.5), ("temperature", 0), ("n_replicas", 0), ("n_replicas", 2.5), ("tau", True),
+    ("thermostat", "berendsen"), ("observable", "vacf"), ("optimizer", "lbfgs"), ("upper_threshold", 1.5),
+    ("grad_clip", 0.0), ("qm_weight", -1.0), ("lr", float("nan")), ("seed", -1), ("lr_factor", 1.0),
+    ("max_steps", 0), ("progress", "yes"),
+])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        StableConfig(**{field: value})
+
+
+def test_config_cross_field_checks():
+    with pytest.raises(ValueError, match="lower_threshold"):
+        StableConfig(lower_threshold=0.6, upper_threshold=0.5)
+    with pytest.raises(ValueError, match="n_dump"):
+        StableConfig(tau=100, n_dump=200, check_every=10)
+    with pytest.raises(ValueError, match="min_lr"):
+        StableConfig(lr=1e-5, min_lr=1e-4)
+    with pytest.raises(ValueError, match="estimator"):
+        StableConfig(estimator="local", observable="distance_histogram")
+    with pytest.raises(ValueError, match="bogus"):
+        StableConfig.from_dict({"bogus": 1})
+
+
+def test_config_yaml_roundtrip_and_errors(tmp_path):
+    c = _config(lr=3e-3, grad_clip=None, max_steps=500)
+    path = tmp_path / "train.yaml"
+    c.to_yaml(path)
+    assert StableConfig.from_yaml(path) == c
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    # a 'train:' section, dashes in keys and YAML 1.1 floats like 1e-3 (read as strings by PyYAML) are accepted
+    path.write_text("train:\n  n-replicas: 8\n  lr: 1e-3\n  min_lr: 1e-6\n")
+    c2 = StableConfig.from_yaml(path)
+    assert (c2.n_replicas, c2.lr, c2.min_lr) == (8, 1e-3, 1e-6)
+    path.write_text("n_replicas: -3\n")
+    with pytest.raises(ValueError, match="n_replicas"):
+        StableConfig.from_yaml(path)
+    path.write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="lr"):
+        StableConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        StableConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------- trainer pieces
+
+
+def test_bonded_molecules():
+    bonds = torch.tensor([[0, 1], [0, 2], [3, 4], [4, 5], [6, 6]])
+    assert bonded_molecules(8, bonds).tolist() == [0, 0, 0, 1, 1, 1, 2, 3]
+
+
+def test_rewind_restores_the_chunk_start_exactly(toy_data):
+    trainer = StableTrainer(_weak_model(), toy_data, _config(tau=30, upper_threshold=0.1, lower_threshold=0.0))
+    start = trainer.state.clone()
+    row = trainer.step()
+    assert row["phase"] == "simulate" and row["event"] == "rewind" and row["unstable_fraction"] > 0.1
+    unstable = trainer.unstable
+    assert 0 < int(unstable.sum()) < unstable.numel()
+    atoms_u = unstable[start.batch]
+    s = trainer.state
+    # unstable replicas are back where the chunk started: bit for bit, thermostat variables included
+    assert torch.equal(s.positions[atoms_u], start.positions[atoms_u])
+    assert torch.equal(s.velocities[atoms_u], start.velocities[atoms_u])
+    for k, v in s.aux.items():
+        rows = unstable if v.shape[0] == unstable.shape[0] else atoms_u
+        assert k not in start.aux or torch.equal(v[rows], start.aux[k][rows])
+    # stable replicas continue from where the chunk ended
+    assert not torch.equal(s.positions[~atoms_u], start.positions[~atoms_u])
+    assert not s.frozen.any()
+    assert torch.equal(trainer.learn_start.positions, s.positions)
+    # the next τ steps reach the instability again (deterministic Nose-Hoover dynamics, same model)
+    learn_start = trainer.learn_start.clone()
+    row = trainer.step()
+    assert row["phase"] == "learn" and row["unstable_fraction"] >= float(unstable.double().mean())
+    assert row["n_samples"] > 0 and math.isfinite(row["obs_loss"])
+    # every learning window starts from the same near-unstable states
+    assert torch.equal(trainer.learn_start.positions, learn_start.positions)
+    assert torch.equal(trainer.learn_start.velocities, learn_start.velocities)
+
+
+def test_end_to_end_stable_training_reduces_the_unstable_fraction(toy_data, tmp_path):
+    cfg = _config()
+    before = _unstable_fraction(_weak_model(), toy_data, cfg, seed=123, steps=400)
+    model = _weak_model()
+    result = StableTrainer(model, toy_data, cfg, out_dir=tmp_path / "run").fit()
+    learn = [r for r in result.history if r["phase"] == "learn"]
+    assert learn and learn[0]["unstable_fraction"] >= 0.75
+    assert result.cycles == 2 and result.stop_reason == "max_cycles"
+    done = [r for r in result.history if r["event"] == "learn_done"]
+    assert len(done) == 2 and all(r["unstable_fraction"] < cfg.lower_threshold for r in done)
+    after = _unstable_fraction(model, toy_data, cfg, seed=123, steps=400)
+    assert before >= 0.9 and after <= 0.5, (before, after)
+    # files: history (JSON + CSV), final model, config, checkpoint
+    out = tmp_path / "run"
+    hist = json.loads((out / "history.json").read_text())
+    assert [r["unstable_fraction"] for r in hist["history"]] == result.unstable_fraction()
+    assert hist["stop_reason"] == "max_cycles" and hist["cycles"] == 2
+    lines = (out / "log.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("unit,cycle,phase") and len(lines) == len(result.history) + 1
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert StableConfig.from_yaml(out / "config.yaml") == cfg
+    assert (out / "checkpoint.pt").is_file()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(toy_data, tmp_path):
+    cfg = _config(n_replicas=8, tau=60, n_dump=6, max_cycles=1, max_learning_steps=4, thermostat="langevin",
+                  friction=0.002, qm_weight=0.1, qm_batch_size=8, optimizer="sgd", lr=0.05, momentum=0.5,
+                  upper_threshold=0.3, lower_threshold=0.05)
+    ref_model = _weak_model()
+    ref = StableTrainer(ref_model, toy_data, cfg, out_dir=tmp_path / "a").fit()
+    assert any(r["phase"] == "learn" for r in ref.history) and ref.stop_reason == "max_cycles"
+
+    # the same run, killed in the middle of its second learning window
+    model = _weak_model()
+    trainer = StableTrainer(model, toy_data, cfg, out_dir=tmp_path / "b")
+    calls = {"n": 0}
+    original = trainer._learning_step
+
+    def dying_step(window):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Killed
+        return original(window)
+
+    trainer._learning_step = dying_step
+    with pytest.raises(_Killed):
+        trainer.fit()
+    # a new process: fresh model object and trainer, continue from the checkpoint
+    model2 = _weak_model()
+    torch.manual_seed(12345)  # the global RNG state is restored from the checkpoint too
+    resumed = StableTrainer(model2, toy_data, cfg, out_dir=tmp_path / "b").fit(resume=True)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ref.history]
+    got = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
+    assert json.dumps(got) == json.dumps(strip)
+    for (k, v), v2 in zip(ref_model.state_dict().items(), model2.state_dict().values(), strict=True):
+        assert torch.equal(v, v2), k
+
+
+def test_missing_corrupted_or_foreign_checkpoints_give_clear_errors(toy_data, tmp_path):
+    cfg = _config(n_replicas=4)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "none").fit(resume=True)
+    trainer = StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "c")
+    path = trainer.save_checkpoint()
+    assert not [p for p in os.listdir(tmp_path / "c") if ".tmp" in p]
+    good = open(path, "rb").read()
+    # the checkpoint is usable as written
+    StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "c").load_checkpoint(path)
+    # refusing to overwrite it without resume
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "c").fit()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    for damaged, message in ((bytes(flipped), "corrupted"), (good[: len(good) // 3], "corrupted"),
+                             (b"not a checkpoint at all", "not a boltzgrad")):
+        open(path, "wb").write(damaged)
+        with pytest.raises(CheckpointError, match=message):
+            StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "c").fit(resume=True)
+    open(path, "wb").write(good)
+    with pytest.raises(CheckpointError, match="different config.*lr"):
+        StableTrainer(_weak_model(), toy_data, _config(n_replicas=4, lr=5e-3), out_dir=tmp_path / "c").fit(
+            resume=True)
+    # CheckpointError is a ValueError
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_trainer_argument_errors(toy_data):
+    with pytest.raises(ValueError, match="rdf"):
+        StableTrainer(_weak_model(), toy_data, _config(observable="rdf"))
+    with pytest.raises(ValueError, match="min_distance"):
+        StableTrainer(_weak_model(), toy_data, _config(criterion="min_distance"))
+    with pytest.raises(ValueError, match="reference observable"):
+        StableTrainer(_weak_model(), toy_data, _config(), reference=torch.zeros(7))
+    with pytest.raises(TypeError, match="config"):
+        StableTrainer(_weak_model(), toy_data, config=3)
+    unlabelled = bg.data.AtomsDataset(toy_data.positions.view(-1, N_ATOMS, 3), torch.full((N_ATOMS,), 6))
+    with pytest.raises(ValueError, match="energy labels"):
+        StableTrainer(_weak_model(), unlabelled, _config(qm_weight=1.0))

@@ -147,6 +147,79 @@ def test_save_roundtrip_float32_storage(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_save_compact_roundoff_and_bit_exact_fields(tmp_path):
+    rng = np.random.default_rng(5)
+    # a random-walk trajectory of 300 frames, 7 atoms, far from the origin (unwrapped coordinates)
+    pos = 40.0 + np.cumsum(rng.normal(scale=0.3, size=(300, 7, 3)), axis=0)
+    f = rng.normal(scale=3.0, size=(300, 7, 3))
+    e = -1078.0 + rng.normal(size=300) * 1e-3
+    ds = AtomsDataset(pos, [8, 1, 1, 6, 6, 1, 1], energy=e, forces=f, cell=np.eye(3) * 12.42, info={"k": 1})
+    ds.save(tmp_path / "c.npz", position_step=1e-5, force_step=1e-4)
+    with np.load(tmp_path / "c.npz") as z:
+        assert str(z["format"]) == bgd.FORMAT_COMPACT
+        enc = json.loads(str(z["encoding"]))
+    assert enc["positions"]["delta"] == "frames" and enc["forces"]["step"] == 1e-4
+    assert bgd.npz_frame_count(tmp_path / "c.npz") == 300
+    back = bgd.load(tmp_path / "c.npz")
+    dx = np.abs(back.positions.numpy() - pos.reshape(-1, 3))
+    df = np.abs(back.forces.numpy() - f.reshape(-1, 3))
+    # the documented round-off: half a step (plus float64 rounding), and it is really used (not lossless)
+    assert dx.max() <= 5e-6 * (1 + 1e-6) and dx.max() > 4e-6
+    assert df.max() <= 5e-5 * (1 + 1e-6) and df.max() > 4e-5
+    # no drift along the frame differences: the last frame is as accurate as the first
+    assert dx.reshape(300, 7, 3)[-1].max() <= 5e-6 * (1 + 1e-6)
+    np.testing.assert_array_equal(back.energy.numpy(), e)
+    np.testing.assert_array_equal(back.cell.numpy(), ds.cell.numpy())
+    assert back.species.tolist() == ds.species.tolist() and back.pbc.all() and back.info["k"] == 1
+    # the compact file is smaller than the float32 one
+    ds.save(tmp_path / "f.npz")
+    assert (tmp_path / "c.npz").stat().st_size < 0.8 * (tmp_path / "f.npz").stat().st_size
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_save_compact_variable_sizes_missing_labels_and_bad_input(tmp_path):
+    rng = np.random.default_rng(6)
+    n_atoms = np.array([3, 5, 2])
+    pos, z = rng.normal(size=(10, 3)), rng.integers(1, 9, size=10)
+    ds = AtomsDataset(pos, z, n_atoms=n_atoms, energy=[1.0, np.nan, 3.0])  # no forces: NaN
+    ds.save(tmp_path / "v.npz", position_step=1e-6, force_step=1e-5)
+    back = bgd.load(tmp_path / "v.npz")
+    assert back.n_atoms.tolist() == [3, 5, 2] and not back.has_forces and torch.isnan(back.energy[1])
+    assert np.abs(back.positions.numpy() - pos).max() <= 5e-7 * (1 + 1e-6)
+    with np.load(tmp_path / "v.npz") as zf:
+        enc = json.loads(str(zf["encoding"]))
+    assert enc["positions"]["delta"] is None and enc["forces"]["kind"] == "raw"  # NaN forces kept as float32
+    with pytest.raises(ValueError, match="int32 range"):
+        AtomsDataset(pos * 1e6, z, n_atoms=n_atoms).save(tmp_path / "x.npz", position_step=1e-5)
+    with pytest.raises(ValueError, match="position_step"):
+        ds.save(tmp_path / "x.npz", force_step=1e-5)
+    with pytest.raises(ValueError, match="step must be > 0"):
+        ds.save(tmp_path / "x.npz", position_step=0.0)
+
+
+def test_compact_rewrites_chain_files_and_resume_continues(tmp_path):
+    from boltzgrad.data.generate._store import ChainStore, compact, write_provenance
+
+    rng = np.random.default_rng(7)
+    store = ChainStore(tmp_path, "chain_00", [8, 1, 1], {"chain": 0, "role": "pool"})
+    for k in range(4):
+        store.append(rng.normal(size=(3, 3)), float(k), rng.normal(size=(3, 3)))
+    store.flush({"positions": np.zeros((3, 3))})
+    v1 = bgd.load(tmp_path / "chain_00.npz")
+    sizes = compact(tmp_path, position_step=1e-5, force_step=1e-5)
+    assert set(sizes) == {"chain_00.npz"}
+    mtime = (tmp_path / "chain_00.npz").stat().st_mtime_ns
+    compact(tmp_path, position_step=1e-5, force_step=1e-5)  # already compact: left alone
+    assert (tmp_path / "chain_00.npz").stat().st_mtime_ns == mtime
+    v2 = bgd.load(tmp_path / "chain_00.npz")
+    assert "source" not in json.loads(str(np.load(tmp_path / "chain_00.npz")["info"]))
+    assert np.abs((v2.positions - v1.positions).numpy()).max() <= 5e-6 * (1 + 1e-6)
+    again = ChainStore(tmp_path, "chain_00", [8, 1, 1], {"chain": 0, "role": "pool"})
+    again.resume()
+    assert again.n_frames == 4 and again.energy == [0.0, 1.0, 2.0, 3.0]
+    assert write_provenance(tmp_path, {})["chains"]["chain_00.npz"]["n_frames"] == 4
+
+
 # ----------------------------------------------------------------------------- loaders
 def test_kcal_constant():
     assert bgd.KCAL_PER_MOL == pytest.approx(KCAL, rel=1e-6)
@@ -252,6 +325,44 @@ def test_load_directory_with_provenance(tmp_path):
 
 
 # ----------------------------------------------------------------------------- generators (tiny runs)
+def test_chain_store_resumes_from_last_consistent_flush(tmp_path):
+    from boltzgrad.data.generate._store import ChainStore, write_provenance
+
+    rng = np.random.default_rng(3)
+    z = [8, 1, 1]
+    store = ChainStore(tmp_path, "chain_00", z, {"chain": 0, "role": "pool"})
+    frames = [(rng.normal(size=(3, 3)), float(k), rng.normal(size=(3, 3))) for k in range(5)]
+    for x, e, f in frames[:3]:
+        store.append(x, e, f)
+    store.flush({"positions": frames[2][0]}, extra={"step": 3})
+    for x, e, f in frames[3:]:
+        store.append(x, e, f)
+    # a run cut off after writing the frames but before the state: frames 3 and 4 are not backed by a state
+    AtomsDataset(np.stack([fr[0] for fr in frames]), z, energy=[fr[1] for fr in frames],
+                 forces=np.stack([fr[2] for fr in frames]), info=store.info).save(store.frames_path)
+    again = ChainStore(tmp_path, "chain_00", z, {"chain": 0, "role": "pool"})
+    state = again.resume()
+    assert again.n_frames == 3 and state["extra"] == {"step": 3}
+    np.testing.assert_allclose(state["positions"], frames[2][0])
+    np.testing.assert_allclose(again.positions[1], frames[1][0].astype(np.float32))
+    prov = write_provenance(tmp_path, {"method": "toy"})
+    assert prov["files"] == ["chain_00.npz"] and prov["method"] == "toy"
+    fresh = ChainStore(tmp_path, "chain_01", z, {})
+    assert fresh.resume() is None and fresh.n_frames == 0
+
+
+def test_load_reference_names_missing_dataset(tmp_path):
+    pos, z, e, f = random_molecules(n_frames=4)
+    (tmp_path / "toy").mkdir()
+    AtomsDataset(pos, z, energy=e, forces=f).save(tmp_path / "toy" / "a.npz")
+    AtomsDataset(pos[:1], z, energy=e[:1], forces=f[:1], info={"role": "heldout"}).save(tmp_path / "toy" / "h.npz")
+    (tmp_path / "toy" / "provenance.json").write_text(json.dumps({"files": ["a.npz"], "heldout_files": ["h.npz"]}))
+    assert len(bgd.load_reference("toy", data_dir=tmp_path)) == 4
+    assert len(bgd.load_reference("toy", heldout=True, data_dir=tmp_path)) == 1
+    with pytest.raises(ValueError, match="found \\['toy'\\]"):
+        bgd.load_reference("nope", data_dir=tmp_path)
+
+
 def test_aspirin_geometry_is_aspirin():
     from ase.neighborlist import NeighborList, natural_cutoffs
 
@@ -291,6 +402,14 @@ def test_aspirin_generator_end_to_end_and_resume(tmp_path):
     for key in ("method", "temperature_K", "timestep_fs", "seed", "chains", "software"):
         assert key in prov
     assert prov["software"]["tblite"] != "not installed"
+    # finished chains are stored compactly, as the provenance says
+    assert prov["storage"]["position_step_angstrom"] == aspirin.STORAGE["position_step"]
+    with np.load(tmp_path / "chain_00.npz") as z:
+        assert str(z["format"]) == bgd.FORMAT_COMPACT
+    # provenance can be rewritten from the files present without running MD
+    again = aspirin.generate(tmp_path, frames=50, run=False, **kw)
+    assert again["n_frames"] == 10 and again["frames_per_chain_requested"] == 50
+    assert len(bgd.load(tmp_path)) == 10
     with pytest.raises(ValueError, match="frame_interval"):
         aspirin.generate(tmp_path, frames=1, frame_interval=0.7)
 
@@ -373,3 +492,127 @@ def test_cli_make_data_and_config(tmp_path):
     res = subprocess.run([sys.executable, "-m", "boltzgrad.cli", "make-data", "--help"], capture_output=True,
                          text=True, check=True)
     assert "aspirin" in res.stdout and "water" in res.stdout
+
+
+# ----------------------------------------------------------------------------- committed datasets
+DATA = Path(__file__).resolve().parents[1] / "data"
+PROVENANCE_KEYS = ("system", "method", "engine", "temperature_K", "timestep_fs", "seed", "seeding", "units",
+                   "command", "software", "files", "chains", "n_frames")
+
+
+def committed(name):
+    path = DATA / name
+    assert (path / "provenance.json").is_file(), f"{path} has no provenance.json"
+    return path, json.loads((path / "provenance.json").read_text())
+
+
+ASPIRIN_PENDING = pytest.mark.skipif(not (DATA / "aspirin_gfn2" / "provenance.json").is_file(),
+                                     reason="aspirin_gfn2 is still being generated")
+
+
+@pytest.mark.parametrize("name", [pytest.param("aspirin_gfn2", marks=ASPIRIN_PENDING), "water_spcfw"])
+def test_committed_dataset_files_and_provenance(name):
+    path, prov = committed(name)
+    for key in PROVENANCE_KEYS:
+        assert key in prov, f"provenance.json of {name} lacks {key!r}"
+    ds = bgd.load(path)
+    assert len(ds) == prov["n_frames"] > 0 and ds.has_energy and ds.has_forces
+    assert sum(prov["chains"][f]["n_frames"] for f in prov["files"]) == len(ds)
+    storage = prov["storage"]
+    for f in prov["files"] + prov["heldout_files"]:
+        assert (path / f).stat().st_size < 8 * 2**20
+        with np.load(path / f) as z:
+            assert str(z["format"]) == bgd.FORMAT_COMPACT
+            enc = json.loads(str(z["encoding"]))
+        assert enc["positions"]["step"] == storage["position_step_angstrom"]
+        assert enc["forces"]["step"] == storage["force_step_eV_per_angstrom"]
+        assert enc["energy"]["kind"] == "raw" and enc["energy"]["dtype"] == "<f8"
+
+
+def frames_to_check(ds, k=2):
+    return [0, len(ds) - 1][:k]
+
+
+def fd_directional(energy_fn, x, u, h):
+    return (energy_fn(x + h * u) - energy_fn(x - h * u)) / (2 * h)
+
+
+@ASPIRIN_PENDING
+def test_committed_aspirin_consistent_with_gfn2():
+    pytest.importorskip("tblite")
+    from boltzgrad.data.generate.aspirin import gfn2_energy_forces
+
+    path, prov = committed("aspirin_gfn2")
+    ds = bgd.load(path)
+    rng = np.random.default_rng(0)
+    for i in frames_to_check(ds):
+        item = ds[i]
+        z, x = item["species"].numpy(), item["positions"].numpy()
+        e, f = gfn2_energy_forces(z, x)
+        # the stored frame is what GFN2-xTB gives at the stored (float32-rounded) positions
+        assert abs(e - float(item["energy"])) < 1e-4
+        np.testing.assert_allclose(item["forces"].numpy(), f, atol=1e-3)
+        # forces are minus the gradient of the energy: central differences along random directions
+        for _ in range(2):
+            u = rng.normal(size=x.shape)
+            u /= np.linalg.norm(u)
+            slope = fd_directional(lambda y, z=z: gfn2_energy_forces(z, y)[0], x, u, 2e-3)
+            assert slope == pytest.approx(-np.sum(f * u), abs=1e-3)
+
+
+@ASPIRIN_PENDING
+def test_committed_aspirin_is_a_500K_ensemble_of_intact_molecules():
+    from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
+
+    path, prov = committed("aspirin_gfn2")
+    assert prov["temperature_K"] == 500.0 and prov["timestep_fs"] == 0.5
+    ds = bgd.load(path)
+    x = ds.positions.reshape(len(ds), 21, 3).double()
+    i, j = torch.tensor(ASPIRIN_BONDS).T
+    d = (x[:, i] - x[:, j]).norm(dim=-1)
+    ref = torch.as_tensor(aspirin_atoms().get_all_distances())[i, j]
+    # no bond breaks (the stability criterion of the paper with its evaluation threshold, 0.5 Å)
+    assert float((d - ref).abs().max()) < 0.5
+    # equipartition: the mean potential energy above the optimum is near (3N - 6)/2 kT = 1.23 eV at 500 K
+    # for a harmonic molecule; anharmonicity and the finite sample move it by well under 40 %
+    from boltzgrad.data.generate.aspirin import gfn2_energy_forces
+
+    e_min = gfn2_energy_forces(aspirin_atoms().numbers, aspirin_atoms().positions)[0]
+    excess = float(ds.energy.mean()) - e_min
+    assert 0.6 * 1.2306 < excess < 1.4 * 1.2306, excess
+
+
+def test_committed_water_consistent_with_openmm():
+    pytest.importorskip("openmm")
+    from boltzgrad.data.generate.water import spcfw_energy_forces
+
+    path, prov = committed("water_spcfw")
+    s = prov["settings"]
+    kw = dict(box=s["box"], cutoff=s["cutoff"], switch=s["switch"], ewald_tolerance=s["ewald_tolerance"])
+    ds = bgd.load(path)
+    rng = np.random.default_rng(1)
+    for i in frames_to_check(ds):
+        item = ds[i]
+        x = item["positions"].numpy().astype(np.float64)
+        e, f = spcfw_energy_forces(x, **kw)  # double-precision Reference platform
+        assert abs(e - float(item["energy"])) < 1e-3  # the data were made on the mixed-precision CPU platform
+        np.testing.assert_allclose(item["forces"].numpy(), f, atol=1e-3)
+        for u in (f / np.linalg.norm(f), rng.normal(size=x.shape)):
+            u = u / np.linalg.norm(u)
+            slope = fd_directional(lambda y: spcfw_energy_forces(y, **kw)[0], x, u, 1e-3)
+            assert slope == pytest.approx(-np.sum(f * u), rel=1e-5, abs=1e-4)
+
+
+def test_committed_water_structure_and_diffusion_reference():
+    path, prov = committed("water_spcfw")
+    ds = bgd.load(path)
+    n = int(ds.n_atoms[0])
+    x = ds.positions.reshape(len(ds), n // 3, 3, 3).double()
+    oh = torch.cat([(x[:, :, 1] - x[:, :, 0]).norm(dim=-1), (x[:, :, 2] - x[:, :, 0]).norm(dim=-1)])
+    # SPC/Fw at 300 K: mean O-H length a little above r0 = 1.012 Å (about 1.03 Å), molecules intact
+    assert 1.015 < float(oh.mean()) < 1.045 and float(oh.max()) < 1.3
+    assert prov["n_frames_heldout"] > 0
+    ref = json.loads((path / "reference.json").read_text())
+    for res in ref["oxygen_diffusion"].values():
+        # water-like self-diffusion (SPC/Fw: about 2-3e-5 cm^2/s), with a finite error bar
+        assert 0.5e-5 < res["D_cm2_per_s"] < 6e-5 and 0 < res["D_err_cm2_per_s"] < res["D_cm2_per_s"]

@@ -4,8 +4,18 @@ and the generators of the reference datasets committed under ``data/`` (``boltzg
 Units: positions Å, energies eV, forces eV/Å.
 """
 
-from .dataset import FORMAT, AtomsBatch, AtomsDataset, collate
-from .io import DATA_DIR, KCAL_PER_MOL, from_atoms, load, load_ase, load_directory, load_npz, load_reference
+from .dataset import FORMAT, FORMAT_COMPACT, AtomsBatch, AtomsDataset, collate
+from .io import (
+    DATA_DIR,
+    KCAL_PER_MOL,
+    from_atoms,
+    load,
+    load_ase,
+    load_directory,
+    load_npz,
+    load_reference,
+    npz_frame_count,
+)
 
 __all__ = ["AtomsDataset", "AtomsBatch", "collate", "load", "load_npz", "load_ase", "load_directory", "from_atoms",
-           "load_reference", "DATA_DIR", "KCAL_PER_MOL", "FORMAT"]
+           "load_reference", "npz_frame_count", "DATA_DIR", "KCAL_PER_MOL", "FORMAT", "FORMAT_COMPACT"]

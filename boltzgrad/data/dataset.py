@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["AtomsDataset", "AtomsBatch", "collate", "FORMAT"]
+__all__ = ["AtomsDataset", "AtomsBatch", "collate", "FORMAT", "FORMAT_COMPACT"]
 
 FORMAT = "boltzgrad-atoms-v1"
+FORMAT_COMPACT = "boltzgrad-atoms-v2"
+"""The compact format written by ``AtomsDataset.save(..., position_step=...)``."""
 
 
 @dataclass
@@ -330,23 +332,50 @@ class AtomsDataset(torch.utils.data.Dataset):
         return tuple(self.subset(order[int(a):int(b)]) for a, b in zip(ends[:-1], ends[1:], strict=True))
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, *, compressed: bool = True) -> None:
+    def save(self, path: str | os.PathLike, *, compressed: bool = True, position_step: float | None = None,
+             force_step: float | None = None) -> None:
         """Write the dataset to a boltzgrad ``.npz`` file (atomically: temporary file, then rename).
 
-        Positions and forces are stored as float32 (Å, eV/Å), energies and cells as float64 (eV, Å).
+        Default (format ``boltzgrad-atoms-v1``): positions and forces as float32 (Å, eV/Å), energies and
+        cells as float64 (eV, Å), zlib-compressed if ``compressed``.
+
+        With ``position_step`` (Å) the compact format ``boltzgrad-atoms-v2`` is written instead (see
+        ``boltzgrad.data._codec``): positions quantised to multiples of ``position_step`` (round-off at most
+        ``position_step / 2``), differenced along the frames when all structures have the same size;
+        forces quantised to multiples of ``force_step`` (eV/Å) if given and all finite, else float32;
+        energies, cells, species, pbc bit-exact; everything byte-shuffled and LZMA-compressed.
         """
         path = os.fspath(path)
         if not path.endswith(".npz"):
             raise ValueError(f"path must end in .npz, got {path!r}")
-        arrays = {
-            "format": np.array(FORMAT), "positions": self.positions.numpy().astype(np.float32),
-            "species": self.species.numpy().astype(np.int16), "n_atoms": self.n_atoms.numpy(),
-            "energy": self.energy.numpy(), "forces": self.forces.numpy().astype(np.float32),
-            "cell": self.cell.numpy(), "pbc": self.pbc.numpy(),
-            "info": np.array(json.dumps({k: v for k, v in self.info.items() if not k.startswith("_")})),
-        }
+        if force_step is not None and position_step is None:
+            raise ValueError("force_step needs position_step (the compact format); got position_step=None")
+        info = np.array(json.dumps({k: v for k, v in self.info.items() if not k.startswith("_")}))
         tmp = path[:-4] + ".tmp.npz"
-        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        if position_step is None:
+            arrays = {
+                "format": np.array(FORMAT), "positions": self.positions.numpy().astype(np.float32),
+                "species": self.species.numpy().astype(np.int16), "n_atoms": self.n_atoms.numpy(),
+                "energy": self.energy.numpy(), "forces": self.forces.numpy().astype(np.float32),
+                "cell": self.cell.numpy(), "pbc": self.pbc.numpy(), "info": info,
+            }
+            (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        else:
+            from ._codec import encode_fields
+
+            uniform = len(self) > 0 and bool((self.n_atoms == self.n_atoms[0]).all())
+            shape = (len(self), int(self.n_atoms[0]), 3) if uniform else (-1, 3)
+            pos, frc = self.positions.numpy().reshape(shape), self.forces.numpy().reshape(shape)
+            fields = {"positions": pos, "species": self.species.numpy().astype(np.int16),
+                      "n_atoms": self.n_atoms.numpy(), "energy": self.energy.numpy(), "cell": self.cell.numpy(),
+                      "pbc": self.pbc.numpy()}
+            specs = {"positions": {"step": position_step, "delta": "frames" if uniform else None}}
+            if force_step is not None and bool(np.isfinite(frc).all()):
+                fields["forces"] = frc
+                specs["forces"] = {"step": force_step}
+            else:
+                fields["forces"] = frc.astype(np.float32)
+            np.savez(tmp, format=np.array(FORMAT_COMPACT), info=info, **encode_fields(fields, specs))
         os.replace(tmp, path)
 
 

@@ -5,7 +5,7 @@ Unit conversions (all into eV and Å; constants from ``ase.units``, CODATA 2014)
 * MD17, rMD17 and MD22 store energies in kcal/mol and forces in kcal/mol/Å:
   1 kcal/mol = ``KCAL_PER_MOL`` = 0.0433641 eV. sGDML-style files that carry ``e_unit``/``r_unit``
   keys are converted from the units they name (kcal/mol, kJ/mol, eV, Ha / Å, bohr, nm).
-* boltzgrad's own ``.npz`` (written by ``AtomsDataset.save``) is already in eV and Å.
+* boltzgrad's own ``.npz`` (written by ``AtomsDataset.save``, float32 or compact) is already in eV and Å.
 * Files read through ASE: energies and forces as ASE gives them (eV, eV/Å).
 """
 
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from ase import units
 
-from .dataset import FORMAT, AtomsDataset
+from ._codec import decode_fields
+from .dataset import FORMAT, FORMAT_COMPACT, AtomsDataset
 
-__all__ = ["load", "load_npz", "load_ase", "load_directory", "load_reference", "DATA_DIR", "KCAL_PER_MOL",
-           "ENERGY_UNITS", "LENGTH_UNITS"]
+__all__ = ["load", "load_npz", "load_ase", "load_directory", "load_reference", "npz_frame_count", "DATA_DIR",
+           "KCAL_PER_MOL", "ENERGY_UNITS", "LENGTH_UNITS"]
 
 KCAL_PER_MOL = units.kcal / units.mol
 """1 kcal/mol in eV."""
@@ -51,7 +52,8 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
     Recognised layouts (F frames of N atoms):
 
     * boltzgrad: ``format``, ``positions [n_total, 3]``, ``species``, ``n_atoms [F]``, ``energy [F]``,
-      ``forces``, ``cell [F, 3, 3]``, ``pbc [F, 3]`` (eV, Å).
+      ``forces``, ``cell [F, 3, 3]``, ``pbc [F, 3]`` (eV, Å); float32 (``boltzgrad-atoms-v1``) or the
+      compact quantised + LZMA encoding (``boltzgrad-atoms-v2``, see ``boltzgrad.data._codec``).
     * MD17 / MD22 (sGDML): ``R [F, N, 3]`` Å, ``E [F]`` or ``[F, 1]`` kcal/mol, ``F [F, N, 3]`` kcal/mol/Å,
       ``z [N]``; optional ``lattice [3, 3]`` (periodic), ``e_unit`` and ``r_unit``.
     * revised MD17: ``coords [F, N, 3]`` Å, ``energies [F]`` kcal/mol, ``forces`` kcal/mol/Å,
@@ -69,11 +71,14 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
     path = Path(path)
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
-        if "format" in keys and str(z["format"]) == FORMAT:
+        if "format" in keys and str(z["format"]) in (FORMAT, FORMAT_COMPACT):
             info = json.loads(str(z["info"])) if "info" in keys else {}
             info.setdefault("source", {"path": str(path), "layout": "boltzgrad"})
-            return AtomsDataset(z["positions"], z["species"], n_atoms=z["n_atoms"], energy=z["energy"],
-                                forces=z["forces"], cell=z["cell"], pbc=z["pbc"], info=info)
+            a = z if str(z["format"]) == FORMAT else decode_fields(z)
+            n_atoms = np.asarray(a["n_atoms"])
+            pos, frc = np.asarray(a["positions"]), np.asarray(a["forces"])
+            return AtomsDataset(pos.reshape(-1, 3), a["species"], n_atoms=n_atoms, energy=a["energy"],
+                                forces=frc.reshape(-1, 3), cell=a["cell"], pbc=a["pbc"], info=info)
         if {"R", "z"} <= keys:
             layout, pos_k, e_k, f_k, z_k = "md17", "R", "E", "F", "z"
         elif {"coords", "nuclear_charges"} <= keys:
@@ -100,6 +105,14 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
                 info[k] = str(z[k])
         return AtomsDataset(pos, np.asarray(z[z_k]).astype(np.int64), energy=energy, forces=forces, cell=cell,
                             pbc=pbc, info=info)
+
+
+def npz_frame_count(path: str | os.PathLike) -> int:
+    """Number of structures in a boltzgrad ``.npz`` file (either format), without decoding its arrays."""
+    with np.load(path, allow_pickle=False) as z:
+        if "encoding" in z.files:
+            return int(json.loads(str(z["encoding"]))["n_atoms"]["shape"][0])
+        return int(z["n_atoms"].shape[0])
 
 
 def load_ase(path: str | os.PathLike, *, index: str | int | slice = ":", format: str | None = None,

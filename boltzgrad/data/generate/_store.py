@@ -3,13 +3,16 @@
 A generated dataset is a directory::
 
     provenance.json       method, settings, seeds, chain lengths, software versions, file list
-    chain_00.npz ...      the frames of each chain (boltzgrad npz: float32 positions/forces, float64 energies)
+    chain_00.npz ...      the frames of each chain (boltzgrad npz, see below)
     chain_00.state.npz    the full-precision state of each chain (to resume it); not needed to load data
 
 Each chain appends its frames in memory and rewrites its ``.npz`` every ``flush_every`` frames
-(atomically), then its state file, so a run that is cut off keeps everything up to the last flush and
-resumes from there. ``provenance["files"]`` lists the chains of the training pool (what
-``boltzgrad.data.load(directory)`` returns); held-out chains are listed under ``"heldout_files"``.
+(atomically, float32 positions/forces: fast to write), then its state file, so a run that is cut off
+keeps everything up to the last flush and resumes from there. When a chain has finished, ``compact``
+rewrites its frame file in the compact format (positions and forces quantised to fixed steps, frame
+differences, LZMA; energies bit-exact: ``boltzgrad.data._codec``); the loaders read both.
+``provenance["files"]`` lists the chains of the training pool (what ``boltzgrad.data.load(directory)``
+returns); held-out chains are listed under ``"heldout_files"``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import AtomsDataset
-from ..io import load_npz
+from ..dataset import FORMAT_COMPACT, AtomsDataset
+from ..io import load_npz, npz_frame_count
 
-__all__ = ["ChainStore", "write_json", "software_versions", "write_provenance", "add_md_arguments"]
+__all__ = ["ChainStore", "write_json", "software_versions", "write_provenance", "add_md_arguments",
+           "compact", "chain_files", "storage_description"]
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -140,6 +144,55 @@ class ChainStore:
                   saved_at=np.array(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), **state)
 
 
+def chain_files(directory: str | os.PathLike) -> list[Path]:
+    """The frame files (``*.npz``, not ``*.state.npz`` or temporary files) in ``directory``, sorted."""
+    return [p for p in sorted(Path(directory).glob("*.npz"))
+            if not (p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz"))]
+
+
+def compact(directory: str | os.PathLike, names: list[str] | None = None, *, position_step: float,
+            force_step: float | None) -> dict[str, float]:
+    """Rewrite frame files of ``directory`` in the compact format; returns their sizes in MB.
+
+    Args:
+        directory: the dataset directory.
+        names: file stems to rewrite (e.g. ``["chain_00"]``); default all frame files. Only pass chains no
+            other process is writing.
+        position_step: Å; positions are stored as multiples of it (round-off at most ``position_step / 2``).
+        force_step: eV/Å, likewise for forces (None: float32).
+
+    Files already compact with these steps are left as they are.
+    """
+    sizes = {}
+    for p in chain_files(directory):
+        if names is not None and p.name[:-4] not in names:
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            enc = json.loads(str(z["encoding"])) if "encoding" in z.files else None
+        done = (enc is not None and enc["positions"].get("step") == position_step
+                and enc["forces"].get("step") == force_step)
+        if not done:
+            ds = load_npz(p)
+            ds.info.pop("source", None)
+            ds.save(p, position_step=position_step, force_step=force_step)
+        sizes[p.name] = round(p.stat().st_size / 2**20, 3)
+    return sizes
+
+
+def storage_description(position_step: float, force_step: float | None) -> dict:
+    """The provenance entry describing how the frame files store their numbers."""
+    forces = ("float32" if force_step is None else
+              f"multiples of {force_step} eV/angstrom (round-off <= {force_step / 2:g} eV/angstrom)")
+    return {
+        "format": FORMAT_COMPACT, "position_step_angstrom": position_step, "force_step_eV_per_angstrom": force_step,
+        "positions": f"multiples of {position_step} angstrom (round-off <= {position_step / 2:g} angstrom), "
+                     "differences between consecutive frames stored",
+        "forces": forces, "energy": "float64, bit-exact", "cell": "float64, bit-exact",
+        "compression": "zigzag int32, byte-shuffled, LZMA (xz, preset 9 extreme) per array; "
+                       "decoded by boltzgrad.data.load (boltzgrad.data._codec)",
+    }
+
+
 def write_provenance(directory: str | os.PathLike, base: dict) -> dict:
     """Write ``directory/provenance.json``: ``base`` plus the chain files found and their lengths.
 
@@ -148,13 +201,11 @@ def write_provenance(directory: str | os.PathLike, base: dict) -> dict:
     """
     directory = Path(directory)
     files, heldout, chains = [], [], {}
-    for p in sorted(directory.glob("*.npz")):
-        if p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz"):
-            continue
+    for p in chain_files(directory):
         with np.load(p, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
-            info["n_frames"] = int(z["n_atoms"].shape[0])  # the frames actually in the file
-            size_mb = p.stat().st_size / 2**20
+        info["n_frames"] = npz_frame_count(p)  # the frames actually in the file
+        size_mb = p.stat().st_size / 2**20
         (heldout if info.get("role") == "heldout" else files).append(p.name)
         chains[p.name] = {k: v for k, v in info.items() if k in ("chain", "role", "seed", "n_frames",
                                                                   "first_frame_time_fs", "frame_interval_fs")}

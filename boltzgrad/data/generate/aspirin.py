@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._store import ChainStore, add_md_arguments, software_versions, write_provenance
+from ._store import ChainStore, add_md_arguments, compact, software_versions, storage_description, write_provenance
 
-__all__ = ["ASPIRIN_XYZ", "ASPIRIN_BONDS", "aspirin_atoms", "gfn2_energy_forces", "generate", "DEFAULTS",
+__all__ = ["ASPIRIN_XYZ", "ASPIRIN_BONDS", "aspirin_atoms", "gfn2_energy_forces", "generate", "DEFAULTS", "STORAGE",
            "add_arguments", "main"]
 
 # Aspirin (2-acetoxybenzoic acid), optimised with GFN2-xTB (tblite 0.8.0, fmax 0.005 eV/Å) from a hand-built
@@ -64,6 +64,11 @@ ASPIRIN_BONDS = [(0, 1), (0, 5), (0, 6), (1, 2), (1, 10), (2, 3), (2, 17), (3, 4
 DEFAULTS = dict(out="data/aspirin_gfn2", chains=4, frames=2500, temperature=500.0, timestep=0.5, friction=0.01,
                 frame_interval=10.0, equilibration=1000.0, seed=0, flush_every=50, workers=1)
 """Default settings (temperature K, timestep/frame_interval/equilibration fs, friction 1/fs)."""
+
+STORAGE = dict(position_step=1e-5, force_step=1e-5)
+"""Steps of the committed frame files: positions Å, forces eV/Å (round-off at most half a step). GFN2-xTB
+forces of a stored frame recomputed from scratch (fresh SCF instead of the density restart) differ from the
+stored ones by up to ~1e-4 eV/Å, ten times the largest force round-off."""
 
 XTB_SETTINGS = dict(method="GFN2-xTB", accuracy=1.0, electronic_temperature=300.0, max_iterations=250)
 """tblite calculator settings (electronic temperature in K)."""
@@ -228,6 +233,7 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
     Path(out).mkdir(parents=True, exist_ok=True)
     if not run:
         results = "provenance rewritten from the chain files present, no MD run"
+        sizes = compact(out, **STORAGE)
     elif workers == 1 or len(ids) == 1:
         _init_worker()
         results = [_run_chain(out, k, cfg) for k in ids]
@@ -235,6 +241,8 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker) as pool:
             results = list(pool.map(_run_chain, [out] * len(ids), ids, [cfg] * len(ids)))
+    if run:
+        sizes = compact(out, [f"chain_{k:02d}" for k in ids], **STORAGE)
     base = {
         "system": "aspirin (C9H8O4, 21 atoms), gas phase",
         "method": "GFN2-xTB", "engine": "tblite (tblite.ase.TBLite, SCF restarted from the previous density)",
@@ -246,7 +254,8 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
         "start": "embedded GFN2-xTB-optimised structure (boltzgrad.data.generate.aspirin.ASPIRIN_XYZ), "
                  "re-optimised to fmax 0.01 eV/A, Maxwell-Boltzmann velocities without COM motion or rotation",
         "forces": "unconstrained GFN2-xTB forces -dE/dx",
-        "units": {"positions": "angstrom (float32)", "energy": "eV (float64)", "forces": "eV/angstrom (float32)"},
+        "units": {"positions": "angstrom", "energy": "eV", "forces": "eV/angstrom"},
+        "storage": storage_description(**STORAGE), "compacted_MB": sizes,
         "n_chains_requested": chains, "frames_per_chain_requested": frames,
         "command": (f"boltzgrad make-data aspirin --out {out} --chains {chains} --frames {frames} "
                     f"--temperature {temperature} --timestep {timestep} --friction {friction} "

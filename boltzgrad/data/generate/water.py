@@ -29,10 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ._store import ChainStore, add_md_arguments, software_versions, write_json, write_provenance
+from ._store import (
+    ChainStore,
+    add_md_arguments,
+    compact,
+    software_versions,
+    storage_description,
+    write_json,
+    write_provenance,
+)
 
 __all__ = ["SPCFW", "build_system", "initial_positions", "spcfw_energy_forces", "generate", "diffusion_coefficient",
-           "DEFAULTS", "add_arguments", "main"]
+           "DEFAULTS", "STORAGE", "add_arguments", "main"]
 
 KCAL = 4.184  # kJ per kcal
 SPCFW = dict(r0=1.012, k_bond=1059.162, theta0=113.24, k_angle=75.90, q_O=-0.82, q_H=0.41, sigma_OO=3.165492,
@@ -47,6 +55,13 @@ DEFAULTS = dict(out="data/water_spcfw", n_molecules=64, box=12.42, chains=2, fra
                 frame_interval=100.0, equilibration=10000.0, seed=0, flush_every=100, cutoff=6.0, switch=5.0,
                 ewald_tolerance=5e-4)
 """Default settings: box/cutoff/switch Å, temperature K, times fs, frictions 1/fs."""
+
+
+STORAGE = dict(position_step=1e-5, force_step=1e-4)
+"""Steps of the committed frame files: positions Å, forces eV/Å (round-off at most half a step). Forces of a
+stored frame recomputed on OpenMM's double-precision Reference platform differ from the stored (mixed-precision
+CPU platform) ones by ~6e-5 eV/Å rms and up to ~4e-4 eV/Å, i.e. the force round-off (<= 5e-5 eV/Å) is below the
+engine's own precision."""
 
 
 def initial_positions(n_molecules: int, box: float, rng: np.random.Generator) -> np.ndarray:
@@ -251,32 +266,35 @@ def diffusion_coefficient(positions: np.ndarray, dt: float, *, fit: tuple[float,
 
 
 def reference_observables(out: str | os.PathLike, cfg: dict | None = None) -> dict | None:
-    """Oxygen diffusion coefficient from the held-out trajectories in ``out``, written to ``reference.json``.
+    """Oxygen diffusion coefficients of the trajectories in ``out``, written to ``reference.json``.
 
+    ``oxygen_diffusion``: from the held-out trajectories (the reference); ``oxygen_diffusion_pool``: the
+    same estimate on the pool chains, a cross-check from independent runs of the same protocol.
     Returns None if no held-out trajectory is long enough (5 blocks of more than 10 ps).
     """
     from ..io import load_npz
 
     out = Path(out)
-    results = {}
-    for p in sorted(out.glob("heldout_*.npz")):
-        if p.name.endswith(".state.npz"):
+    results: dict[str, dict] = {"heldout": {}, "pool": {}}
+    for p in sorted(out.glob("*.npz")):
+        if p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz"):
             continue
         ds = load_npz(p)
         n = int(ds.n_atoms[0])
-        x = ds.positions.numpy().reshape(len(ds), n, 3)[:, 0::3]
-        dt = float(ds.info["frame_interval_fs"])
+        oxygen = (ds.species[:n] == 8).numpy()
+        x = ds.positions.numpy().reshape(len(ds), n, 3)[:, oxygen]
         try:
-            results[p.name] = diffusion_coefficient(x, dt)
+            res = diffusion_coefficient(x, float(ds.info["frame_interval_fs"]))
         except ValueError as err:
-            results[p.name] = {"skipped": str(err)}
-    usable = [r for r in results.values() if "D" in r]
-    if not usable:
+            res = {"skipped": str(err)}
+        results["heldout" if ds.info.get("role") == "heldout" else "pool"][p.name] = res
+    if not any("D" in r for r in results["heldout"].values()):
         return None
-    ref = {"oxygen_diffusion": results,
-           "note": "D from unwrapped O positions of the held-out NVT trajectories (Langevin friction "
-                   f"{(cfg or DEFAULTS)['friction']} 1/fs), no finite-size correction; error = standard error "
-                   "over blocks"}
+    ref = {"oxygen_diffusion": results["heldout"], "oxygen_diffusion_pool": results["pool"],
+           "units": "D and D_err in angstrom^2/fs; *_cm2_per_s in cm^2/s",
+           "note": "D from unwrapped O positions of NVT trajectories (Langevin friction "
+                   f"{(cfg or DEFAULTS)['friction']} 1/fs), centre-of-mass drift removed, no finite-size "
+                   "correction; error = standard error over 5 blocks"}
     write_json(out / "reference.json", ref)
     return ref
 
@@ -318,8 +336,10 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None
     Path(out).mkdir(parents=True, exist_ok=True)
     if run:
         results = [_run_chain(out, name, role, key, frames, cfg) for name, role, key, frames in jobs]
+        sizes = compact(out, [j[0] for j in jobs], **STORAGE)
     else:
         results = "provenance rewritten from the chain files present, no MD run"
+        sizes = compact(out, **STORAGE)
     reference_observables(out, cfg)
     import openmm
 
@@ -336,8 +356,8 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None
         "temperature_K": cfg["temperature"], "timestep_fs": cfg["timestep"], "seed": cfg["seed"],
         "seeding": "pool chain k: SeedSequence(seed, spawn_key=(0, k)); held-out k: spawn_key=(1, k) "
                    "(lattice orientations, velocities, integrator seeds)",
-        "units": {"positions": "angstrom (float32, unwrapped)", "energy": "eV (float64)",
-                  "forces": "eV/angstrom (float32)", "cell": "angstrom"},
+        "units": {"positions": "angstrom (unwrapped)", "energy": "eV", "forces": "eV/angstrom", "cell": "angstrom"},
+        "storage": storage_description(**STORAGE), "compacted_MB": sizes,
         "command": (f"boltzgrad make-data water --out {out} --chains {cfg['chains']} --frames {cfg['frames']} "
                     f"--heldout-chains {cfg['heldout_chains']} --heldout-frames {cfg['heldout_frames']} "
                     f"--seed {cfg['seed']}"),

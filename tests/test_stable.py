@@ -278,3 +278,98 @@ def test_trainer_argument_errors(toy_data):
     unlabelled = bg.data.AtomsDataset(toy_data.positions.view(-1, N_ATOMS, 3), torch.full((N_ATOMS,), 6))
     with pytest.raises(ValueError, match="energy labels"):
         StableTrainer(_weak_model(), unlabelled, _config(qm_weight=1.0))
+
+
+def _fake_window(trainer, frames: torch.Tensor, valid: torch.Tensor):
+    """A learning window holding given frames ``[F, R * N, 3]`` with per-replica validity ``[F, R]``."""
+    from boltzgrad.stable.trainer import _Window
+
+    w = _Window(StabilityMonitor(trainer.criteria, trainer.config.check_every), 0, trainer.config.n_dump, None, False)
+    w.positions, w.valid = list(frames), list(valid)
+    return w
+
+
+def _sgd_delta(trainer, window) -> tuple[list[torch.Tensor], float, int]:
+    before = [p.detach().clone() for p in trainer.params]
+    obs_loss, _, m = trainer._learning_step(window)
+    return [b - p.detach() for b, p in zip(before, trainer.params, strict=True)], obs_loss, m
+
+
+def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data):
+    cfg = _config(n_replicas=4, optimizer="sgd", lr=1.0, min_lr=0.0, grad_clip=None, minibatch=100)
+    model = _weak_model()
+    with torch.no_grad():  # a non-trivial correction so every parameter gets a gradient
+        model.correction.mlp[-1].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
+    trainer = StableTrainer(model, toy_data, cfg)
+    frames = toy_data.positions.view(-1, N_ATOMS, 3)[:12].reshape(3, 4 * N_ATOMS, 3)
+    valid = torch.tensor([[True, True, False, True], [True, False, False, True], [True, True, True, True]])
+    samples = frames.view(3, 4, N_ATOMS, 3)[valid]
+    # the same gradient by hand: bg.boltzmann_loss on the valid samples only
+    reference = _weak_model()
+    reference.load_state_dict(model.state_dict())
+    flat = samples.reshape(-1, 3)
+    b = torch.arange(samples.shape[0]).repeat_interleave(N_ATOMS)
+    h = trainer._hist(flat, batch=b)
+    energies = reference(flat, torch.full((flat.shape[0],), 6), batch=b)["energy"]
+    loss = bg.boltzmann_loss(energies, h, trainer.target, bg.md.units.kT(T))
+    grads = torch.autograd.grad(loss, [p for p in reference.parameters() if p.requires_grad], allow_unused=True)
+    delta, obs_loss, m = _sgd_delta(trainer, _fake_window(trainer, frames, valid))
+    assert m == int(valid.sum()) == samples.shape[0]
+    assert obs_loss == pytest.approx(float(((h.mean(0) - trainer.target) ** 2).sum()), rel=1e-12)
+    assert obs_loss == pytest.approx(float(loss.detach()), rel=1e-12)
+    nonzero = 0
+    for d, g in zip(delta, grads, strict=True):
+        g = torch.zeros_like(d) if g is None else g
+        assert torch.allclose(d, g, rtol=1e-9, atol=1e-14)
+        nonzero += int(g.abs().sum() > 0)
+    assert nonzero > 0
+
+
+def _water_pair_dataset(n: int = 24) -> "bg.data.AtomsDataset":
+    """Two water-like molecules (O-H 0.98 Å) 3 Å apart, jittered; non-periodic; no labels."""
+    g = torch.Generator().manual_seed(3)
+    mol = torch.tensor([[0.0, 0.0, 0.0], [0.98, 0.0, 0.0], [-0.25, 0.95, 0.0]], dtype=torch.float64)
+    one = torch.cat([mol, mol + torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)])
+    pos = one.expand(n, 6, 3) + 0.03 * torch.randn(n, 6, 3, generator=g, dtype=torch.float64)
+    return bg.data.AtomsDataset(pos, torch.tensor([8, 1, 1, 8, 1, 1]))
+
+
+def test_local_estimator_learning_step_uses_one_neighbourhood_per_molecule():
+    data = _water_pair_dataset()
+    cfg = _config(n_replicas=2, criterion="min_distance", observable="bond_length", estimator="local",
+                  optimizer="sgd", lr=1.0, min_lr=0.0, grad_clip=None, minibatch=100)
+    torch.manual_seed(2)
+    model = bg.models.PairMLP(cutoff=3.5, hidden=(8,), n_basis=8).double()
+    trainer = StableTrainer(model, data, cfg)
+    assert trainer.molecule.tolist() == [0, 0, 0, 1, 1, 1]
+    assert trainer.bonds.tolist() == [[0, 1], [0, 2], [3, 4], [3, 5]]
+    # target: the mean O-H length of the data
+    oh = bg.observables.BondLengths(trainer.bonds)(data.positions, batch=torch.arange(24).repeat_interleave(6))
+    assert trainer.target.tolist() == pytest.approx([float(oh.mean())], rel=1e-12)
+    frames = data.positions.view(24, 6, 3)[:8].reshape(4, 12, 3)
+    valid = torch.tensor([[True, True], [False, True], [True, False], [True, True]])
+    samples = frames.view(4, 2, 6, 3)[valid]
+    M = samples.shape[0]
+    reference = bg.models.PairMLP(cutoff=3.5, hidden=(8,), n_basis=8).double()
+    reference.load_state_dict(model.state_dict())
+    flat = samples.reshape(-1, 3)
+    b = torch.arange(M).repeat_interleave(6)
+    lengths = bg.observables.BondLengths(trainer.bonds)(flat, batch=b)  # [M, 4]: two O-H per molecule
+    local = lengths.view(M, 2, 2).mean(-1).reshape(-1, 1)  # [M * 2 molecules, 1]
+    nb = bg.estimators.molecule_neighborhoods(torch.tensor([0, 0, 0, 1, 1, 1]).repeat(M), batch=b)
+    out = reference(flat, torch.tensor([8, 1, 1, 8, 1, 1]).repeat(M), batch=b)
+    loss = bg.local_boltzmann_loss(out["atom_energies"], nb, local, trainer.target, bg.md.units.kT(T))
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    delta, obs_loss, m = _sgd_delta(trainer, _fake_window(trainer, frames, valid))
+    assert m == M
+    assert obs_loss == pytest.approx(float(loss.detach()), rel=1e-12)
+    for d, g in zip(delta, grads, strict=True):
+        assert torch.allclose(d, g, rtol=1e-9, atol=1e-14)
+
+
+def test_misconfigured_criterion_is_caught_on_the_reference_structures():
+    data = _water_pair_dataset()
+    # with bond_mult 0.5 no O-H bond is found: every atom is a molecule and the criterion fires everywhere
+    with pytest.raises(ValueError, match="min_distance.*bond_mult"):
+        StableTrainer(bg.models.PairMLP(cutoff=3.5, hidden=(8,)).double(), data,
+                      _config(criterion="min_distance", bond_mult=0.5, observable="distance_histogram"))

@@ -54,7 +54,8 @@ class StableConfig:
         criterion: ``"bond_length"`` (max bond-length deviation; bonds from covalent radii of the first
             training structure, reference lengths = their mean over the reference data) or
             ``"min_distance"`` (minimum intermolecular distance, molecules = bonded groups).
-        bond_threshold: Å (0.25). bond_mult: factor on covalent radii when finding bonds (1.0).
+        bond_threshold: Å (0.25). bond_mult: factor on the sum of covalent radii below which two atoms of the
+            first training structure are bonded (1.2: with 1.0, ASE's radii miss O-H bonds of water at 1.01 Å).
         min_distance_threshold: Å (1.2).
         upper_threshold: unstable fraction above which the simulation phase rewinds and learning
             starts (0.5; chosen here). lower_threshold: unstable fraction below which the learning
@@ -101,7 +102,7 @@ class StableConfig:
     n_dump: int = 50
     criterion: str = "bond_length"
     bond_threshold: float = 0.25
-    bond_mult: float = 1.0
+    bond_mult: float = 1.2
     min_distance_threshold: float = 1.2
     upper_threshold: float = 0.5
     lower_threshold: float = 0.2

@@ -259,6 +259,7 @@ class StableTrainer:
                 if int(self.molecule.max()) == 0:
                     raise ValueError("criterion 'min_distance' needs at least two molecules")
                 criteria = [MinDistanceCriterion(self.molecule, cfg.min_distance_threshold)]
+            self._check_criteria(ref_data, criteria)
         criteria = list(criteria)
         if not any(isinstance(c, NonFinite) for c in criteria):
             criteria.append(NonFinite())
@@ -320,6 +321,23 @@ class StableTrainer:
         if self.target.shape != (k,):
             raise ValueError(f"reference observable must have {k} components for observable "
                              f"{cfg.observable!r}, got shape {tuple(self.target.shape)}")
+
+    @torch.no_grad()
+    def _check_criteria(self, data, criteria) -> None:
+        """A criterion that fires on most reference structures is misconfigured (molecules, bonds or threshold)."""
+        n = min(len(data), 16)
+        b = data.collate(torch.arange(n), dtype=torch.float64)
+        masses = torch.ones(b.positions.shape[0], dtype=torch.float64)
+        kw = {"cell": b.cell, "pbc": b.pbc} if self.periodic else {}
+        state = State(b.positions, torch.zeros_like(b.positions), masses, b.species, batch=b.batch, **kw)
+        for c in criteria:
+            frac = float(c(state).double().mean())
+            if frac > 0.5:
+                what = ("check min_distance_threshold and bond_mult (molecules are the bonded groups of the first "
+                        f"structure: {int(self.molecule.max()) + 1} found)" if isinstance(c, MinDistanceCriterion)
+                        else "check bond_threshold and bond_mult")
+                raise ValueError(f"the stability criterion {c.name!r} fires on {frac:.0%} of the reference "
+                                 f"structures: {what}")
 
     @torch.no_grad()
     def _mean_bond_lengths(self, data) -> torch.Tensor:

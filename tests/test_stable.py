@@ -146,26 +146,49 @@ def test_bonded_molecules():
     assert bonded_molecules(8, bonds).tolist() == [0, 0, 0, 1, 1, 1, 2, 3]
 
 
-def test_rewind_restores_the_chunk_start_exactly(toy_data):
-    trainer = StableTrainer(_weak_model(), toy_data, _config(tau=30, upper_threshold=0.1, lower_threshold=0.0))
-    start = trainer.state.clone()
-    row = trainer.step()
-    assert row["phase"] == "simulate" and row["event"] == "rewind" and row["unstable_fraction"] > 0.1
+def test_rewind_goes_back_exactly_tau_steps_before_the_instability(toy_data, monkeypatch):
+    from boltzgrad.stable import trainer as trainer_mod
+
+    cfg = _config(tau=30, check_every=10, upper_threshold=0.6, lower_threshold=0.0)
+    trainer = StableTrainer(_weak_model(), toy_data, cfg)
+    recorded = {0: trainer.state.clone()}  # every checked state of the simulation phase, by phase step
+    original = trainer_mod._Window.__call__
+
+    def recording(self, state, step):
+        original(self, state, step)
+        local = step - self.start
+        if local % self.monitor.check_every == 0 and trainer.phase == "simulate":
+            recorded[trainer.phase_steps + local] = state.clone()
+
+    monkeypatch.setattr(trainer_mod._Window, "__call__", recording)
+    rows = [trainer.step()]
+    while rows[-1]["event"] != "rewind":
+        assert len(rows) < 6, rows
+        rows.append(trainer.step())
+    assert len(rows) >= 2  # the instabilities spread over several chunks
     unstable = trainer.unstable
-    assert 0 < int(unstable.sum()) < unstable.numel()
-    atoms_u = unstable[start.batch]
+    first = trainer.first_unstable_step
+    assert 0 < int(unstable.sum()) < unstable.numel() and bool((first[unstable] > 0).all())
+    assert bool((first[unstable] % 10 == 0).all()) and bool((first[~unstable] == -1).all())
+    assert bool((first[unstable] > cfg.tau).any())  # some rewinds land in the middle of an earlier chunk
     s = trainer.state
-    # unstable replicas are back where the chunk started: bit for bit, thermostat variables included
-    assert torch.equal(s.positions[atoms_u], start.positions[atoms_u])
-    assert torch.equal(s.velocities[atoms_u], start.velocities[atoms_u])
-    for k, v in s.aux.items():
-        rows = unstable if v.shape[0] == unstable.shape[0] else atoms_u
-        assert k not in start.aux or torch.equal(v[rows], start.aux[k][rows])
-    # stable replicas continue from where the chunk ended
-    assert not torch.equal(s.positions[~atoms_u], start.positions[~atoms_u])
+    for r in range(unstable.numel()):
+        atoms = s.batch == r
+        if unstable[r]:
+            # back where it was τ steps before it was found unstable (the phase start if earlier): bit for bit,
+            # thermostat variables included
+            then = recorded[max(0, int(first[r]) - cfg.tau)]
+            assert torch.equal(s.positions[atoms], then.positions[atoms])
+            assert torch.equal(s.velocities[atoms], then.velocities[atoms])
+            for k, v in s.aux.items():
+                rows_k = r if v.shape[0] == unstable.shape[0] else atoms
+                # the phase's first state was never integrated: its thermostat starts at zero
+                assert torch.equal(v[rows_k], then.aux.get(k, torch.zeros_like(v))[rows_k])
+        else:  # stable replicas continue from where the chunk ended
+            assert torch.equal(s.positions[atoms], recorded[trainer.phase_steps].positions[atoms])
     assert not s.frozen.any()
     assert torch.equal(trainer.learn_start.positions, s.positions)
-    # the next τ steps reach the instability again (deterministic Nose-Hoover dynamics, same model)
+    # the next τ steps lead into the instability again (deterministic Nose-Hoover dynamics, same model)
     learn_start = trainer.learn_start.clone()
     row = trainer.step()
     assert row["phase"] == "learn" and row["unstable_fraction"] >= float(unstable.double().mean())
@@ -204,29 +227,36 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_equals_the_uninterrupted_run(toy_data, tmp_path):
-    cfg = _config(n_replicas=8, tau=60, n_dump=6, max_cycles=1, max_learning_steps=4, thermostat="langevin",
-                  friction=0.002, qm_weight=0.1, qm_batch_size=8, optimizer="sgd", lr=0.05, momentum=0.5,
-                  upper_threshold=0.3, lower_threshold=0.05)
+@pytest.mark.parametrize("kill_phase,kill_window", [("learn", 2), ("simulate", 2)])
+def test_resume_after_a_kill_equals_the_uninterrupted_run(toy_data, tmp_path, monkeypatch, kill_phase, kill_window):
+    from boltzgrad.stable import trainer as trainer_mod
+
+    cfg = _config(n_replicas=8, tau=30, check_every=10, n_dump=6, max_cycles=1, max_learning_steps=3,
+                  thermostat="langevin", friction=0.002, qm_weight=0.1, qm_batch_size=8, optimizer="sgd", lr=0.05,
+                  momentum=0.5, upper_threshold=0.6, lower_threshold=0.05)
     ref_model = _weak_model()
     ref = StableTrainer(ref_model, toy_data, cfg, out_dir=tmp_path / "a").fit()
-    assert any(r["phase"] == "learn" for r in ref.history) and ref.stop_reason == "max_cycles"
+    phases = [r["phase"] for r in ref.history]
+    assert phases.count("simulate") >= 2 and "learn" in phases and ref.stop_reason == "max_cycles"
 
-    # the same run, killed in the middle of its second learning window
+    # the same run, killed 20 steps into its `kill_window`-th window of the given phase
     model = _weak_model()
     trainer = StableTrainer(model, toy_data, cfg, out_dir=tmp_path / "b")
-    calls = {"n": 0}
-    original = trainer._learning_step
+    original = trainer_mod._Window.__call__
+    seen = {"windows": 0}
 
-    def dying_step(window):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def dying(self, state, step):
+        local = step - self.start
+        if local == 1 and trainer.phase == kill_phase:
+            seen["windows"] += 1
+        if local == 20 and trainer.phase == kill_phase and seen["windows"] == kill_window:
             raise _Killed
-        return original(window)
+        original(self, state, step)
 
-    trainer._learning_step = dying_step
+    monkeypatch.setattr(trainer_mod._Window, "__call__", dying)
     with pytest.raises(_Killed):
         trainer.fit()
+    monkeypatch.setattr(trainer_mod._Window, "__call__", original)
     # a new process: fresh model object and trainer, continue from the checkpoint
     model2 = _weak_model()
     torch.manual_seed(12345)  # the global RNG state is restored from the checkpoint too

@@ -45,7 +45,8 @@ class StableConfig:
         friction: Langevin friction, 1/fs (1e-4 = 0.1/ps).
         n_replicas: R, replicas simulated in parallel (128).
         tau: τ, MD steps per simulation chunk and per learning-phase window; unstable replicas are
-            rewound to the start of the chunk in which they became unstable, i.e. by at most τ (2000).
+            rewound by τ steps (rounded up to a multiple of ``check_every``) from where they were found
+            unstable (2000).
         check_every: steps between stability checks (100; chosen here).
         n_dump: every ``n_dump``-th state of a learning window is a sample (50, i.e. 40 per replica
             and window with τ = 2000; chosen here).

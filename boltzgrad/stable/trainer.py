@@ -4,10 +4,12 @@ Training proceeds in *units* of τ MD steps of all R replicas at once:
 
 * simulation phase (learning rate 0): replicas run τ steps at a time; a
   :class:`~boltzgrad.stability.StabilityMonitor` checks the criterion every ``check_every`` steps and
-  freezes the replicas it finds unstable. Before each chunk, the state of every still-stable replica
-  is kept as its *anchor*. When the unstable fraction exceeds ``upper_threshold``, every unstable
-  replica is rewound to its anchor -- the start of the chunk in which it failed, at most τ steps
-  before the instability -- and the learning phase starts from these near-unstable states.
+  freezes the replicas it finds unstable. The states of the last τ steps are kept at every check, so
+  when a replica is found unstable at step t its state at step t − τ is known (its *anchor*; τ is
+  rounded up to a multiple of ``check_every``, and the phase's first state is used when t < τ). When
+  the unstable fraction exceeds ``upper_threshold``, every unstable replica is rewound to its anchor,
+  so that the next τ steps lead it into the instability again, and the learning phase starts from
+  these near-unstable states.
 * learning phase: from the same starting states every time, all replicas run τ steps; every
   ``n_dump``-th state of each replica (up to the moment it becomes unstable) is a sample. If the
   unstable fraction of this window is below ``lower_threshold`` the phase ends; otherwise the
@@ -20,9 +22,9 @@ Training proceeds in *units* of τ MD steps of all R replicas at once:
 Training stops after ``max_cycles`` cycles, ``max_steps`` MD steps, or when a simulation phase runs
 ``max_simulation_steps`` steps without reaching the upper threshold (the model is stable at that
 horizon). After every ``checkpoint_every`` units (and at the end of each cycle) everything needed to
-continue -- model, optimizer, scheduler, replica states, anchors, RNG states, the phase and the
-counters -- is written atomically to ``out_dir/checkpoint.pt``; ``fit(resume=True)`` continues
-exactly as an uninterrupted run with the same seed would.
+continue -- model, optimizer, scheduler, replica states, anchors and recent states, RNG states, the
+phase and the counters -- is written atomically to ``out_dir/checkpoint.pt``; ``fit(resume=True)``
+continues exactly as an uninterrupted run with the same seed would.
 """
 
 from __future__ import annotations
@@ -134,19 +136,23 @@ def _merge(base: State, other: State, mask: torch.Tensor) -> State:
             setattr(out, name, torch.where(mask, b, a))
     if base.cell is not None and other.cell is not None:
         out.cell = torch.where(mask.view(-1, 1, 1), other.cell, base.cell)
-    for k, v in base.aux.items():
-        if k not in other.aux:
-            continue
-        m = mask if v.shape[:1] == mask.shape else am
-        out.aux[k] = torch.where(m.view(-1, *([1] * (v.dim() - 1))), other.aux[k], v)
+    for k, w in other.aux.items():
+        # integrator variables missing from `base` (never integrated) start at zero, as the integrators' init
+        v = base.aux.get(k)
+        if v is None or v.shape != w.shape:
+            v = torch.zeros_like(w)
+        m = mask if w.shape[:1] == mask.shape else am
+        out.aux[k] = torch.where(m.view(-1, *([1] * (w.dim() - 1))), w, v)
     return out
 
 
 class _Window:
     """Simulator callback of one τ window: stability checks, sampling, progress."""
 
-    def __init__(self, monitor: StabilityMonitor, start_step: int, n_dump: int | None, bar, periodic: bool):
+    def __init__(self, monitor: StabilityMonitor, start_step: int, n_dump: int | None, bar, periodic: bool,
+                 on_check=None):
         self.monitor, self.start, self.n_dump, self.bar, self.periodic = monitor, start_step, n_dump, bar, periodic
+        self.on_check = on_check
         self.positions: list[torch.Tensor] = []
         self.cells: list[torch.Tensor] = []
         self.valid: list[torch.Tensor] = []
@@ -155,6 +161,8 @@ class _Window:
         local = step - self.start
         if local % self.monitor.check_every == 0:
             self.monitor.check(state, local)
+            if self.on_check is not None:
+                self.on_check(state, local, self.monitor)
             if self.bar is not None:
                 self.bar.update(self.monitor.check_every)
         if self.n_dump is not None and local % self.n_dump == 0:
@@ -391,6 +399,8 @@ class StableTrainer:
         self.state = self._initial_state()
         R = self.state.n_replicas
         self.anchor = self.state.clone()
+        self.ring: list[State] = []  # states at the last checks of the simulation phase, oldest first
+        self.first_unstable_step = torch.full((R,), -1, dtype=torch.int64, device=self.device)
         self.learn_start: State | None = None
         self.phase = "simulate"
         self.cycle = 0
@@ -409,11 +419,12 @@ class StableTrainer:
             return NoseHoover(cfg.dt, self.kT, cfg.thermostat_tau)
         return Langevin(cfg.dt, self.kT, cfg.friction, generator=self.md_generator)
 
-    def _run_window(self, start: State, *, sample: bool, bar) -> tuple[State, StabilityMonitor, _Window]:
+    def _run_window(self, start: State, *, sample: bool, bar, on_check=None
+                    ) -> tuple[State, StabilityMonitor, _Window]:
         """τ steps of all replicas from ``start`` with a fresh monitor (and sampling when ``sample``)."""
         cfg = self.config
         monitor = StabilityMonitor(self.criteria, cfg.check_every, freeze=True)
-        window = _Window(monitor, start.step, cfg.n_dump if sample else None, bar, self.periodic)
+        window = _Window(monitor, start.step, cfg.n_dump if sample else None, bar, self.periodic, on_check)
         sim = Simulator(self.model, self._integrator())
         with torch.no_grad():
             end = sim.run(start, cfg.tau, every=1, callback=window)
@@ -423,11 +434,27 @@ class StableTrainer:
     def _simulate_unit(self, bar) -> dict:
         cfg = self.config
         stable = ~self.unstable
-        self.anchor = _merge(self.anchor, self.state, stable)
         start = self.state.replace(frozen=self.unstable.clone(),
                                    frozen_step=torch.where(self.unstable, self.state.frozen_step,
                                                            torch.full_like(self.state.frozen_step, -1)))
-        end, monitor, _ = self._run_window(start, sample=False, bar=bar)
+        capacity = -(-cfg.tau // cfg.check_every)  # checks spanning τ steps (rounded up)
+        if not self.ring:
+            self.ring = [start.clone()]
+        phase_start = self.phase_steps
+
+        def on_check(state: State, local: int, monitor: StabilityMonitor) -> None:
+            # replicas found unstable now get the state `capacity` checks back (or the phase start) as anchor
+            newly = monitor.unstable & stable & (self.first_unstable_step < 0)
+            if bool(newly.any()):
+                self.anchor = _merge(self.anchor, self.ring[0], newly)
+                self.first_unstable_step = torch.where(
+                    newly, torch.full_like(self.first_unstable_step, phase_start + local), self.first_unstable_step)
+            if local > 0:
+                self.ring.append(state.clone())
+                if len(self.ring) > capacity:
+                    self.ring.pop(0)
+
+        end, monitor, _ = self._run_window(start, sample=False, bar=bar, on_check=on_check)
         newly = monitor.unstable & stable
         self.unstable = self.unstable | monitor.unstable
         for c in self.criteria:
@@ -472,6 +499,8 @@ class StableTrainer:
             nxt.frozen_step = torch.full_like(nxt.frozen_step, -1)
             self.state = nxt
             self.anchor = nxt.clone()
+            self.ring = []
+            self.first_unstable_step = torch.full_like(self.first_unstable_step, -1)
             self.learn_start = None
             self.unstable = torch.zeros_like(self.unstable)
             for c in self.criteria:
@@ -564,6 +593,8 @@ class StableTrainer:
                         "stop_reason": self.stop_reason},
             "state": state_to_dict(self.state),
             "anchor": state_to_dict(self.anchor),
+            "ring": [state_to_dict(r) for r in self.ring],
+            "first_unstable_step": self.first_unstable_step,
             "learn_start": None if self.learn_start is None else state_to_dict(self.learn_start),
             "criteria": [c.state_dict() for c in self.criteria],
             "rng": {"torch": torch.get_rng_state(), "md": self.md_generator.get_state()},
@@ -618,6 +649,8 @@ class StableTrainer:
         self.learning_steps, self.unstable, self.stop_reason = t["learning_steps"], t["unstable"], t["stop_reason"]
         self.state = state_from_dict(ck["state"])
         self.anchor = state_from_dict(ck["anchor"])
+        self.ring = [state_from_dict(r) for r in ck["ring"]]
+        self.first_unstable_step = ck["first_unstable_step"]
         self.learn_start = None if ck["learn_start"] is None else state_from_dict(ck["learn_start"])
         if len(ck["criteria"]) != len(self.criteria):
             raise CheckpointError(f"checkpoint {path!r} has {len(ck['criteria'])} criteria, this trainer "

@@ -5,12 +5,24 @@ Commands are registered in ``COMMANDS`` (name -> (help, add_arguments, run)); a 
 Every command takes ``--config CONFIG.yaml``: a mapping of option names (``frame_interval`` or
 ``frame-interval``) to values; options given on the command line win over the file.
 
-Commands here: ``make-data aspirin|water`` (reference datasets, see ``boltzgrad.data.generate``).
+Commands here:
+
+* ``make-data aspirin|water``: reference datasets (see ``boltzgrad.data.generate``);
+* ``pretrain``: fit the run's model to energies and forces of its training split (METHOD.md Eq. 1) and write
+  the model file ``model.checkpoint``;
+* ``train``: StABlE training of the pre-trained model (``--resume`` continues from the last checkpoint);
+* ``evaluate``: first-passage stable times and observables of a model's MD (``bg.stable.evaluate``), with plots;
+* ``simulate``: Langevin MD of a model from the run's starting structures, written as extended XYZ.
+
+These four take ``--config RUN.yaml``, a run configuration with sections (``data``, ``model``, ``pretrain``,
+``train``, ``evaluate``, ``simulate``; see ``boltzgrad.stable.systems`` and ``configs/``), and
+``--set section.field=value`` to override single fields (the value is read as YAML).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -42,6 +54,180 @@ register("make-data", "generate a reference dataset under data/ (resumes and ext
          _make_data_arguments, lambda args: args._run(args))
 
 
+# --------------------------------------------------------------------------- run commands
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="RUN.yaml",
+                        help="run configuration (sections data, model, pretrain, train, evaluate, simulate)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one field of the configuration (VALUE read as YAML); repeatable")
+    parser.add_argument("--out-dir", default=None, help="output directory (default: the config's out_dir)")
+    parser.set_defaults(_run_config=True)
+
+
+def _load_run(args: argparse.Namespace) -> dict:
+    """The run configuration of ``args.config`` with the ``--set`` overrides applied."""
+    import yaml
+
+    from .stable.systems import SECTIONS, load_run_config
+
+    cfg = load_run_config(args.config)
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts) or parts[0] not in SECTIONS:
+            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION in {list(SECTIONS)}")
+        target = cfg
+        for part in parts[:-1]:
+            if not isinstance(target.get(part, {}), dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+            target = target.setdefault(part, {})
+        target[parts[-1]] = yaml.safe_load(text)
+    if args.out_dir is not None:
+        cfg["out_dir"] = args.out_dir
+    return cfg
+
+
+def _model_for(cfg: dict, path: str | None):
+    """(model, label): the model file ``path`` (default ``model.checkpoint``), or a parameter-free model."""
+    from .stable.systems import build_model, load_model
+
+    path = path or cfg["model"].get("checkpoint")
+    if path:
+        model, _ = load_model(path)
+        return model, os.path.splitext(os.path.basename(str(path)))[0]
+    model = build_model(cfg["model"])
+    if any(True for _ in model.parameters()):
+        raise ValueError("config field 'model.checkpoint' is not set and the model has parameters: "
+                         "run `boltzgrad pretrain` first or pass --model")
+    return model, cfg["model"]["kind"]
+
+
+def _set_threads() -> None:
+    import torch
+
+    n = os.environ.get("BOLTZGRAD_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+_PRETRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "min_lr",
+                    "early_stopping_patience", "grad_clip", "energy_weight", "force_weight", "fit_shift_scale")
+
+
+def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--output", default=None, help="model file to write (default: the config's model.checkpoint)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted pre-training")
+
+
+def _pretrain(args: argparse.Namespace) -> dict:
+    import torch
+
+    from .stable.systems import build_model, load_data, save_model
+    from .train import fit_energy_forces
+
+    _set_threads()
+    cfg = _load_run(args)
+    section = dict(cfg["pretrain"])
+    unknown = sorted(set(section) - set(_PRETRAIN_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {['pretrain.' + k for k in unknown]}; "
+                         f"known: {list(_PRETRAIN_FIELDS)}")
+    output = args.output or cfg["model"].get("checkpoint")
+    if not output:
+        raise ValueError("config field 'model.checkpoint' (or --output) must name the model file to write")
+    data = load_data(cfg["data"])
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"])
+    run_dir = os.path.join(cfg["out_dir"], "pretrain")
+    print(f"pretrain: {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters) on "
+          f"{len(data['train'])} structures of {cfg['data']['source']}, validation {len(data['val'])}, "
+          f"test {len(data['test'])}; logs in {run_dir}")
+    result = fit_energy_forces(model, data["train"], val_dataset=data["val"] if len(data["val"]) else None,
+                               test_dataset=data["test"], checkpoint_dir=run_dir, resume=args.resume,
+                               seed=cfg["seed"], **section)
+    info = {"test_metrics": result.test_metrics, "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "n_train": len(data["train"]),
+            "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
+    save_model(output, model, cfg["model"], **info)
+    m = result.test_metrics
+    print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; test energy MAE "
+          f"{m['energy_mae']:.4g} eV, force MAE {m['force_mae']:.4g} eV/A; model written to {output}")
+    return info
+
+
+register("pretrain", "fit the run's model to energies and forces of its training data (Eq. 1)",
+         _pretrain_arguments, _pretrain)
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--model", default=None, help="pre-trained model file (default: the config's model.checkpoint)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+
+def _train(args: argparse.Namespace):
+    from .stable import run as stable_run
+
+    _set_threads()
+    cfg = _load_run(args)
+    model, _ = _model_for(cfg, args.model)
+    return stable_run.train(model, cfg, resume=args.resume)
+
+
+register("train", "StABlE training of the pre-trained model (simulate, detect, rewind, learn)", _train_arguments,
+         _train)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--model", action="append", default=None,
+                        help="model file(s) to evaluate (default: the config's model.checkpoint); repeatable, "
+                             "the first is the baseline of the plots")
+    parser.add_argument("--label", action="append", default=None, help="label of each --model in tables and plots")
+
+
+def _evaluate(args: argparse.Namespace):
+    from .stable import run as stable_run
+
+    _set_threads()
+    cfg = _load_run(args)
+    paths = args.model or [None]
+    labels = args.label or []
+    if labels and len(labels) != len(paths):
+        raise ValueError(f"--label was given {len(labels)} times for {len(paths)} models")
+    models = []
+    for k, p in enumerate(paths):
+        model, label = _model_for(cfg, p)
+        models.append((labels[k] if labels else label, model))
+    return stable_run.evaluate_models(models, cfg)
+
+
+register("evaluate", "stable times and observables of a model's MD vs the reference (bg.stable.evaluate)",
+         _evaluate_arguments, _evaluate)
+
+
+def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--model", default=None, help="model file (default: the config's model.checkpoint)")
+    parser.add_argument("--output", default=None, help="extended-XYZ file (default: <out_dir>/simulate.extxyz)")
+
+
+def _simulate(args: argparse.Namespace):
+    from .stable import run as stable_run
+
+    _set_threads()
+    cfg = _load_run(args)
+    model, _ = _model_for(cfg, args.model)
+    return stable_run.simulate(model, cfg, output=args.output)
+
+
+register("simulate", "Langevin MD of a model from the run's starting structures (extended XYZ)",
+         _simulate_arguments, _simulate)
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="CONFIG.yaml",
                         help="YAML mapping of option names to values (command-line options win)")
@@ -55,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (text, add_arguments, run) in COMMANDS.items():
         p = commands.add_parser(name, help=text, description=text)
         add_arguments(p)
-        if not p._subparsers:  # commands with sub-commands add --config to each leaf
+        if not p._subparsers and not p.get_default("_run_config"):  # sub-commands add --config to each leaf
             _add_config(p)
             p.set_defaults(_parser=p)
         p.set_defaults(_command_run=run)
@@ -85,9 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``boltzgrad``: parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) and not getattr(args, "_run_config", False):
         _apply_config(args, argv)
-    args._command_run(args)
+    if not getattr(args, "_run_config", False):
+        args._command_run(args)
+        return 0
+    try:
+        args._command_run(args)
+    except ValueError as err:  # bad configuration or input: one clear line, no traceback
+        raise SystemExit(f"boltzgrad {args.command}: error: {err}") from err
     return 0
 
 

@@ -1,0 +1,598 @@
+"""Evaluation of a potential's MD: first-passage stable times and observables of the stable parts.
+
+``evaluate(model, config, starts=..., reference=..., test_set=...)`` runs R replicas of Langevin MD from
+held-out starting structures for at most ``config.max_time`` fs. Every ``check_every`` steps the
+evaluation criterion (paper A.5: max bond-length deviation 0.5 Å for molecules, the RDF MAE over a
+window for liquids, or the minimum intermolecular distance) is checked; the first time it fires is the
+replica's *stable time* (no rewinds: a replica that fired is removed from the batch and never comes
+back). Replicas that never fire are stable for the whole run (their time is ``max_time``, flagged as
+censored). Non-finite energies or forces, and replicas the Simulator froze because they blew up, count
+as unstable too.
+
+From the stable parts of each replica (the frames sampled before the check at which its criterion
+fired) it measures the structure (h(r) for molecules, element-resolved g(r) for periodic systems) and
+compares it with the same observable averaged over the reference data, the velocity autocorrelation
+function and, for periodic systems, a diffusion coefficient; and the energy/force errors on a labelled
+test set. :meth:`EvaluationResult.save` writes ``evaluation.json`` and CSV tables (atomically).
+
+Units: fs, Å, eV, K.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import observables as obs
+from ..md import Langevin, Simulator, State, maxwell_boltzmann, units
+from ..stability import (
+    EVAL_BOND_THRESHOLD,
+    EVAL_RDF_THRESHOLD,
+    TRAIN_MIN_DISTANCE,
+    BondLengthCriterion,
+    Criterion,
+    MinDistanceCriterion,
+    NonFinite,
+    RDFCriterion,
+)
+from ..train import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
+
+__all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "molecules_from_bonds", "structure_observable",
+           "start_state"]
+
+CRITERIA = ("bond_length", "min_distance", "rdf", "none")
+
+
+def _check_number(name: str, value, *, positive: bool = True, integer: bool = False, allow_none: bool = False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an int" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(float(value)) or (positive and not value > 0) or (not positive and value < 0):
+        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of :func:`evaluate` (defaults: the paper's aspirin protocol, 256 replicas x 1 ns at 500 K).
+
+    Attributes:
+        replicas: number of replicas R (starting structures are spread evenly over ``starts``).
+        max_time: length of each run, fs (1 ns = 1e6 fs).
+        dt: time step, fs.
+        temperature: K.
+        friction: Langevin friction, 1/fs (1e-4 = 0.1/ps, the paper's evaluation setting).
+        check_every: MD steps between criterion checks (the resolution of the stable times).
+        criterion: ``"bond_length"`` (molecules), ``"rdf"`` (periodic liquids), ``"min_distance"`` or
+            ``"none"`` (only non-finite energies/forces and blow-ups end a replica).
+        threshold: the criterion's threshold (Å); default 0.5 (bond length), 1.2 (min distance), 3.0 (RDF).
+        rdf_window: number of checks the RDF criterion averages g(r) over.
+        sample_every: MD steps between frames used for h(r)/g(r) and the diffusion coefficient.
+        vacf_every: MD steps between velocity frames of the VACF.
+        vacf_window: number of VACF lags (frames of ``vacf_every`` steps); at most ``check_every // vacf_every``.
+        hr_r_max, hr_bins, hr_sigma: h(r) range (Å), bins and smearing (Å), for non-periodic systems.
+        rdf_r_max, rdf_bins, rdf_sigma: g(r) range, bins and smearing, for periodic systems.
+        diffusion_species: atomic number whose self-diffusion coefficient is measured (periodic systems
+            only, e.g. 8 for the oxygens of water); None: no diffusion coefficient.
+        max_displacement: Å per step beyond which the Simulator freezes an exploding replica.
+        batch_size: structures per batch for the test-set errors.
+        seed: seed of the initial velocities and of the Langevin noise.
+        progress: show a progress bar.
+    """
+
+    replicas: int = 256
+    max_time: float = 1_000_000.0
+    dt: float = 0.5
+    temperature: float = 500.0
+    friction: float = 1e-4
+    check_every: int = 200
+    criterion: str = "bond_length"
+    threshold: float | None = None
+    rdf_window: int = 10
+    sample_every: int = 20
+    vacf_every: int = 2
+    vacf_window: int = 100
+    hr_r_max: float = 10.0
+    hr_bins: int = 500
+    hr_sigma: float = 0.01
+    rdf_r_max: float = 6.0
+    rdf_bins: int = 300
+    rdf_sigma: float = 0.02
+    diffusion_species: int | None = None
+    max_displacement: float = 1.0
+    batch_size: int = 32
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        for name in ("replicas", "check_every", "rdf_window", "sample_every", "vacf_every", "vacf_window",
+                     "hr_bins", "rdf_bins", "batch_size"):
+            _check_number(name, getattr(self, name), integer=True)
+        for name in ("max_time", "dt", "temperature", "friction", "hr_r_max", "hr_sigma", "rdf_r_max", "rdf_sigma",
+                     "max_displacement"):
+            _check_number(name, getattr(self, name))
+        _check_number("threshold", self.threshold, allow_none=True)
+        _check_number("seed", self.seed, positive=False, integer=True)
+        if self.diffusion_species is not None:
+            _check_number("diffusion_species", self.diffusion_species, integer=True)
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        for name in ("sample_every", "vacf_every"):
+            if self.check_every % getattr(self, name):
+                raise ValueError(f"check_every ({self.check_every}) must be a multiple of {name} "
+                                 f"({getattr(self, name)})")
+        if self.vacf_window > self.check_every // self.vacf_every:
+            raise ValueError(f"vacf_window ({self.vacf_window}) must be <= check_every // vacf_every "
+                             f"({self.check_every // self.vacf_every}): the VACF is measured within each checked block")
+        if self.max_time < self.dt * self.check_every:
+            raise ValueError(f"max_time ({self.max_time} fs) must cover at least one check "
+                             f"(check_every * dt = {self.check_every * self.dt} fs)")
+
+    @property
+    def n_steps(self) -> int:
+        """Total MD steps per replica (a whole number of checks)."""
+        n = int(round(self.max_time / self.dt))
+        return max(self.check_every, (n // self.check_every) * self.check_every)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> EvaluateConfig:
+        """A config from a mapping (e.g. the ``evaluate:`` section of a YAML file); unknown keys are errors."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown evaluation field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns (times in fs, lengths in Å, energies in eV).
+
+    Attributes:
+        stable_time: ``[R]`` first-passage stable time of each replica, fs (``max_time`` if it never fired).
+        unstable: ``[R]`` bool, the criterion fired before ``max_time``.
+        reason: ``[R]`` which check ended the replica (``"bond_length"``, ``"non_finite"``, ..., or ``""``).
+        start_index: ``[R]`` index of each replica's starting structure in ``starts``.
+        max_time: the run length, fs.
+        structure: ``"hr"`` (h(r), non-periodic) or ``"rdf"`` (g(r) per element pair).
+        r: ``[n_bins]`` bin centres, Å.
+        kinds: element pairs of the g(r) rows (``[]`` for h(r)).
+        model_structure, reference_structure: ``[n_kinds, n_bins]`` (one row for h(r)), the model's average
+            over the stable frames of all replicas (NaN when no frame was stable) and the reference's.
+        structure_error: per row ``∫ |model - reference| dr`` (the h(r)/RDF MAE of the paper).
+        vacf: ``[n_lags]`` VACF averaged over the stable blocks of all replicas; ``vacf_dt`` its lag spacing, fs.
+        diffusivity: Å²/fs averaged over replicas with a stable trajectory, or None.
+        test_metrics: energy/force errors on the test set (``bg.train.evaluate_energy_forces``) or None.
+        settings: the :class:`EvaluateConfig` as a dict; ``seconds``: wall time.
+    """
+
+    stable_time: np.ndarray
+    unstable: np.ndarray
+    reason: list
+    start_index: np.ndarray
+    max_time: float
+    structure: str
+    r: np.ndarray
+    kinds: list
+    model_structure: np.ndarray
+    reference_structure: np.ndarray | None
+    structure_error: list | None
+    vacf: np.ndarray
+    vacf_dt: float
+    diffusivity: float | None
+    test_metrics: dict | None
+    settings: dict
+    seconds: float
+    n_stable_frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def median_stable_time(self) -> float:
+        """Median over replicas of the stable time, fs (censored replicas count as ``max_time``)."""
+        return float(np.median(self.stable_time))
+
+    @property
+    def stable_fraction(self) -> float:
+        """Fraction of replicas stable for the whole run."""
+        return float(np.mean(~self.unstable))
+
+    def summary(self) -> dict:
+        """The headline numbers as a flat dict of floats."""
+        out = {"replicas": int(self.stable_time.shape[0]), "max_time_fs": self.max_time,
+               "median_stable_time_fs": self.median_stable_time,
+               "mean_stable_time_fs": float(np.mean(self.stable_time)),
+               "stable_fraction": self.stable_fraction, "n_stable_frames": int(self.n_stable_frames),
+               "structure": self.structure,
+               "structure_error": None if self.structure_error is None else float(np.max(self.structure_error)),
+               "diffusivity_A2_per_fs": self.diffusivity, "seconds": self.seconds}
+        if self.test_metrics is not None:
+            out.update({"force_mae": self.test_metrics["force_mae"], "energy_mae": self.test_metrics["energy_mae"]})
+        return out
+
+    def to_dict(self) -> dict:
+        """Everything, JSON-serialisable (NaN written as null)."""
+        def clean(x):
+            if isinstance(x, np.ndarray):
+                return clean(x.tolist())
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (float, np.floating)):
+                return None if not math.isfinite(float(x)) else float(x)
+            if isinstance(x, (np.integer,)):
+                return int(x)
+            if isinstance(x, np.bool_):
+                return bool(x)
+            return x
+
+        return clean({"summary": self.summary(), "stable_time_fs": self.stable_time, "unstable": self.unstable,
+                      "reason": self.reason, "start_index": self.start_index, "structure": self.structure,
+                      "r": self.r, "kinds": self.kinds, "model_structure": self.model_structure,
+                      "reference_structure": self.reference_structure, "structure_error": self.structure_error,
+                      "vacf": self.vacf, "vacf_dt_fs": self.vacf_dt, "diffusivity_A2_per_fs": self.diffusivity,
+                      "test_metrics": self.test_metrics, "settings": self.settings, "extra": self.extra})
+
+    def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict:
+        """Write ``{prefix}evaluation.json``, ``{prefix}stable_times.csv`` and ``{prefix}structure.csv``
+        (and ``{prefix}vacf.csv``) into ``out_dir``, each atomically. Returns the paths written."""
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {k: os.path.join(out_dir, f"{prefix}{k}") for k in ("evaluation.json", "stable_times.csv",
+                                                                     "structure.csv", "vacf.csv")}
+        _atomic_write_text(json.dumps(self.to_dict(), indent=1) + "\n", paths["evaluation.json"])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["replica", "start_index", "stable_time_fs", "unstable", "reason"])
+        for k in range(self.stable_time.shape[0]):
+            w.writerow([k, int(self.start_index[k]), f"{self.stable_time[k]:.6g}", int(self.unstable[k]),
+                        self.reason[k]])
+        _atomic_write_text(buf.getvalue(), paths["stable_times.csv"])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        labels = [f"{a}-{b}" for a, b in self.kinds] if self.kinds else ["h"]
+        header = ["r_A"] + [f"model_{x}" for x in labels]
+        if self.reference_structure is not None:
+            header += [f"reference_{x}" for x in labels]
+        w.writerow(header)
+        for b in range(self.r.shape[0]):
+            row = [f"{self.r[b]:.6g}"] + [f"{v:.6g}" for v in self.model_structure[:, b]]
+            if self.reference_structure is not None:
+                row += [f"{v:.6g}" for v in self.reference_structure[:, b]]
+            w.writerow(row)
+        _atomic_write_text(buf.getvalue(), paths["structure.csv"])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["lag_fs", "vacf"])
+        for k, v in enumerate(self.vacf):
+            w.writerow([f"{k * self.vacf_dt:.6g}", f"{v:.6g}"])
+        _atomic_write_text(buf.getvalue(), paths["vacf.csv"])
+        return paths
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def molecules_from_bonds(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
+    """Molecule index ``[n_atoms]`` int64 of each atom: connected components of the bond graph."""
+    label = torch.arange(n_atoms)
+    if bonds.numel():
+        i, j = bonds[:, 0].cpu(), bonds[:, 1].cpu()
+        while True:  # label propagation: each atom takes the smallest label of its bonded neighbours
+            m = torch.minimum(label[i], label[j])
+            new = label.clone().scatter_reduce(0, i, m, reduce="amin").scatter_reduce(0, j, m, reduce="amin")
+            if torch.equal(new, label):
+                break
+            label = new
+    return torch.unique(label, return_inverse=True)[1]
+
+
+def _periodic(dataset) -> bool:
+    return bool(dataset.pbc.any())
+
+
+def structure_observable(config: EvaluateConfig, periodic: bool):
+    """The h(r) (molecules) or element-resolved g(r) (periodic systems) object of ``config``."""
+    if periodic:
+        return obs.RDF(config.rdf_r_max, config.rdf_bins, config.rdf_sigma)
+    return obs.DistanceHistogram(config.hr_r_max, config.hr_bins, config.hr_sigma)
+
+
+def _masses(species: torch.Tensor, dtype) -> torch.Tensor:
+    from ase.data import atomic_masses
+
+    table = torch.as_tensor(atomic_masses, dtype=torch.float64)
+    return table[species.cpu()].to(dtype=dtype, device=species.device)
+
+
+def start_state(starts, indices: torch.Tensor, temperature: float, *, dtype=torch.float32, device=None,
+                generator: torch.Generator | None = None) -> State:
+    """MD state of the structures ``starts[indices]`` (one replica each) with Maxwell-Boltzmann velocities at
+    ``temperature`` (K); masses from ASE's table by atomic number; periodic structures are wrapped into their box."""
+    b = starts.collate(indices, dtype=dtype, device=device)
+    periodic = bool(b.pbc.any())
+    masses = _masses(b.species, dtype)
+    kT = units.kT(temperature)
+    v = maxwell_boltzmann(masses, kT, batch=b.batch, generator=generator, dtype=dtype)
+    state = State(b.positions, v, masses, b.species, batch=b.batch, cell=b.cell if periodic else None,
+                  pbc=b.pbc if periodic else False)
+    return state.wrapped() if periodic else state
+
+
+def _subset_state(state: State, keep: torch.Tensor) -> State:
+    """The replicas ``keep`` ([R] bool) of ``state`` as a new State (renumbered 0..R'-1)."""
+    R = state.n_replicas
+    atom_keep = keep[state.batch]
+    new_index = torch.cumsum(keep.to(torch.int64), 0) - 1
+    fields = {
+        "positions": state.positions[atom_keep], "velocities": state.velocities[atom_keep],
+        "masses": state.masses[atom_keep], "species": state.species[atom_keep],
+        "batch": new_index[state.batch[atom_keep]], "image": state.image[atom_keep],
+        "pbc": state.pbc[keep], "frozen": state.frozen[keep], "frozen_step": state.frozen_step[keep],
+        "n_replicas": int(keep.sum()),
+    }
+    for name in ("forces",):
+        if getattr(state, name) is not None:
+            fields[name] = getattr(state, name)[atom_keep]
+    for name in ("cell", "energy", "virial"):
+        if getattr(state, name) is not None:
+            fields[name] = getattr(state, name)[keep]
+    new = state.replace(**fields)
+    new.aux = {}
+    for k, v in state.aux.items():
+        if v.shape[:1] == (R,):
+            new.aux[k] = v[keep]
+        elif v.shape[:1] == state.batch.shape:
+            new.aux[k] = v[atom_keep]
+    return new
+
+
+def _build_criteria(config: EvaluateConfig, reference, first, structure) -> tuple[list[Criterion], dict]:
+    """The evaluation criteria and a description of them."""
+    criteria: list[Criterion] = [NonFinite()]
+    info: dict = {"name": config.criterion}
+    species = first["species"].long()
+    pos = first["positions"].double()
+    periodic = bool(first["pbc"].any()) if first.get("pbc") is not None else False
+    cell = first["cell"].double() if periodic else None
+    if config.criterion in ("bond_length", "min_distance"):
+        bonds = obs.bonds_from_structure(species, pos, cell=cell, pbc=first["pbc"] if periodic else False)
+        if bonds.shape[0] == 0 and config.criterion == "bond_length":
+            raise ValueError("criterion 'bond_length' needs bonded atoms, but the first starting structure has none "
+                             "(covalent radii); use criterion 'min_distance', 'rdf' or 'none'")
+        if config.criterion == "bond_length":
+            ref_len = obs.BondLengths(bonds).reference(reference)
+            threshold = EVAL_BOND_THRESHOLD if config.threshold is None else config.threshold
+            criteria.append(BondLengthCriterion(bonds, ref_len, threshold))
+            info.update(threshold=threshold, n_bonds=int(bonds.shape[0]))
+        else:
+            molecule = molecules_from_bonds(species.shape[0], bonds)
+            threshold = TRAIN_MIN_DISTANCE if config.threshold is None else config.threshold
+            criteria.append(MinDistanceCriterion(molecule, threshold, cutoff=max(3.0, 2.0 * threshold)))
+            info.update(threshold=threshold, n_molecules=int(molecule.max()) + 1)
+    elif config.criterion == "rdf":
+        if not periodic:
+            raise ValueError("criterion 'rdf' needs periodic structures; use 'bond_length' or 'min_distance'")
+        threshold = EVAL_RDF_THRESHOLD if config.threshold is None else config.threshold
+        ref = structure.reference(reference)
+        criteria.append(RDFCriterion(structure, ref, threshold, window=config.rdf_window))
+        info.update(threshold=threshold, window_fs=config.rdf_window * config.check_every * config.dt)
+    return criteria, info
+
+
+class _Sampler:
+    """``Simulator.run`` callback: keeps positions every ``sample_every`` steps and velocities every
+    ``vacf_every`` steps of the current block (the steps between two checks)."""
+
+    def __init__(self, config: EvaluateConfig, diffusion: bool):
+        self.sample_every, self.vacf_every = config.sample_every, config.vacf_every
+        self.diffusion = diffusion
+        self.clear()
+
+    def clear(self):
+        self.positions, self.velocities, self.unwrapped = [], [], []
+
+    def __call__(self, state: State, step: int) -> None:
+        if step % self.vacf_every == 0:
+            self.velocities.append(state.velocities.detach().clone())
+        if step % self.sample_every == 0:
+            self.positions.append(state.positions.detach().clone())
+            if self.diffusion:
+                self.unwrapped.append(state.unwrapped_positions().detach().cpu().clone())
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def _structure_of_frames(structure, frames: list[torch.Tensor], state: State) -> torch.Tensor:
+    """Sum over ``frames`` of the structural observable, per replica: ``[R, n_kinds, n_bins]``."""
+    R = state.n_replicas
+    T = len(frames)
+    pos = torch.cat(frames).double()
+    batch = (torch.arange(T, device=pos.device).repeat_interleave(state.batch.shape[0]) * R
+             + state.batch.repeat(T))
+    if isinstance(structure, obs.RDF):
+        g = structure(pos, state.species.repeat(T), batch=batch, cell=state.cell.double().repeat(T, 1, 1),
+                      pbc=state.pbc.repeat(T, 1))
+    else:
+        g = structure(pos, batch=batch).unsqueeze(1)
+    return g.view(T, R, *g.shape[1:]).sum(0)
+
+
+def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | None = None, starts=None, *, reference=None,
+             test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = "") -> EvaluationResult:
+    """Stable times and observables of ``model``'s MD from held-out starting structures (see the module doc).
+
+    Args:
+        model: a boltzgrad potential (its parameters' dtype and device are used for the MD).
+        config: an :class:`EvaluateConfig` (or a dict of its fields; None: the defaults).
+        starts: ``bg.data.AtomsDataset`` of starting structures (held out from training); replica k starts
+            from structure ``round(k * len(starts) / R)``. All must have the same atoms in the same order.
+        reference: ``bg.data.AtomsDataset`` of reference structures: the reference h(r)/g(r) and, for the
+            bond-length criterion, the reference bond lengths (default: ``starts``).
+        test_set: labelled ``bg.data.AtomsDataset`` for the energy/force errors (None: skipped).
+        out_dir: if given, :meth:`EvaluationResult.save` writes the results there (``prefix`` on the file names).
+
+    Returns:
+        :class:`EvaluationResult`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
+    if config is None:
+        config = EvaluateConfig()
+    elif isinstance(config, dict):
+        config = EvaluateConfig.from_dict(config)
+    elif not isinstance(config, EvaluateConfig):
+        raise TypeError(f"config must be an EvaluateConfig or a dict, got {type(config).__name__}")
+    else:
+        config.validate()
+    if starts is None or not hasattr(starts, "collate") or len(starts) == 0:
+        raise ValueError("starts must be a non-empty bg.data.AtomsDataset of starting structures")
+    if len(set(starts.n_atoms.tolist())) != 1:
+        raise ValueError(f"starts must hold structures of one size, got sizes {sorted(set(starts.n_atoms.tolist()))}")
+    reference = starts if reference is None else reference
+    t_start = time.perf_counter()
+    dtype, device = _model_dtype_device(model)
+    was_training = model.training
+    model.eval()
+
+    R = config.replicas
+    indices = torch.tensor([int(k * len(starts) / R) for k in range(R)], dtype=torch.int64)
+    g = torch.Generator(device=device).manual_seed(int(config.seed))
+    state = start_state(starts, indices, config.temperature, dtype=dtype, device=device, generator=g)
+    periodic = state.cell is not None and bool(state.pbc.any())
+    structure = structure_observable(config, periodic)
+    first = starts[int(indices[0])]
+    criteria, crit_info = _build_criteria(config, reference, first, structure)
+    names = [getattr(c, "name", type(c).__name__) for c in criteria]
+    diffusion_atoms = None
+    if config.diffusion_species is not None and periodic:
+        diffusion_atoms = (state.species[state.batch == 0] == int(config.diffusion_species))
+        if not bool(diffusion_atoms.any()):
+            raise ValueError(f"diffusion_species={config.diffusion_species}: no such atoms in the starting structures")
+
+    integrator = Langevin(config.dt, units.kT(config.temperature), config.friction, generator=g)
+    n_steps = config.n_steps
+    n_blocks = n_steps // config.check_every
+
+    stable_time = torch.full((R,), float(n_steps) * config.dt, dtype=torch.float64)
+    unstable = torch.zeros(R, dtype=torch.bool)
+    reason = [""] * R
+    active = torch.arange(R)  # global index of each replica in the current (compacted) state
+    n_kinds = 1
+    s_sum = s_count = None
+    n_lags = config.vacf_window
+    vacf_sum = torch.zeros(R, n_lags, dtype=torch.float64)
+    vacf_count = torch.zeros(R, dtype=torch.float64)
+    unwrapped: list[list[torch.Tensor]] = [[] for _ in range(R)]
+    sampler = _Sampler(config, diffusion_atoms is not None)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(n_blocks), desc="evaluate", disable=not config.progress, leave=False)
+    simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
+    for _ in bar:
+        sampler.clear()
+        with torch.enable_grad():
+            state = simulator.run(state, config.check_every, every=math.gcd(config.sample_every, config.vacf_every),
+                                  callback=sampler)
+        fired = torch.zeros(state.n_replicas, dtype=torch.bool, device=state.positions.device)
+        which = [""] * state.n_replicas
+        for name, crit in zip(names, criteria, strict=True):
+            now = crit(state)
+            for k in torch.nonzero(now & ~fired).flatten().tolist():
+                which[k] = name
+            fired = fired | now
+        fired_cpu = fired.cpu()
+        ok = ~fired_cpu
+        # observables of the block, kept for the replicas still stable at its end
+        if sampler.positions and bool(ok.any()):
+            part = _structure_of_frames(structure, sampler.positions, state).cpu()
+            if s_sum is None:
+                n_kinds = part.shape[1]
+                s_sum = torch.zeros(R, *part.shape[1:], dtype=torch.float64)
+                s_count = torch.zeros(R, dtype=torch.float64)
+            s_sum[active[ok]] += part[ok]
+            s_count[active[ok]] += len(sampler.positions)
+        if len(sampler.velocities) >= n_lags and bool(ok.any()):
+            c = obs.vacf(torch.stack(sampler.velocities), window=n_lags, batch=state.batch).cpu()
+            vacf_sum[active[ok]] += c[ok]
+            vacf_count[active[ok]] += 1
+        if diffusion_atoms is not None and sampler.unwrapped:
+            frames = torch.stack(sampler.unwrapped)  # [T, n_atoms, 3]
+            per = frames.view(frames.shape[0], state.n_replicas, -1, 3)
+            for k in torch.nonzero(ok).flatten().tolist():
+                unwrapped[int(active[k])].append(per[:, k][:, diffusion_atoms.cpu()].double())
+        # first passage: record and drop the replicas whose criterion fired
+        if bool(fired_cpu.any()):
+            frozen_step = state.frozen_step.cpu()
+            for k in torch.nonzero(fired_cpu).flatten().tolist():
+                gk = int(active[k])
+                step = int(frozen_step[k]) if which[k] == "non_finite" and int(frozen_step[k]) >= 0 else state.step
+                stable_time[gk] = step * config.dt
+                unstable[gk] = True
+                reason[gk] = which[k]
+            keep = ~fired
+            for crit in criteria:
+                crit.select(torch.nonzero(keep).flatten())
+            active = active[ok]
+            if active.numel() == 0:
+                break
+            state = _subset_state(state, keep)
+            simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
+        bar.set_postfix(stable=f"{active.numel()}/{R}", t_ps=f"{state.step * config.dt / 1000:.1f}")
+    bar.close()
+
+    # ------------------------------------------------------------------ observables of the stable parts
+    if s_sum is None:
+        n_bins = structure.n_bins
+        n_kinds = len(structure.kinds(first["species"].long())) if periodic else 1
+        s_sum = torch.zeros(R, n_kinds, n_bins, dtype=torch.float64)
+        s_count = torch.zeros(R, dtype=torch.float64)
+    total = s_count.sum()
+    model_s = (s_sum.sum(0) / total).numpy() if total > 0 else np.full(tuple(s_sum.shape[1:]), np.nan)
+    ref_s = structure.reference(reference).double()
+    ref_s = (ref_s if ref_s.dim() == 2 else ref_s.unsqueeze(0)).numpy()
+    err = (np.abs(model_s - ref_s).sum(-1) * structure.bin_width).tolist() if total > 0 else [math.nan] * n_kinds
+    vacf_mean = (vacf_sum.sum(0) / vacf_count.sum()).numpy() if vacf_count.sum() > 0 else np.full(n_lags, np.nan)
+    diff = None
+    if diffusion_atoms is not None:
+        values = []
+        for frames in unwrapped:
+            if len(frames) and sum(f.shape[0] for f in frames) >= 8:
+                traj = torch.cat(frames)
+                values.append(float(obs.diffusivity(traj, config.sample_every * config.dt)))
+        diff = float(np.mean(values)) if values else None
+    test_metrics = None
+    if test_set is not None:
+        test_metrics = evaluate_energy_forces(model, test_set, batch_size=config.batch_size)
+    if was_training:
+        model.train()
+    result = EvaluationResult(
+        stable_time=stable_time.numpy(), unstable=unstable.numpy(), reason=reason, start_index=indices.numpy(),
+        max_time=float(n_steps) * config.dt, structure="rdf" if periodic else "hr",
+        r=structure.centers.double().numpy(),
+        kinds=[list(k) for k in structure.kinds(first["species"].long())] if periodic else [],
+        model_structure=model_s, reference_structure=ref_s, structure_error=err, vacf=vacf_mean,
+        vacf_dt=config.vacf_every * config.dt, diffusivity=diff, test_metrics=test_metrics,
+        settings=dataclasses.asdict(config), seconds=time.perf_counter() - t_start,
+        n_stable_frames=int(total), extra={"criterion": crit_info})
+    if out_dir is not None:
+        result.save(out_dir, prefix)
+    return result

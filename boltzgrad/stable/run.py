@@ -1,0 +1,140 @@
+"""What the ``boltzgrad`` run commands do with a run configuration (see :mod:`boltzgrad.stable.systems`):
+evaluate models and plot the comparison, simulate, and StABlE-train with logs and plots.
+
+Outputs go under the run's ``out_dir``: ``evaluate/<label>_evaluation.json`` (and CSV tables),
+``evaluate/stable_times.png`` (Fig. 3b), ``evaluate/structure.png`` (Fig. 3c), ``train/`` (checkpoints, CSV log,
+``unstable_fraction.png``, Fig. 3a, and the trained model ``model_stable.pt``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .evaluate import EvaluateConfig, EvaluationResult, evaluate
+from .plots import plot_stable_times, plot_structure
+from .systems import load_data
+
+__all__ = ["evaluate_models", "simulate", "format_table", "SIMULATE_FIELDS"]
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def format_table(results: dict[str, EvaluationResult]) -> str:
+    """A text table of the headline numbers of several evaluations (one column per label)."""
+    labels = list(results)
+    first = next(iter(results.values()))
+    s_name = "h(r) error" if first.structure == "hr" else "RDF error (max pair)"
+    rows = [
+        ("replicas x max time (ps)", lambda r: f"{r.stable_time.shape[0]} x {r.max_time / 1000:.3g}"),
+        ("median stable time (ps)", lambda r: _fmt(r.median_stable_time / 1000, ".3g")),
+        ("replicas stable to the end", lambda r: f"{int((~r.unstable).sum())}/{r.unstable.shape[0]}"),
+        (f"{s_name} (A)", lambda r: _fmt(None if r.structure_error is None else max(r.structure_error), ".4f")),
+        ("force MAE (eV/A)", lambda r: _fmt(None if r.test_metrics is None else r.test_metrics["force_mae"], ".4f")),
+        ("energy MAE (eV)", lambda r: _fmt(None if r.test_metrics is None else r.test_metrics["energy_mae"], ".4f")),
+    ]
+    if first.diffusivity is not None:
+        rows.append(("diffusivity (A^2/fs)", lambda r: _fmt(r.diffusivity, ".3e")))
+    width = max(len(n) for n, _ in rows) + 2
+    col = max(12, *(len(label) + 2 for label in labels))
+    lines = [" " * width + "".join(label.rjust(col) for label in labels)]
+    for name, get in rows:
+        lines.append(name.ljust(width) + "".join(get(results[label]).rjust(col) for label in labels))
+    return "\n".join(lines)
+
+
+def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, data: dict | None = None,
+                    evaluate_overrides: dict | None = None, verbose: bool = True) -> dict[str, EvaluationResult]:
+    """Evaluate each ``(label, model)`` on the run's protocol; save results and the comparison plots.
+
+    Args:
+        models: labels and potentials (the first is the baseline drawn first).
+        cfg: run configuration (``load_run_config``).
+        data: the datasets of ``load_data(cfg["data"])`` if already loaded.
+        evaluate_overrides: fields replacing those of ``cfg["evaluate"]``.
+    Returns:
+        label -> :class:`~boltzgrad.stable.evaluate.EvaluationResult`; files in ``<out_dir>/evaluate``.
+    """
+    if not models:
+        raise ValueError("models must hold at least one (label, model) pair")
+    labels = [label for label, _ in models]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be distinct, got {labels}")
+    try:
+        config = EvaluateConfig.from_dict({**cfg["evaluate"], **(evaluate_overrides or {})})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config section 'evaluate': {err}") from err
+    data = load_data(cfg["data"]) if data is None else data
+    out = os.path.join(cfg["out_dir"], "evaluate")
+    results = {}
+    for label, model in models:
+        if verbose:
+            print(f"evaluate {label}: {config.replicas} replicas x {config.n_steps * config.dt / 1000:.4g} ps at "
+                  f"{config.temperature:g} K from {len(data['starts'])} held-out structures ...", flush=True)
+        results[label] = evaluate(model, config, data["starts"], reference=data["reference"], test_set=data["test"],
+                                  out_dir=out, prefix=f"{label}_")
+        if verbose:
+            r = results[label]
+            print(f"evaluate {label}: median stable time {r.median_stable_time / 1000:.4g} ps, "
+                  f"{int((~r.unstable).sum())}/{r.unstable.shape[0]} stable to the end ({r.seconds:.0f} s)", flush=True)
+    first = results[labels[0]]
+    plots = {
+        "stable_times": plot_stable_times({k: r.stable_time for k, r in results.items()},
+                                          os.path.join(out, "stable_times.png"), max_time=first.max_time),
+        "structure": plot_structure(first.r, {k: r.model_structure for k, r in results.items()},
+                                    os.path.join(out, "structure.png"), reference=first.reference_structure,
+                                    kinds=first.kinds),
+    }
+    if verbose:
+        print(format_table(results))
+        print(f"results in {out}/ (*_evaluation.json, *_stable_times.csv, *_structure.csv); plots: "
+              f"{plots['stable_times']}, {plots['structure']}")
+    return results
+
+
+SIMULATE_FIELDS = {"replicas": 1, "steps": 1000, "dt": 0.5, "temperature": 500.0, "friction": 1e-3, "every": 10,
+                   "seed": 0}
+
+
+def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, data: dict | None = None) -> dict:
+    """Langevin MD of ``model`` from the run's starting structures (``simulate`` section: replicas, steps, dt in fs,
+    temperature in K, friction in 1/fs, every = steps between written frames, seed); writes extended XYZ."""
+    from ..md import Langevin, Simulator, TrajectoryBuffer, units, write_extxyz
+    from ..train import _model_dtype_device
+    from .evaluate import start_state
+
+    section = dict(cfg["simulate"])
+    unknown = sorted(set(section) - set(SIMULATE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {['simulate.' + k for k in unknown]}; "
+                         f"known: {list(SIMULATE_FIELDS)}")
+    s = {**SIMULATE_FIELDS, **section}
+    for k in ("replicas", "steps", "every"):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
+            raise ValueError(f"config field 'simulate.{k}' must be an int >= 1, got {s[k]!r}")
+    for k in ("dt", "temperature", "friction"):
+        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] > 0:
+            raise ValueError(f"config field 'simulate.{k}' must be a number > 0, got {s[k]!r}")
+    data = load_data(cfg["data"]) if data is None else data
+    starts = data["starts"]
+    dtype, device = _model_dtype_device(model)
+    g = torch.Generator(device=device).manual_seed(int(s["seed"]))
+    idx = torch.tensor([int(k * len(starts) / s["replicas"]) for k in range(s["replicas"])], dtype=torch.int64)
+    state = start_state(starts, idx, float(s["temperature"]), dtype=dtype, device=device, generator=g)
+    buffer = TrajectoryBuffer(s["steps"] // s["every"] + 1)
+    sim = Simulator(model, Langevin(float(s["dt"]), units.kT(float(s["temperature"])), float(s["friction"]),
+                                    generator=g))
+    state = sim.run(state, s["steps"], every=s["every"], callback=buffer)
+    output = output or os.path.join(cfg["out_dir"], "simulate.extxyz")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    write_extxyz(output, buffer)
+    frozen = state.frozen.cpu()
+    summary = {"frames": len(buffer), "replicas": s["replicas"], "steps": s["steps"], "output": output,
+               "frozen_replicas": int(frozen.sum()), "final_temperature_K": state.temperature().cpu().tolist()}
+    print(f"simulate: {s['replicas']} replica(s) x {s['steps']} steps ({s['steps'] * s['dt'] / 1000:.4g} ps) at "
+          f"{s['temperature']} K; {int(frozen.sum())} blew up; {len(buffer)} frames written to {output}")
+    return summary

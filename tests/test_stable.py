@@ -403,3 +403,43 @@ def test_misconfigured_criterion_is_caught_on_the_reference_structures():
     with pytest.raises(ValueError, match="min_distance.*bond_mult"):
         StableTrainer(bg.models.PairMLP(cutoff=3.5, hidden=(8,)).double(), data,
                       _config(criterion="min_distance", bond_mult=0.5, observable="distance_histogram"))
+
+
+def test_a_stable_model_ends_training_and_budgets_stop_it(toy_data, tmp_path, monkeypatch, caplog):
+    import sys
+    import types
+
+    # the true potential (plus a zero correction) is stable: training ends after max_simulation_steps
+    true = _weak_model(eps=EPS)
+    result = StableTrainer(true, toy_data, _config(tau=30, check_every=10, max_simulation_steps=90)).fit()
+    assert result.stop_reason == "stable" and result.cycles == 0
+    assert [r["phase"] for r in result.history] == ["simulate"] * 3
+    assert result.history[-1]["md_steps"] == 90
+    # max_steps stops in the middle of a phase
+    result = StableTrainer(_weak_model(), toy_data, _config(tau=30, check_every=10, max_steps=60)).fit()
+    assert result.stop_reason == "max_steps" and result.history[-1]["md_steps"] == 60
+    # TensorBoard scalars when torch.utils.tensorboard works, a one-line notice when it does not
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    StableTrainer(_weak_model(), toy_data, _config(tau=30, check_every=10, max_steps=60, tensorboard=True),
+                  out_dir=tmp_path / "tb").fit()
+    assert ("stable/unstable_fraction", scalars[0][1], 0) == scalars[0] and len(scalars) >= 2
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with caplog.at_level("WARNING"):
+        StableTrainer(_weak_model(), toy_data, _config(tau=30, check_every=10, max_steps=30, tensorboard=True),
+                      out_dir=tmp_path / "no_tb").fit()
+    assert "TensorBoard scalars skipped" in caplog.text

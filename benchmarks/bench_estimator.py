@@ -44,6 +44,9 @@ import torch
 
 import boltzgrad as bg
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import append_section  # noqa: E402
+
 N_ATOMS = 21
 KT = 0.0431  # eV, 500 K
 
@@ -251,11 +254,7 @@ def main():
         cmd = "nice -n 10 .venv/bin/python benchmarks/bench_estimator.py " + " ".join(sys.argv[1:])
         section = (f"\n## Boltzmann-estimator gradient: weighted backward vs explicit Jacobians "
                    f"({time.strftime('%Y-%m-%d')})\n\n{table}\n\nCommand: `{cmd.strip()}`\n")
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-        old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-        with open(path + ".tmp", "w") as f:
-            f.write(old + section)
-        os.replace(path + ".tmp", path)
+        append_section(section)
     ok_mem = res["c"]["peak"] >= 10 * res["a"]["peak"]
     ok_time = res["a"]["time"] <= 2 * res["plain"]["time"]
     print(f"targets: (a) peak memory 10x below (c): {'met' if ok_mem else 'NOT met'}; "

@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -33,6 +34,9 @@ import torch
 
 import boltzgrad as bg
 from boltzgrad.models import SchNet, energy_and_forces
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import append_section  # noqa: E402
 
 R, N = 128, 21
 ASPIRIN = [6] * 9 + [8] * 4 + [1] * 8  # C9H8O4
@@ -124,12 +128,11 @@ def main() -> None:
     print(table)
     if not args.quick:
         cmd = "python benchmarks/bench_schnet.py" + (f" --threads {args.threads}" if args.threads != 1 else "")
-        with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "a") as f:
-            f.write(
-                f"\n## SchNet energies + forces, 128 x 21 atoms ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `{cmd}` ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
-                f"torch {torch.__version__}; CPU-time medians of {repeats} steps). {info}.\n\n" + table + "\n"
-            )
+        append_section(
+            f"\n## SchNet energies + forces, 128 x 21 atoms ({time.strftime('%Y-%m-%d')})\n\n"
+            f"Command: `{cmd}` ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
+            f"torch {torch.__version__}; CPU-time medians of {repeats} steps). {info}.\n\n" + table + "\n"
+        )
 
 
 if __name__ == "__main__":

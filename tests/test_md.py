@@ -543,3 +543,42 @@ def test_atoms_helper_roundtrip():
                     torch.tensor(at.get_masses()), torch.tensor(at.numbers), cell=at.cell.array, pbc=True)
     assert s.cell.shape == (1, 3, 3) and s.pbc.shape == (1, 3) and s.species.tolist() == [18, 18]
     assert s.volume().item() == pytest.approx(1000.0)
+
+
+def test_verlet_pairs_cover_every_pair_within_the_cutoff_and_match_neighbor_list_runs():
+    """The default candidate list holds every pair within the cutoff at every step (a superset of
+    bg.neighbor_list), searches rarely, searches again when batch or cell change, and gives the same
+    trajectory as a run on bg.NeighborList."""
+    state = argon_state(2, 80.0)
+    cutoff = 5.2
+    vp = bg.md.VerletPairs(cutoff, skin=0.6)
+    sim = bg.md.Simulator(bg.models.LennardJones(**ARGON, cutoff=cutoff), bg.md.VelocityVerlet(5.0),
+                          neighbor_list=vp)
+    assert bg.md.Simulator(bg.models.LennardJones(**ARGON, cutoff=cutoff), bg.md.VelocityVerlet(5.0)
+                           ).neighbor_list.cutoff == cutoff  # the default is such a list at the model's cutoff
+
+    def check(s, step):
+        cand = vp(s.positions, batch=s.batch, cell=s.cell, pbc=s.pbc)
+        exact = bg.neighbor_list(s.positions, cutoff, batch=s.batch, cell=s.cell, pbc=True)
+        key = lambda i, j, sh: set(zip(i.tolist(), j.tolist(), map(tuple, sh.tolist()), strict=True))  # noqa: E731
+        assert key(exact.i, exact.j, exact.shifts) <= key(cand.i, cand.j, cand.shifts)
+        assert len(cand) > len(exact)  # the skin adds candidates: the superset check is not trivial
+
+    end = sim.run(state, 200, every=10, callback=check)
+    assert 1 < vp.n_builds < 100  # re-used between searches, searched again as atoms moved
+    ref = bg.md.Simulator(bg.models.LennardJones(**ARGON, cutoff=cutoff), bg.md.VelocityVerlet(5.0),
+                          neighbor_list=bg.NeighborList(cutoff, skin=0.6)).run(state, 200)
+    torch.testing.assert_close(end.positions, ref.positions, rtol=1e-10, atol=1e-10)
+    assert (end.positions - state.positions).abs().max() > 0.5
+    # a changed cell or batch forces a new search even without motion (the final wrap into the box moved
+    # some atoms by a box vector: the first call may search)
+    vp(end.positions, batch=end.batch, cell=end.cell, pbc=True)
+    n = vp.n_builds
+    vp(end.positions, batch=end.batch, cell=end.cell, pbc=True)
+    assert vp.n_builds == n
+    vp(end.positions, batch=end.batch, cell=end.cell * 1.01, pbc=True)
+    assert vp.n_builds == n + 1
+    vp(end.positions, batch=torch.zeros_like(end.batch), cell=end.cell[:1] * 1.01, pbc=True)
+    assert vp.n_builds == n + 2
+    with pytest.raises(ValueError, match="skin"):
+        bg.md.VerletPairs(3.0, skin=-1.0)

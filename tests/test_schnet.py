@@ -295,7 +295,7 @@ def test_runs_in_the_md_simulator_with_its_verlet_list():
     vel = bg.md.maxwell_boltzmann(masses, 0.05, batch=batch, generator=g)
     state = bg.md.State(pos, vel, masses, species, batch=batch)
     sim = bg.md.Simulator(model, bg.md.VelocityVerlet(0.1))
-    assert isinstance(sim.neighbor_list, bg.NeighborList) and sim.neighbor_list.cutoff == 3.5
+    assert isinstance(sim.neighbor_list, bg.md.VerletPairs) and sim.neighbor_list.cutoff == 3.5
 
     def total(s):
         return s.energy + bg.md.kinetic_energy(s.velocities, masses, batch, 2)

@@ -8,6 +8,7 @@ from .integrators import BerendsenNPT, Integrator, Langevin, NoseHoover, Velocit
 from .simulator import Simulator
 from .state import State, kinetic_energy, maxwell_boltzmann, remove_com_velocity
 from .trajectory import TrajectoryBuffer, write_extxyz
+from .verlet import VerletPairs
 
 __all__ = [
     "units",
@@ -23,4 +24,5 @@ __all__ = [
     "Simulator",
     "TrajectoryBuffer",
     "write_extxyz",
+    "VerletPairs",
 ]

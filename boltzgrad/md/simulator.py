@@ -11,6 +11,7 @@ from ..models.base import accepts_pairs, energy_and_forces, energy_forces_virial
 from .integrators import Integrator
 from .state import State
 from .trajectory import TrajectoryBuffer
+from .verlet import VerletPairs
 
 
 def _replica_any(mask_atoms: torch.Tensor, batch: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -25,7 +26,8 @@ class Simulator:
     """Runs R replicas of one potential with an integrator; robust to replicas that blow up.
 
     Each step makes one batched model call for all replicas. Pair potentials (``accepts_pairs``) get their
-    pairs from one Verlet ``NeighborList`` (cutoff = the model's, with a skin) shared by the whole batch.
+    pairs from one Verlet list shared by the whole batch: by default a :class:`~boltzgrad.md.VerletPairs`
+    (candidates within the model's cutoff + skin, searched again only when needed, filtered by the model).
 
     A replica is frozen (its last finite state kept, ``state.frozen[r]`` set, ``state.frozen_step[r]`` the step)
     when, during a step, any of its positions, velocities, forces, cell or its energy became non-finite, or
@@ -37,10 +39,10 @@ class Simulator:
     Args:
         model: a potential (see :mod:`boltzgrad.models.base`).
         integrator: a :class:`~boltzgrad.md.integrators.Integrator`.
-        neighbor_list: a ``bg.NeighborList`` (half list, cutoff >= the model's) for models with
-            ``accepts_pairs``; default: ``bg.NeighborList(model.cutoff, skin=skin)`` for such models,
-            none otherwise (the model then finds its own neighbours).
-        skin: Verlet skin of the default neighbour list, Å.
+        neighbor_list: a ``bg.NeighborList`` or :class:`~boltzgrad.md.VerletPairs` (half list, cutoff >= the
+            model's) for models with ``accepts_pairs``; default: ``VerletPairs(model.cutoff, skin=skin)`` for
+            such models, none otherwise (the model then finds its own neighbours).
+        skin: Verlet skin of the default list, Å.
         max_displacement: Å per step beyond which an atom counts as exploding (None: no such check).
         wrap_every: wrap positions back into periodic boxes every this many steps (None: never);
             ``state.image`` keeps the unwrapped trajectory.
@@ -57,9 +59,7 @@ class Simulator:
         if neighbor_list is not None and not accepts_pairs(model):
             raise ValueError(f"neighbor_list was given but the model {type(model).__name__} does not take pairs")
         if neighbor_list is None and accepts_pairs(model) and hasattr(model, "cutoff"):
-            from ..neighbors import NeighborList
-
-            neighbor_list = NeighborList(float(model.cutoff), skin=skin)
+            neighbor_list = VerletPairs(float(model.cutoff), skin=skin)
         if max_displacement is not None and not (float(max_displacement) > 0):
             raise ValueError(f"max_displacement must be > 0 (Å) or None, got {max_displacement}")
         if wrap_every is not None and int(wrap_every) < 1:

@@ -69,7 +69,8 @@ def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False,
     d2 = (vectors * vectors).sum(-1)
     keep = d2 < cutoff * cutoff
     if not bool(keep.all()):
-        i, j, vectors, d2 = i[keep], j[keep], vectors[keep], d2[keep]
+        idx = keep.nonzero().squeeze(1)  # one index for all four (cheaper than four boolean masks)
+        i, j, vectors, d2 = i[idx], j[idx], vectors[idx], d2[idx]
     return i, j, vectors, torch.sqrt(d2), batch, n_rep
 
 

@@ -215,6 +215,11 @@ def test_end_to_end_stable_training_reduces_the_unstable_fraction(toy_data, tmp_
     hist = json.loads((out / "history.json").read_text())
     assert [r["unstable_fraction"] for r in hist["history"]] == result.unstable_fraction()
     assert hist["stop_reason"] == "max_cycles" and hist["cycles"] == 2
+    summary = result.cycle_summary()
+    assert hist["cycle_summary"] == summary and [c["cycle"] for c in summary] == [0, 1]
+    assert all(c["complete"] and c["rewind_fraction"] > cfg.upper_threshold for c in summary)
+    assert all(c["last_learn_fraction"] < cfg.lower_threshold <= c["first_learn_fraction"] for c in summary)
+    assert sum(c["learning_steps"] for c in summary) == result.history[-1]["learning_step"]
     lines = (out / "log.csv").read_text().strip().splitlines()
     assert lines[0].startswith("unit,cycle,phase") and len(lines) == len(result.history) + 1
     state = torch.load(out / "model.pt", weights_only=True)

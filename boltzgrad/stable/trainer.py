@@ -58,7 +58,7 @@ from .checkpoint import (
 )
 from .config import StableConfig
 
-__all__ = ["StableTrainer", "StableResult", "bonded_molecules"]
+__all__ = ["StableTrainer", "StableResult", "bonded_molecules", "cycle_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,35 @@ class StableResult:
     def unstable_fraction(self, phase: str | None = None) -> list[float]:
         """The unstable fraction of every unit (of one ``phase`` only, when given)."""
         return [r["unstable_fraction"] for r in self.history if phase is None or r["phase"] == phase]
+
+    def cycle_summary(self) -> list[dict]:
+        """One dict per cycle, see :func:`cycle_summary`."""
+        return cycle_summary(self.history)
+
+
+def cycle_summary(history: list[dict]) -> list[dict]:
+    """Per-cycle digest of a StABlE history (for tables and plots).
+
+    Each dict: ``cycle``; ``simulation_units`` (τ windows of the simulation phase); ``rewind_fraction``
+    (unstable fraction when the phase rewound, NaN if it did not); ``learning_steps`` (optimizer steps);
+    ``first_learn_fraction`` / ``last_learn_fraction`` (unstable fraction of the first and last learning
+    windows, NaN without any); ``complete`` (the learning phase ended).
+    """
+    out = []
+    steps_before = 0
+    for c in sorted({r["cycle"] for r in history}):
+        rows = [r for r in history if r["cycle"] == c]
+        steps_after = max(r["learning_step"] for r in rows)
+        sim = [r for r in rows if r["phase"] == "simulate"]
+        learn = [r for r in rows if r["phase"] == "learn"]
+        rewind = [r["unstable_fraction"] for r in sim if r["event"] == "rewind"]
+        out.append({"cycle": c, "simulation_units": len(sim), "rewind_fraction": rewind[-1] if rewind else math.nan,
+                    "learning_steps": steps_after - steps_before,
+                    "first_learn_fraction": learn[0]["unstable_fraction"] if learn else math.nan,
+                    "last_learn_fraction": learn[-1]["unstable_fraction"] if learn else math.nan,
+                    "complete": any(r["event"] == "learn_done" for r in learn)})
+        steps_before = steps_after
+    return out
 
 
 def bonded_molecules(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
@@ -666,7 +695,8 @@ class StableTrainer:
         if self.out_dir is None:
             return
         text = json.dumps({"history": self.history, "cycles": self.cycle, "stop_reason": self.stop_reason,
-                           "config": self.config.to_dict()}, indent=1, default=float)
+                           "cycle_summary": cycle_summary(self.history), "config": self.config.to_dict()},
+                          indent=1, default=float)
         atomic_write_bytes(os.path.join(self.out_dir, HISTORY_JSON), text.encode())
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore")

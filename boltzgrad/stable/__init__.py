@@ -18,5 +18,4 @@ from .trainer import StableResult, StableTrainer, bonded_molecules, cycle_summar
 
 __all__ = ["BondLengthCriterion", "MinDistanceCriterion", "RDFCriterion", "NonFinite", "StabilityMonitor",
            "StableConfig", "StableTrainer", "StableResult", "bonded_molecules", "cycle_summary", "CheckpointError",
-           "save_checkpoint",
-           "load_checkpoint"]
+           "save_checkpoint", "load_checkpoint"]

@@ -1,4 +1,4 @@
-"""Cost of the Boltzmann-estimator gradient: weighted single backward vs explicit Jacobians (issue 4, point 7).
+"""Cost of the Boltzmann-estimator gradient: weighted single backward vs explicit Jacobians.
 
 Question: for a ~120k-parameter model, M = 2560 samples of 21 atoms and K = 500 h(r) bins, what
 do the three ways of computing ``2 (Obar - target)^T J`` cost in time and peak memory?
@@ -11,21 +11,22 @@ do the three ways of computing ``2 (Obar - target)^T J`` cost in time and peak m
     gradients of a minibatch, then the ``[B, K, P]`` product ``(O_m - Obar) g_m^T``, summed.
 Reference: a plain forward + backward of ``sum_m U(x_m)`` over the same M samples, same chunks.
 
-The model is an MLP on Gaussian features of all 210 pair distances (written here so that
-torch.func can vmap it); the samples are random distortions of one 21-atom geometry (the
-estimator's cost does not depend on where the samples come from).
+The model (``--model``) is an MLP on Gaussian features of all 210 pair distances (``mlp``, written here
+so that torch.func can vmap it) or ``bg.models.SchNet()`` at paper size (``schnet``, 118k parameters;
+vmapped through one shared, masked list of all pairs); the samples are random distortions of one 21-atom
+geometry (the estimator's cost does not depend on where the samples come from).
 
 Times are CPU times of the process (``time.process_time``: all its threads), robust to other
 load on a shared machine; wall times are printed too. Default one thread.
 
-Correctness first: on a float64 copy and 48 samples the three gradients must agree to 1e-8;
+Correctness first: on a float64 copy and 48 samples (16 for SchNet) the three gradients must agree to 1e-8;
 on the full float32 run (a) and (b) must agree to 1e-3 relative. Each method then runs in a fresh
 subprocess; peak memory is the rise of the process's peak RSS (VmHWM, reset through
 /proc/self/clear_refs) above its RSS after setup. (c) is timed on ``--c-samples`` samples and
 its time scaled linearly to M (its peak memory is that of one minibatch, independent of M);
 ``--c-samples 2560`` runs it in full.
 
-Run: nice -n 10 .venv/bin/python benchmarks/bench_estimator.py [--append]
+Run: nice -n 10 .venv/bin/python benchmarks/bench_estimator.py [--model schnet] [--append]
 """
 
 from __future__ import annotations
@@ -74,9 +75,38 @@ class PairDistanceMLP(torch.nn.Module):
         return self.mlp(phi).squeeze(-1).sum(-1)
 
 
-def setup(m, dtype, seed=0):
+class SchNetEnergies(torch.nn.Module):
+    """``bg.models.SchNet()`` at paper size as ``x [..., N, 3] -> energies [...]`` (aspirin's C9H8O4 species).
+
+    A batch ``[B, N, 3]`` is one flat call (SchNet's own neighbour list); a single sample ``[N, 3]`` (what
+    torch.func's vmap hands over) uses one shared list of all ``i < j`` pairs, which SchNet masks by its
+    cutoff without data-dependent shapes, so per-sample gradients can be vmapped.
+    """
+
+    def __init__(self, n_atoms=N_ATOMS):
+        super().__init__()
+        self.schnet = bg.models.SchNet()
+        self.register_buffer("species", torch.tensor(([6] * 9 + [8] * 4 + [1] * 8)[:n_atoms]))
+        i, j = torch.triu_indices(n_atoms, n_atoms, 1)
+        self.pairs = bg.Pairs(i, j, torch.zeros(i.shape[0], 3, dtype=torch.int64), torch.zeros(i.shape[0], 3),
+                              torch.zeros(i.shape[0]), num_pairs=torch.tensor(i.shape[0]), overflow=torch.tensor(False))
+
+    def forward(self, x):
+        n = x.shape[-2]
+        if x.dim() == 2:
+            return self.schnet(x, self.species, pairs=self.pairs)["energy"].sum()
+        b = x.shape[0]
+        batch = torch.arange(b, device=x.device).repeat_interleave(n)
+        return self.schnet(x.reshape(-1, 3), self.species.repeat(b), batch=batch)["energy"]
+
+
+MODELS = {"mlp": PairDistanceMLP, "schnet": SchNetEnergies}
+MODEL_NAMES = {"mlp": "MLP on pair distances", "schnet": "bg.models.SchNet (paper size)"}
+
+
+def setup(m, dtype, seed=0, model_name="mlp"):
     torch.manual_seed(seed)
-    model = PairDistanceMLP().to(dtype)
+    model = MODELS[model_name]().to(dtype)
     g = torch.Generator().manual_seed(seed + 1)
     base = torch.randn(N_ATOMS, 3, generator=g, dtype=torch.float64) * 1.6
     x = (base + 0.15 * torch.randn(m, N_ATOMS, 3, generator=g, dtype=torch.float64)).to(dtype)
@@ -129,18 +159,19 @@ def method_c(model, x, obs, target, batch, m_total):
     return 2 * (obs.mean(0) - target) @ jac
 
 
-def check_agreement():
-    model, x, obs, target = setup(48, torch.float64)
+def check_agreement(model_name):
+    m, c_batch = (48, 8) if model_name == "mlp" else (16, 2)  # float64 [B, K, P] of SchNet: 0.5 GB per sample
+    model, x, obs, target = setup(m, torch.float64, model_name=model_name)
     ga = method_a(model, x, obs, target, 16)
     gb = method_b(model, x, obs, target, 16)
-    gc = method_c(model, x, obs, target, 8, 48)
+    gc = method_c(model, x, obs, target, c_batch, m)
     scale = ga.abs().max().item()
     for name, g in (("(b)", gb), ("(c)", gc)):
         err = (g - ga).abs().max().item() / scale
         if not err < 1e-8:
             raise SystemExit(f"disagreement: {name} vs (a) max relative error {err:.2e}")
     worst = max((gb - ga).abs().max().item(), (gc - ga).abs().max().item()) / scale
-    print(f"agreement (float64, M=48): (b), (c) match (a) to {worst:.1e} (max relative)", flush=True)
+    print(f"agreement (float64, M={m}): (b), (c) match (a) to {worst:.1e} (max relative)", flush=True)
 
 
 def _status(key):
@@ -154,7 +185,7 @@ def _status(key):
 def worker(args):
     """Runs one method in this (fresh) process; prints a JSON line with time and peak memory."""
     torch.set_num_threads(args.threads)
-    model, x, obs, target = setup(args.m, torch.float32)
+    model, x, obs, target = setup(args.m, torch.float32, model_name=args.model)
     n_c = min(args.c_samples, args.m)
     runs = {  # each takes the number of samples to use
         "plain": lambda n: method_plain(model, x[:n], args.chunk),
@@ -188,7 +219,7 @@ def worker(args):
 def run_worker(name, args, tmp, repeat):
     cmd = [sys.executable, __file__, "--worker", name, "--m", str(args.m), "--chunk", str(args.chunk),
            "--batch", str(args.batch), "--c-batch", str(args.c_batch), "--c-samples", str(args.c_samples),
-           "--threads", str(args.threads), "--repeat", str(repeat), "--tmp", tmp]
+           "--threads", str(args.threads), "--repeat", str(repeat), "--tmp", tmp, "--model", args.model]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"worker {name} failed:\n{res.stderr}")
@@ -203,6 +234,8 @@ def main():
     ap.add_argument("--c-batch", type=int, default=8, help="minibatch of (c) ([B, K, P] product)")
     ap.add_argument("--c-samples", type=int, default=256, help="samples (c) is timed on (time scaled to M)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", choices=sorted(MODELS), default="mlp",
+                    help="mlp: MLP on pair distances; schnet: bg.models.SchNet() at paper size")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -212,7 +245,7 @@ def main():
         worker(args)
         return
 
-    check_agreement()
+    check_agreement(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         res = {}
         for name, rep in (("plain", args.repeat), ("a", args.repeat), ("b", 1), ("c", 1)):
@@ -238,9 +271,11 @@ def main():
          res["c"]["wall_full"], res["c"]["peak"]),
     ]
     lines = [
-        f"P = {p:,} parameters, M = {args.m} samples x {N_ATOMS} atoms, K = 500 bins, float32, "
+        f"{MODEL_NAMES[args.model]}, P = {p:,} parameters, M = {args.m} samples x {N_ATOMS} atoms, K = 500 bins, "
+        "float32, "
         f"{args.threads} thread(s); chunk {args.chunk} for (a)/plain. Gradients agree: (b) vs (a) {rel:.1e} "
-        "relative (float32, full run); (a), (b), (c) to 1e-8 in float64 on 48 samples.",
+        f"relative (float32, full run); (a), (b), (c) to 1e-8 in float64 on {48 if args.model == 'mlp' else 16} "
+        "samples.",
         "",
         "| method | CPU time (s) | wall (s) | peak memory (MB) | CPU time / plain | (c) peak / this peak |",
         "|---|---|---|---|---|---|",

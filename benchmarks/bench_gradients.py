@@ -142,42 +142,13 @@ def start_state(starts: torch.Tensor, seed: int) -> bg.md.State:
     return lj32.make_state(pos, generator=torch.Generator().manual_seed(1000 + seed))
 
 
-def estimator_gradient(model, state, n, target, every, seed, chunk=50):
-    """Boltzmann-estimator gradient from n Langevin steps (a sample every ``every`` steps); returns (grads, loss)."""
-    rdf = lj32.rdf_observable()
-    frames, obs = [], []
+def sample_and_backward(model, state, n_steps, every, target, gen, *, split=False, chunk=50):
+    """Langevin sampling of the R replicas of ``state`` (a sample every ``every`` steps), then the chunked
+    Boltzmann-estimator backward of the RDF loss into the parameters' ``.grad``.
 
-    def record(s, step):
-        frames.append(s.positions.detach().clone())
-        obs.append(rdf(s.positions, s.species, batch=s.batch, cell=s.cell, pbc=s.pbc).detach())
-
-    integ = bg.md.Langevin(lj32.DT, lj32.KT, 1.0 / (100 * lj32.DT), generator=torch.Generator().manual_seed(seed))
-    sim = bg.md.Simulator(model, integ, skin=1.0, max_displacement=None, wrap_every=50)
-    sim.run(state, n, every=every, callback=record)
-    samples = torch.stack(frames)  # [M, n_atoms, 3]
-    observables = torch.cat(obs).reshape(samples.shape[0], -1)  # [M, K]  (one replica per state)
-    species, cell = state.species, state.cell
-
-    def energy_fn(x):
-        b = x.shape[0]
-        pos = x.reshape(-1, 3)
-        batch = torch.arange(b).repeat_interleave(x.shape[1])
-        return model(pos, species.repeat(b), batch=batch, cell=cell.expand(b, 3, 3), pbc=True)["energy"]
-
-    model.zero_grad(set_to_none=True)
-    est = bg.BoltzmannEstimator(lj32.KT)
-    loss = est.backward(energy_fn, samples, observables, target.to(observables.dtype), chunk_size=chunk)
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    return grads, float(loss)
-
-
-def reference_gradient(model, starts, target, n_replicas, n_equil, n_steps, every, seed=12345, chunk=50):
-    """High-sample Boltzmann-estimator gradient: R replicas (batched), Langevin, a sample every ``every`` steps."""
-    R = min(n_replicas, starts.shape[0])
-    state = lj32.make_state(starts[:R].reshape(-1, 3).to(torch.float32), generator=torch.Generator().manual_seed(seed))
-    gen = torch.Generator().manual_seed(seed)
-    state = lj32.equilibrate(model, state, n_equil, generator=gen)
+    Returns ``(final state, loss value, number of samples M)``.
+    """
+    R = state.n_replicas
     rdf = lj32.rdf_observable()
     frames, obs = [], []
 
@@ -188,23 +159,40 @@ def reference_gradient(model, starts, target, n_replicas, n_equil, n_steps, ever
     integ = bg.md.Langevin(lj32.DT, lj32.KT, 1.0 / (100 * lj32.DT), generator=gen)
     sim = bg.md.Simulator(model, integ, skin=1.0, max_displacement=None, wrap_every=50)
     with torch.no_grad():
-        sim.run(state, n_steps, every=every, callback=record)
-    samples = torch.cat(frames)
-    observables = torch.cat(obs)
-    species = state.species[: lj32.N_ATOMS]
-    cell = state.cell[:1]
+        final = sim.run(state, n_steps, every=every, callback=record)
+    samples, observables = torch.cat(frames), torch.cat(obs)  # [M, 32, 3], [M, K]
+    species, cell = state.species[: lj32.N_ATOMS], state.cell[:1]
 
     def energy_fn(x):
         b = x.shape[0]
         batch = torch.arange(b).repeat_interleave(x.shape[1])
         return model(x.reshape(-1, 3), species.repeat(b), batch=batch, cell=cell.expand(b, 3, 3), pbc=True)["energy"]
 
-    model.zero_grad(set_to_none=True)
     loss = bg.BoltzmannEstimator(lj32.KT).backward(energy_fn, samples, observables, target.to(observables.dtype),
-                                                   chunk_size=chunk, split=True)
+                                                   chunk_size=chunk, split=split)
+    return final, float(loss), int(samples.shape[0])
+
+
+def estimator_gradient(model, state, n, target, every, seed):
+    """Boltzmann-estimator gradient from n Langevin steps (a sample every ``every`` steps); returns (grads, loss)."""
+    model.zero_grad(set_to_none=True)
+    _, loss, _ = sample_and_backward(model, state, n, every, target, torch.Generator().manual_seed(seed))
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads, loss
+
+
+def reference_gradient(model, starts, target, n_replicas, n_equil, n_steps, every, seed=12345):
+    """High-sample Boltzmann-estimator gradient: R replicas (batched), Langevin, a sample every ``every`` steps."""
+    R = min(n_replicas, starts.shape[0])
+    state = lj32.make_state(starts[:R].reshape(-1, 3).to(torch.float32), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    state = lj32.equilibrate(model, state, n_equil, generator=gen)
+    model.zero_grad(set_to_none=True)
+    _, loss, m = sample_and_backward(model, state, n_steps, every, target, gen, split=True)
     flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
     model.zero_grad(set_to_none=True)
-    return flat, float(loss), int(samples.shape[0]), observables.mean(0)
+    return flat, loss, m
 
 
 def run_method(method: str, n: int, seed: int, model, starts, target):
@@ -325,32 +313,6 @@ def evaluate_rdf(model, starts, target, n_replicas, n_equil, n_steps, every=10, 
     return lj32.rdf_error(g, target), g.tolist()
 
 
-def _estimator_update(model, chains, gen, rdf, R, cfg, tgt, opt):
-    """One estimator update: advance the R persistent Langevin chains, gradient into ``.grad``."""
-    frames, obs = [], []
-
-    def record(s, step):
-        frames.append(s.positions.detach().clone().view(R, lj32.N_ATOMS, 3))
-        obs.append(rdf(s.positions, s.species, batch=s.batch, cell=s.cell, pbc=s.pbc).reshape(R, -1))
-
-    integ = bg.md.Langevin(lj32.DT, lj32.KT, 1.0 / (100 * lj32.DT), generator=gen)
-    sim = bg.md.Simulator(model, integ, skin=1.0, max_displacement=None, wrap_every=50)
-    with torch.no_grad():
-        chains = sim.run(chains, cfg["est_steps"], every=cfg["est_every"], callback=record)
-    samples, observables = torch.cat(frames), torch.cat(obs)
-    species, cell = chains.species[: lj32.N_ATOMS], chains.cell[:1]
-
-    def energy_fn(x):
-        b = x.shape[0]
-        batch = torch.arange(b).repeat_interleave(x.shape[1])
-        return model(x.reshape(-1, 3), species.repeat(b), batch=batch, cell=cell.expand(b, 3, 3),
-                     pbc=True)["energy"]
-
-    opt.zero_grad(set_to_none=True)
-    loss = float(bg.BoltzmannEstimator(lj32.KT).backward(energy_fn, samples, observables, tgt, chunk_size=40))
-    return chains, loss
-
-
 def train(method: str, cfg: dict, starts, target, seconds: float, log) -> dict:
     """Trains the MLP correction with ``method`` for ``seconds`` of CPU time; returns the history."""
     torch.set_num_threads(1)
@@ -361,13 +323,13 @@ def train(method: str, cfg: dict, starts, target, seconds: float, log) -> dict:
     R = cfg["train_replicas"]
     gen = torch.Generator().manual_seed(31)
     chains = lj32.make_state(starts[:R].reshape(-1, 3).to(torch.float32), generator=gen)
-    rdf = lj32.rdf_observable()
     history = []
     it, chain_idx = 0, 0
     t_start = time.process_time()
     while time.process_time() - t_start < seconds:
         if method == "estimator":
-            chains, loss = _estimator_update(model, chains, gen, rdf, R, cfg, tgt, opt)
+            opt.zero_grad(set_to_none=True)
+            chains, loss, _ = sample_and_backward(model, chains, cfg["est_steps"], cfg["est_every"], tgt, gen, chunk=40)
         else:
             # one replica at a time (cycling through the chains): NVE trajectory with fresh velocities
             r = chain_idx % R
@@ -643,7 +605,7 @@ def main(argv=None) -> None:
         if os.path.exists(ref_path):
             ref, ref_loss, ref_m = torch.load(ref_path)
         else:
-            ref, ref_loss, ref_m, _ = reference_gradient(model, starts, target, cfg["ref_replicas"],
+            ref, ref_loss, ref_m = reference_gradient(model, starts, target, cfg["ref_replicas"],
                                                          10 if args.tiny else 200, cfg["ref_steps"], cfg["ref_every"])
             torch.save((ref, ref_loss, ref_m), ref_path)
         log(f"reference: {ref_m} samples, |g| = {float(ref.norm()):.3g}, loss {ref_loss:.3g}, "

@@ -429,8 +429,9 @@ class BondLengths(_Reference):
         gi = (ptr[:, None] + bonds[None, :, 0]).reshape(-1)
         gj = (ptr[:, None] + bonds[None, :, 1]).reshape(-1)
         d = positions[gj] - positions[gi]
-        cell = _check_cell(cell, n_rep, positions, required=bool(torch.as_tensor(pbc).any()))
-        if cell is not None:
+        periodic = bool(torch.as_tensor(pbc).any())
+        cell = _check_cell(cell, n_rep, positions, required=periodic)
+        if cell is not None and periodic:  # a non-periodic batch may carry zero cells (datasets do)
             rep = batch[gi]
             d = _minimum_image(d, cell[rep], _pbc_tensor(pbc, n_rep, positions.device)[rep])
         lengths = d.norm(dim=1).view(n_rep, bonds.shape[0])

@@ -197,3 +197,13 @@ def test_bad_arguments_name_the_argument():
         RDFCriterion(rdf, torch.zeros(3, 20))
     with pytest.raises(ValueError, match="min_frames"):
         RDFCriterion(rdf, torch.zeros(3, 30), window=2, min_frames=3)
+
+
+def test_bond_reference_lengths_from_a_non_periodic_dataset():
+    import boltzgrad.data  # noqa: F401  (bg.data)
+
+    state = _water_like(3, {1: 0.3})
+    ds = bg.data.AtomsDataset(state.positions.view(3, 6, 3), state.species[:6])  # zero cells, pbc False
+    ref = bg.observables.BondLengths(BONDS).reference(ds)
+    assert torch.allclose(ref, torch.tensor([1.1, 1.0, 1.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert BondLengthCriterion(BONDS, ref, 0.25)(state).tolist() == [False, False, False]

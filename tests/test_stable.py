@@ -448,3 +448,15 @@ def test_a_stable_model_ends_training_and_budgets_stop_it(toy_data, tmp_path, mo
         StableTrainer(_weak_model(), toy_data, _config(tau=30, check_every=10, max_steps=30, tensorboard=True),
                       out_dir=tmp_path / "no_tb").fit()
     assert "TensorBoard scalars skipped" in caplog.text
+
+
+def test_a_finished_run_resumed_with_a_larger_budget_continues_as_one_run(toy_data, tmp_path):
+    kw = dict(n_replicas=8, tau=30, check_every=10, n_dump=6, max_learning_steps=3, upper_threshold=0.3,
+              lower_threshold=0.05, optimizer="sgd", lr=0.05)
+    one_go = StableTrainer(_weak_model(), toy_data, _config(max_cycles=2, **kw), out_dir=tmp_path / "a").fit()
+    first = StableTrainer(_weak_model(), toy_data, _config(max_cycles=1, **kw), out_dir=tmp_path / "b").fit()
+    assert first.cycles == 1 and first.stop_reason == "max_cycles"
+    more = StableTrainer(_weak_model(), toy_data, _config(max_cycles=2, **kw), out_dir=tmp_path / "b").fit(resume=True)
+    assert more.cycles == one_go.cycles == 2
+    strip = lambda h: json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in h])  # noqa: E731
+    assert strip(more.history) == strip(one_go.history)

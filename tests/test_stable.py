@@ -460,3 +460,20 @@ def test_a_finished_run_resumed_with_a_larger_budget_continues_as_one_run(toy_da
     assert more.cycles == one_go.cycles == 2
     strip = lambda h: json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in h])  # noqa: E731
     assert strip(more.history) == strip(one_go.history)
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    from boltzgrad.stable import checkpoint as ck
+
+    path = tmp_path / "checkpoint.pt"
+    ck.save_checkpoint(path, {"a": torch.arange(3)})
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # killed between writing the temporary file and the rename
+
+    monkeypatch.setattr(ck.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(path, {"a": torch.arange(5)})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+    assert torch.equal(ck.load_checkpoint(path)["a"], torch.arange(3))

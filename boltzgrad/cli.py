@@ -173,6 +173,7 @@ def _train(args: argparse.Namespace):
 
     _set_threads()
     cfg = _load_run(args)
+    stable_run.stable_config(cfg)
     model, _ = _model_for(cfg, args.model)
     return stable_run.train(model, cfg, resume=args.resume)
 
@@ -194,6 +195,7 @@ def _evaluate(args: argparse.Namespace):
 
     _set_threads()
     cfg = _load_run(args)
+    stable_run.evaluate_config(cfg)
     paths = args.model or [None]
     labels = args.label or []
     if labels and len(labels) != len(paths):
@@ -220,6 +222,7 @@ def _simulate(args: argparse.Namespace):
 
     _set_threads()
     cfg = _load_run(args)
+    stable_run.simulate_settings(cfg)
     model, _ = _model_for(cfg, args.model)
     return stable_run.simulate(model, cfg, output=args.output)
 

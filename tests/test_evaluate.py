@@ -9,7 +9,7 @@ import torch
 
 from boltzgrad.models import LennardJones
 from boltzgrad.models.pair import _split_pair_energies, pair_geometry
-from boltzgrad.stable.evaluate import EvaluateConfig, evaluate, molecules_from_bonds
+from boltzgrad.stable.evaluate import EvaluateConfig, evaluate
 from boltzgrad.stable.plots import plot_stable_times, plot_structure, plot_unstable_fraction
 from boltzgrad.stable.systems import LJ_ARGON, lennard_jones_reference
 
@@ -115,12 +115,6 @@ def test_config_validation_names_the_field(lj_data):
         evaluate(LennardJones(EPS, SIGMA).double(), _config(criterion="rdf"), aspirin_like)
     with pytest.raises(ValueError, match="starts"):
         evaluate(LennardJones(EPS, SIGMA).double(), _config(), None)
-
-
-def test_molecules_from_bonds():
-    bonds = torch.tensor([[0, 1], [1, 2], [3, 4], [6, 5]])
-    assert molecules_from_bonds(8, bonds).tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
-    assert molecules_from_bonds(3, torch.zeros(0, 2, dtype=torch.int64)).tolist() == [0, 1, 2]
 
 
 def test_plots_write_png(tmp_path):

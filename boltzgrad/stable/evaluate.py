@@ -45,8 +45,9 @@ from ..stability import (
     RDFCriterion,
 )
 from ..train import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
+from .trainer import bonded_molecules
 
-__all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "molecules_from_bonds", "structure_observable",
+__all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "structure_observable",
            "start_state"]
 
 CRITERIA = ("bond_length", "min_distance", "rdf", "none")
@@ -76,6 +77,8 @@ class EvaluateConfig:
         criterion: ``"bond_length"`` (molecules), ``"rdf"`` (periodic liquids), ``"min_distance"`` or
             ``"none"`` (only non-finite energies/forces and blow-ups end a replica).
         threshold: the criterion's threshold (Å); default 0.5 (bond length), 1.2 (min distance), 3.0 (RDF).
+        bond_mult: factor on the sum of covalent radii below which two atoms of the first starting structure
+            are bonded (bonds of the bond-length criterion, molecules of the min-distance criterion).
         rdf_window: number of checks the RDF criterion averages g(r) over.
         sample_every: MD steps between frames used for h(r)/g(r) and the diffusion coefficient.
         vacf_every: MD steps between velocity frames of the VACF.
@@ -98,6 +101,7 @@ class EvaluateConfig:
     check_every: int = 200
     criterion: str = "bond_length"
     threshold: float | None = None
+    bond_mult: float = 1.2
     rdf_window: int = 10
     sample_every: int = 20
     vacf_every: int = 2
@@ -123,7 +127,7 @@ class EvaluateConfig:
                      "hr_bins", "rdf_bins", "batch_size"):
             _check_number(name, getattr(self, name), integer=True)
         for name in ("max_time", "dt", "temperature", "friction", "hr_r_max", "hr_sigma", "rdf_r_max", "rdf_sigma",
-                     "max_displacement"):
+                     "max_displacement", "bond_mult"):
             _check_number(name, getattr(self, name))
         _check_number("threshold", self.threshold, allow_none=True)
         _check_number("seed", self.seed, positive=False, integer=True)
@@ -288,20 +292,6 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def molecules_from_bonds(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
-    """Molecule index ``[n_atoms]`` int64 of each atom: connected components of the bond graph."""
-    label = torch.arange(n_atoms)
-    if bonds.numel():
-        i, j = bonds[:, 0].cpu(), bonds[:, 1].cpu()
-        while True:  # label propagation: each atom takes the smallest label of its bonded neighbours
-            m = torch.minimum(label[i], label[j])
-            new = label.clone().scatter_reduce(0, i, m, reduce="amin").scatter_reduce(0, j, m, reduce="amin")
-            if torch.equal(new, label):
-                break
-            label = new
-    return torch.unique(label, return_inverse=True)[1]
-
-
 def _periodic(dataset) -> bool:
     return bool(dataset.pbc.any())
 
@@ -371,7 +361,8 @@ def _build_criteria(config: EvaluateConfig, reference, first, structure) -> tupl
     periodic = bool(first["pbc"].any()) if first.get("pbc") is not None else False
     cell = first["cell"].double() if periodic else None
     if config.criterion in ("bond_length", "min_distance"):
-        bonds = obs.bonds_from_structure(species, pos, cell=cell, pbc=first["pbc"] if periodic else False)
+        bonds = obs.bonds_from_structure(species, pos, mult=config.bond_mult, cell=cell,
+                                         pbc=first["pbc"] if periodic else False)
         if bonds.shape[0] == 0 and config.criterion == "bond_length":
             raise ValueError("criterion 'bond_length' needs bonded atoms, but the first starting structure has none "
                              "(covalent radii); use criterion 'min_distance', 'rdf' or 'none'")
@@ -381,7 +372,7 @@ def _build_criteria(config: EvaluateConfig, reference, first, structure) -> tupl
             criteria.append(BondLengthCriterion(bonds, ref_len, threshold))
             info.update(threshold=threshold, n_bonds=int(bonds.shape[0]))
         else:
-            molecule = molecules_from_bonds(species.shape[0], bonds)
+            molecule = bonded_molecules(species.shape[0], bonds)
             threshold = TRAIN_MIN_DISTANCE if config.threshold is None else config.threshold
             criteria.append(MinDistanceCriterion(molecule, threshold, cutoff=max(3.0, 2.0 * threshold)))
             info.update(threshold=threshold, n_molecules=int(molecule.max()) + 1)

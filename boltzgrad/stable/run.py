@@ -14,10 +14,11 @@ import os
 import torch
 
 from .evaluate import EvaluateConfig, EvaluationResult, evaluate
-from .plots import plot_stable_times, plot_structure
-from .systems import load_data
+from .plots import plot_stable_times, plot_structure, plot_unstable_fraction
+from .systems import load_data, save_model
 
-__all__ = ["evaluate_models", "simulate", "format_table", "SIMULATE_FIELDS"]
+__all__ = ["evaluate_models", "simulate", "train", "format_table", "evaluate_config", "stable_config",
+           "simulate_settings", "SIMULATE_FIELDS"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -47,6 +48,47 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_config(cfg: dict, overrides: dict | None = None) -> EvaluateConfig:
+    """The ``evaluate`` section as an :class:`EvaluateConfig` (errors name the field)."""
+    try:
+        return EvaluateConfig.from_dict({**cfg["evaluate"], **(overrides or {})})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config section 'evaluate': {err}") from err
+
+
+def stable_config(cfg: dict, overrides: dict | None = None):
+    """The ``train`` section as a ``StableConfig`` (errors name the field)."""
+    from .config import StableConfig
+
+    try:
+        return StableConfig.from_dict({**cfg["train"], **(overrides or {})})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config section 'train': {err}") from err
+
+
+SIMULATE_FIELDS = {"replicas": 1, "steps": 1000, "dt": 0.5, "temperature": 500.0, "friction": 1e-3, "every": 10,
+                   "seed": 0}
+
+
+def simulate_settings(cfg: dict) -> dict:
+    """The ``simulate`` section with defaults filled in (``SIMULATE_FIELDS``), checked field by field."""
+    section = dict(cfg["simulate"])
+    unknown = sorted(set(section) - set(SIMULATE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {['simulate.' + k for k in unknown]}; "
+                         f"known: {list(SIMULATE_FIELDS)}")
+    s = {**SIMULATE_FIELDS, **section}
+    for k in ("replicas", "steps", "every"):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
+            raise ValueError(f"config field 'simulate.{k}' must be an int >= 1, got {s[k]!r}")
+    for k in ("dt", "temperature", "friction"):
+        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] > 0:
+            raise ValueError(f"config field 'simulate.{k}' must be a number > 0, got {s[k]!r}")
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
+        raise ValueError(f"config field 'simulate.seed' must be an int >= 0, got {s['seed']!r}")
+    return s
+
+
 def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, data: dict | None = None,
                     evaluate_overrides: dict | None = None, verbose: bool = True) -> dict[str, EvaluationResult]:
     """Evaluate each ``(label, model)`` on the run's protocol; save results and the comparison plots.
@@ -64,10 +106,7 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be distinct, got {labels}")
-    try:
-        config = EvaluateConfig.from_dict({**cfg["evaluate"], **(evaluate_overrides or {})})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"config section 'evaluate': {err}") from err
+    config = evaluate_config(cfg, evaluate_overrides)
     data = load_data(cfg["data"]) if data is None else data
     out = os.path.join(cfg["out_dir"], "evaluate")
     results = {}
@@ -96,10 +135,6 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
     return results
 
 
-SIMULATE_FIELDS = {"replicas": 1, "steps": 1000, "dt": 0.5, "temperature": 500.0, "friction": 1e-3, "every": 10,
-                   "seed": 0}
-
-
 def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, data: dict | None = None) -> dict:
     """Langevin MD of ``model`` from the run's starting structures (``simulate`` section: replicas, steps, dt in fs,
     temperature in K, friction in 1/fs, every = steps between written frames, seed); writes extended XYZ."""
@@ -107,18 +142,7 @@ def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, da
     from ..train import _model_dtype_device
     from .evaluate import start_state
 
-    section = dict(cfg["simulate"])
-    unknown = sorted(set(section) - set(SIMULATE_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['simulate.' + k for k in unknown]}; "
-                         f"known: {list(SIMULATE_FIELDS)}")
-    s = {**SIMULATE_FIELDS, **section}
-    for k in ("replicas", "steps", "every"):
-        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
-            raise ValueError(f"config field 'simulate.{k}' must be an int >= 1, got {s[k]!r}")
-    for k in ("dt", "temperature", "friction"):
-        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] > 0:
-            raise ValueError(f"config field 'simulate.{k}' must be a number > 0, got {s[k]!r}")
+    s = simulate_settings(cfg)
     data = load_data(cfg["data"]) if data is None else data
     starts = data["starts"]
     dtype, device = _model_dtype_device(model)
@@ -138,3 +162,44 @@ def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, da
     print(f"simulate: {s['replicas']} replica(s) x {s['steps']} steps ({s['steps'] * s['dt'] / 1000:.4g} ps) at "
           f"{s['temperature']} K; {int(frozen.sum())} blew up; {len(buffer)} frames written to {output}")
     return summary
+
+
+def train(model: torch.nn.Module, cfg: dict, *, resume: bool = False, data: dict | None = None,
+          train_overrides: dict | None = None, verbose: bool = True):
+    """StABlE training of ``model`` with the ``train`` section (a ``StableConfig``) of the run configuration.
+
+    The trainer's checkpoint, ``log.csv``, ``history.json`` and TensorBoard scalars go to ``<out_dir>/train``;
+    afterwards the trained model is written as a model file ``<out_dir>/train/model_stable.pt`` (readable by
+    ``boltzgrad evaluate --model``) and the unstable fraction over training is plotted in
+    ``<out_dir>/train/unstable_fraction.png`` (Fig. 3a).
+
+    Returns:
+        the trainer's ``StableResult``.
+    """
+    from .trainer import StableTrainer
+
+    config = stable_config(cfg, train_overrides)
+    data = load_data(cfg["data"]) if data is None else data
+    out = os.path.join(cfg["out_dir"], "train")
+    if verbose:
+        print(f"train: StABlE on {config.n_replicas} replicas, tau {config.tau} steps ({config.tau * config.dt:g} fs), "
+              f"{config.temperature:g} K, observable {config.observable} ({config.estimator} estimator), "
+              f"criterion {config.criterion}, at most {config.max_cycles} cycles; logs in {out}", flush=True)
+    trainer = StableTrainer(model, data["train"], config, reference=data["reference"], out_dir=out)
+    result = trainer.fit(resume=resume)
+    path = os.path.join(out, "model_stable.pt")
+    save_model(path, model, cfg["model"], stable={"cycles": result.cycles, "stop_reason": result.stop_reason,
+                                                   "md_steps": result.history[-1]["md_steps"] if result.history
+                                                   else 0})
+    plot = None
+    if result.history:
+        x = [r["md_steps"] * config.dt / 1000.0 for r in result.history]
+        plot = plot_unstable_fraction(x, result.unstable_fraction(), os.path.join(out, "unstable_fraction.png"),
+                                      xlabel="simulated time per replica (ps)",
+                                      thresholds=(config.lower_threshold, config.upper_threshold))
+    if verbose:
+        last = result.history[-1] if result.history else {}
+        print(f"train: {result.cycles} cycle(s), stopped by {result.stop_reason or 'n/a'}; "
+              f"{last.get('learning_step', 0)} optimizer steps, {last.get('md_steps', 0)} MD steps per replica; "
+              f"model written to {path}" + (f"; plot {plot}" if plot else ""), flush=True)
+    return result

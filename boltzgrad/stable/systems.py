@@ -7,7 +7,9 @@ A run is described by one YAML file (see ``configs/``) with the sections
     made by ``boltzgrad make-data`` (``"aspirin_gfn2"``, ``"water_spcfw"``) or a path ``bg.data.load`` reads;
     ``split``: ``[n_train, n_val, n_test]`` (ints or fractions of the pool), ``seed``; ``starts``: where the
     evaluation starts from, ``"test"`` (the test split) or ``"heldout"`` (the dataset's held-out
-    trajectories); ``lj``: settings of the built-in system (:func:`lennard_jones_reference`).
+    trajectories); ``per_chain``: use only the first N frames of every chain of a generated dataset (a pool
+    that does not change when the chains are extended); ``stride``: every k-th structure of the pool; ``lj``:
+    settings of the built-in system (:func:`lennard_jones_reference`).
 ``model``
     ``kind`` (``schnet``, ``pair_mlp``, ``lennard_jones``) and its constructor arguments; ``checkpoint``:
     the pre-trained model file (written by ``boltzgrad pretrain``, read by the other commands).
@@ -227,6 +229,30 @@ def lennard_jones_reference(*, n_cells: int = 2, density: float = 0.8, temperatu
                         forces=forces.detach().view(n_struct, n, 3), cell=cells, pbc=True, info=info)
 
 
+def _first_frames_of_chains(source: str, n: int) -> AtomsDataset:
+    """The first ``n`` frames of every chain of a generated dataset (``chain_*.npz`` under ``data/<source>`` or
+    the directory ``source``), concatenated in chain order: a pool that stays the same while chains grow."""
+    import json
+
+    from ..data.io import load_npz
+
+    directory = Path(DATA_DIR) / source if (Path(DATA_DIR) / source).is_dir() else resolve_path(source)
+    prov = directory / "provenance.json"
+    files = json.loads(prov.read_text()).get("files", []) if prov.is_file() else []
+    files = [directory / f for f in files] or sorted(f for f in directory.glob("chain_*.npz")
+                                                      if not f.name.endswith(".state.npz"))
+    if not files:
+        raise ValueError(f"config field 'data.per_chain': no chain_*.npz files under {str(directory)!r}")
+    parts = []
+    for f in files:
+        chain = load_npz(f)
+        if len(chain) < n:
+            raise ValueError(f"config field 'data.per_chain' is {n}, but {f.name} holds only {len(chain)} frames")
+        parts.append(chain[:n])
+    return AtomsDataset.concatenate(parts, info={"source": str(directory), "per_chain": n,
+                                                 "files": [f.name for f in files]})
+
+
 def load_data(spec: dict) -> dict:
     """Datasets of the ``data`` section: ``{"pool", "train", "val", "test", "starts", "reference"}``.
 
@@ -234,7 +260,7 @@ def load_data(spec: dict) -> dict:
     (``data.starts``: ``"test"`` or ``"heldout"``); ``reference`` is the pool (reference observables).
     """
     spec = dict(spec)
-    allowed = {"source", "split", "seed", "starts", "lj", "stride"}
+    allowed = {"source", "split", "seed", "starts", "lj", "stride", "per_chain"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"unknown config field(s) {['data.' + k for k in unknown]}; known: {sorted(allowed)}")
@@ -250,6 +276,9 @@ def load_data(spec: dict) -> dict:
     stride = spec.get("stride", 1)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"config field 'data.stride' must be an int >= 1, got {stride!r}")
+    per_chain = spec.get("per_chain")
+    if per_chain is not None and (isinstance(per_chain, bool) or not isinstance(per_chain, int) or per_chain < 1):
+        raise ValueError(f"config field 'data.per_chain' must be an int >= 1 or null, got {per_chain!r}")
     lj = spec.get("lj") or {}
     if not isinstance(lj, dict):
         raise ValueError("config field 'data.lj' must be a mapping")
@@ -261,6 +290,10 @@ def load_data(spec: dict) -> dict:
                 heldout = lennard_jones_reference(seed=seed + 1_000_003, **lj)
         except TypeError as err:
             raise ValueError(f"config section 'data.lj': {err}") from err
+    elif per_chain is not None:
+        pool = _first_frames_of_chains(source, per_chain)
+        if starts_from == "heldout":
+            heldout = load_reference(source, heldout=True)
     elif (Path(DATA_DIR) / source / "provenance.json").is_file():
         pool = load_reference(source)
         if starts_from == "heldout":

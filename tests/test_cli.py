@@ -1,0 +1,141 @@
+"""The ``boltzgrad`` command line on the built-in Lennard-Jones run in tiny settings; configuration errors."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from boltzgrad.cli import build_parser, main
+from boltzgrad.stable.systems import load_model, load_run_config
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+LJ = ROOT / "configs" / "lj.yaml"
+
+TINY = [
+    "--set", "data.lj={replicas: 1, n_frames: 12, frame_every: 10, equilibration: 50}",
+    "--set", "data.split=[6, 3, 3]",
+    "--set", "pretrain.epochs=2", "--set", "pretrain.batch_size=6",
+    "--set", "evaluate.replicas=2", "--set", "evaluate.max_time=200.0", "--set", "evaluate.check_every=20",
+    "--set", "evaluate.sample_every=10", "--set", "evaluate.vacf_window=5", "--set", "evaluate.progress=false",
+    "--set", "train.n_replicas=2", "--set", "train.tau=20", "--set", "train.check_every=10",
+    "--set", "train.n_dump=5", "--set", "train.max_cycles=1", "--set", "train.max_simulation_steps=40",
+    "--set", "train.max_learning_steps=2", "--set", "train.minibatch=4", "--set", "train.qm_batch_size=4",
+    "--set", "simulate.replicas=1", "--set", "simulate.steps=20", "--set", "simulate.every=5",
+]
+
+
+def _run(args, tmp_path, *extra):
+    model = tmp_path / "model.pt"
+    return main([*args, "--config", str(LJ), "--out-dir", str(tmp_path / "run"), "--set",
+                 f"model.checkpoint={model}", *TINY, *extra])
+
+
+def test_pretrain_evaluate_simulate_train(tmp_path):
+    _run(["pretrain"], tmp_path)
+    model, blob = load_model(tmp_path / "model.pt")
+    assert type(model).__name__ == "PairMLP" and blob["spec"]["kind"] == "pair_mlp"
+    assert blob["n_train"] == 6 and blob["test_metrics"]["force_mae"] > 0
+    assert (tmp_path / "run" / "pretrain" / "log.jsonl").is_file()
+
+    _run(["evaluate"], tmp_path)
+    ev = tmp_path / "run" / "evaluate"
+    result = json.loads((ev / "model_evaluation.json").read_text())
+    assert len(result["stable_time_fs"]) == 2 and result["summary"]["max_time_fs"] == pytest.approx(200.0)
+    assert result["test_metrics"]["force_mae"] == pytest.approx(blob["test_metrics"]["force_mae"], rel=1e-4)
+    for name in ("stable_times.png", "structure.png", "model_stable_times.csv", "model_structure.csv"):
+        assert (ev / name).stat().st_size > 0
+
+    _run(["simulate"], tmp_path)
+    text = (tmp_path / "run" / "simulate.extxyz").read_text()
+    assert text.count("Lattice=") == 4  # frames at steps 5, 10, 15, 20 of one replica
+
+    _run(["train"], tmp_path)
+    tr = tmp_path / "run" / "train"
+    assert (tr / "checkpoint.pt").is_file() and (tr / "log.csv").is_file()
+    trained, info = load_model(tr / "model_stable.pt")
+    assert info["stable"]["md_steps"] > 0
+    assert (tr / "unstable_fraction.png").stat().st_size > 0
+    # a finished run resumes to the same end without redoing work
+    _run(["train", "--resume"], tmp_path)
+    again, _ = load_model(tr / "model_stable.pt")
+    for a, b in zip(trained.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # without --resume an existing run is not overwritten
+    with pytest.raises(SystemExit, match="resume"):
+        _run(["train"], tmp_path)
+
+    # two models side by side, with labels
+    _run(["evaluate", "--model", str(tmp_path / "model.pt"), "--model", str(tr / "model_stable.pt"),
+          "--label", "before", "--label", "after"], tmp_path)
+    assert (ev / "before_evaluation.json").is_file() and (ev / "after_evaluation.json").is_file()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("evaluate.replicas=0", "replicas"),
+    ("evaluate.criterion=energy", "criterion"),
+    ("evaluate.bogus=1", "bogus"),
+    ("model.kind=transformer", "model.kind"),
+    ("model.n_layers=3", "model.n_layers"),
+    ("data.split=[1000, 10, 10]", "data.split"),
+    ("data.source=", "data.source"),
+    ("data.starts=train", "data.starts"),
+    ("pretrain.epoch=3", "pretrain.epoch"),
+    ("simulate.steps=-1", "simulate.steps"),
+])
+def test_config_errors_name_the_field(tmp_path, override, field):
+    command = "pretrain" if override.startswith(("pretrain", "model", "data")) else override.split(".")[0]
+    with pytest.raises(SystemExit) as err:
+        main([command, "--config", str(LJ), "--out-dir", str(tmp_path), *TINY[:4], "--set", "pretrain.epochs=1",
+              "--set", f"model.checkpoint={tmp_path / 'none.pt'}", "--set", override]
+             + (["--model", str(tmp_path / "m.pt")] if command != "pretrain" else []))
+    assert field in str(err.value)
+
+
+def test_train_config_errors_name_the_field(tmp_path):
+    with pytest.raises(SystemExit, match="train.*n_replicas"):
+        _run(["train"], tmp_path, "--set", "train.n_replicas=0")
+    with pytest.raises(SystemExit, match="model.checkpoint|does not exist"):
+        _run(["train"], tmp_path)  # no pre-trained model yet
+
+
+def test_run_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nevaluation: {replicas: 2}\n")
+    with pytest.raises(SystemExit, match="evaluation"):
+        main(["evaluate", "--config", str(bad)])
+    bad.write_text("seed: -1\n")
+    with pytest.raises(SystemExit, match="seed"):
+        main(["evaluate", "--config", str(bad)])
+    with pytest.raises(SystemExit, match="--set"):
+        main(["evaluate", "--config", str(LJ), "--set", "replicas=3"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["evaluate", "--config", str(tmp_path / "missing.yaml")])
+    cfg = load_run_config(LJ)
+    assert cfg["name"] == "lj" and cfg["model"]["kind"] == "pair_mlp"
+
+
+def test_shipped_configs_are_valid():
+    from boltzgrad.stable.config import StableConfig
+    from boltzgrad.stable.evaluate import EvaluateConfig
+    from boltzgrad.stable.systems import build_model
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_run_config(path)
+        StableConfig.from_dict(cfg["train"])
+        EvaluateConfig.from_dict(cfg["evaluate"])
+        build_model(cfg["model"])
+
+
+def test_make_data_still_registered(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["make-data", "water", "--out", str(tmp_path), "--chains", "1"])
+    assert args.system == "water" and args.chains == 1
+    with pytest.raises(SystemExit) as err:
+        parser.parse_args(["--help"])
+    assert err.value.code == 0
+    assert shutil.which("boltzgrad") is None or os.access(shutil.which("boltzgrad"), os.X_OK)

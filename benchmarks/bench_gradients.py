@@ -387,11 +387,16 @@ def summarise(results: list[dict], ref: torch.Tensor, tmp: str) -> list[dict]:
 
 
 def _stat(xs, fmt="{:.3g}"):
+    """mean ± sd over the finite values, with a note on non-finite ones."""
     if not xs:
         return "-"
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+    finite = [x for x in xs if math.isfinite(x)]
+    note = f" ({len(xs) - len(finite)}/{len(xs)} non-finite)" if len(finite) < len(xs) else ""
+    if not finite:
+        return "non-finite" + (f" ({len(xs)}/{len(xs)})" if len(xs) > 1 else "")
+    if len(finite) == 1:
+        return fmt.format(finite[0]) + note
+    return f"{fmt.format(statistics.mean(finite))} ± {fmt.format(statistics.stdev(finite))}{note}"
 
 
 def markdown(data: dict) -> str:
@@ -480,23 +485,28 @@ def plot(results: list[dict], png: str, budget_gib: float) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     styles = {"backprop": ("C0", "o"), "backprop-ckpt": ("C2", "s"), "adjoint": ("C1", "^"), "estimator": ("C3", "D")}
     for m in METHODS:
+        col, mk = styles[m]
+        for r in results:
+            if r["method"] == m and r["status"] != "ok":
+                axes[1].scatter([r["n"]], [budget_gib * 1024], marker="x", color=col, s=60)
         rs = sorted([r for r in results if r["method"] == m and r["status"] == "ok"], key=lambda r: r["n"])
         if not rs:
             continue
-        col, mk = styles[m]
         ns = [r["n"] for r in rs]
-        mean = [statistics.mean(r["grad_norm"]) for r in rs]
-        lo = [min(r["grad_norm"]) for r in rs]
-        hi = [max(r["grad_norm"]) for r in rs]
-        axes[0].plot(ns, mean, marker=mk, color=col, label=m)
-        axes[0].fill_between(ns, lo, hi, color=col, alpha=0.2)
+        fin = [[g for g in r["grad_norm"] if math.isfinite(g)] for r in rs]
+        ok = [k for k, f in enumerate(fin) if f]
+        axes[0].plot([ns[k] for k in ok], [statistics.mean(fin[k]) for k in ok], marker=mk, color=col, label=m)
+        axes[0].fill_between([ns[k] for k in ok], [min(fin[k]) for k in ok], [max(fin[k]) for k in ok], color=col,
+                             alpha=0.2)
+        for k, f in enumerate(fin):
+            if len(f) < len(rs[k]["grad_norm"]):
+                axes[0].annotate("non-finite", (ns[k], 0.97), xycoords=("data", "axes fraction"), color=col,
+                                 fontsize=7, ha="center", va="top", rotation=90, annotation_clip=True)
         axes[1].plot(ns, [max(r["peak_bytes"]) / 2**20 for r in rs], marker=mk, color=col, label=m)
         axes[2].plot(ns, [statistics.mean(r["cpu_s"]) for r in rs], marker=mk, color=col, label=m)
-        over = [r for r in results if r["method"] == m and r["status"] != "ok"]
-        for r in over:
-            axes[1].scatter([r["n"]], [budget_gib * 1024], marker="x", color=col, s=60)
     axes[1].axhline(budget_gib * 1024, color="grey", ls="--", lw=1)
-    axes[1].text(10, budget_gib * 1024 * 1.1, f"budget {budget_gib} GiB (x: over budget)", fontsize=8)
+    axes[1].text(0.02, 0.97, f"dashed: budget {budget_gib} GiB (x: over budget)", fontsize=8,
+                 transform=axes[1].transAxes, va="top")
     for ax, title, yl in zip(axes, ("gradient norm", "peak memory", "CPU time"), ("‖∇θ L‖", "MiB", "s"), strict=False):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -504,6 +514,9 @@ def plot(results: list[dict], png: str, budget_gib: float) -> None:
         ax.set_ylabel(yl)
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
+    all_n = [r["n"] for r in results]
+    for ax in axes:
+        ax.set_xlim(min(all_n) / 1.5, max(all_n) * 1.5)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     d = os.path.dirname(os.path.abspath(png))

@@ -338,6 +338,9 @@ def adjoint_gradient(model: torch.nn.Module, integrator: Integrator, state: Stat
     from it, reconstructing each ``(x_t, v_t)``, and propagates the adjoints ``(λ_x, λ_v)`` with the
     transposed step; see the module docstring. Memory does not grow with ``n_steps``.
 
+    If the adjoint variables overflow (become non-finite, as they can over long chaotic trajectories), the
+    backward sweep stops there and the gradient is returned as NaN.
+
     Args:
         model, state, n_steps, observable, loss, every, params, skin: as in :func:`backprop_gradient`.
         integrator: a :class:`~boltzgrad.md.VelocityVerlet` (NVE) or :class:`~boltzgrad.md.Langevin` integrator.
@@ -393,6 +396,11 @@ def adjoint_gradient(model: torch.nn.Module, integrator: Integrator, state: Stat
             for acc_g, g in zip(grads, out[1:] if need_x else out, strict=False):
                 if g is not None:
                     acc_g.add_(g)
+            if k % 50 == 0 and not bool(torch.isfinite(lam_x).all() & torch.isfinite(lam_v).all()):
+                # the adjoint overflowed: the gradient is not finite whatever the remaining steps add
+                for acc_g in grads:
+                    acc_g.fill_(math.nan)
+                break
             a = a.detach()
             if v_pre is not None:
                 v = v_pre - h * a  # undo the first kick of step k

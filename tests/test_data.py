@@ -439,6 +439,11 @@ def test_water_generator_end_to_end(tmp_path):
     assert held.info["role"] == "heldout" and len(held) == 2
     # the two chains start from different random configurations
     assert not torch.allclose(held.positions[:24], ds.positions[:24])
+    # reference observables of pool and held-out frames; rewriting the provenance leaves the data as it is
+    ref = bgd.load_reference_observables(tmp_path.name, data_dir=tmp_path.parent)
+    assert ref["pool"]["rdf"].shape == (3, 300) and ref["heldout"]["bonds"].shape == (16, 2)
+    again = water.generate(tmp_path, n_molecules=8, run=False, verbose=False)
+    assert again["files"] == prov["files"] and again["heldout_files"] == prov["heldout_files"]
 
 
 def test_water_bonded_energy_matches_spcfw_formula():
@@ -492,6 +497,71 @@ def test_cli_make_data_and_config(tmp_path):
     res = subprocess.run([sys.executable, "-m", "boltzgrad.cli", "make-data", "--help"], capture_output=True,
                          text=True, check=True)
     assert "aspirin" in res.stdout and "water" in res.stdout
+
+
+# ----------------------------------------------------------------------------- reference observables
+def write_toy_dataset(directory, ds_pool, ds_held=None):
+    directory.mkdir(exist_ok=True)
+    ds_pool.save(directory / "chain_00.npz")
+    prov = {"files": ["chain_00.npz"], "heldout_files": []}
+    if ds_held is not None:
+        ds_held.save(directory / "heldout_00.npz")
+        prov["heldout_files"] = ["heldout_00.npz"]
+    (directory / "provenance.json").write_text(json.dumps(prov))
+
+
+def test_reference_observables_of_molecules_use_the_observables(tmp_path):
+    from boltzgrad import observables as obs
+    from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
+
+    rng = np.random.default_rng(8)
+    a = aspirin_atoms()
+    pos = a.positions[None] + rng.normal(scale=0.03, size=(12, 21, 3))
+    write_toy_dataset(tmp_path / "asp", AtomsDataset(pos, a.numbers, energy=np.zeros(12)))
+    stored = bgd.write_reference_observables(tmp_path / "asp")
+    ref = bgd.load_reference_observables("asp", data_dir=tmp_path)
+    assert set(ref) == {"pool", "settings"} and ref["settings"]["hr"] == {"r_max": 10.0, "n_bins": 500, "sigma": 0.01}
+    assert ref["settings"]["data"]["pool"]["n_structures"] == 12
+    for k, v in stored.items():
+        np.testing.assert_array_equal(ref["pool"][k.split(".", 1)[1]], v)
+    # the same numbers as the observables themselves, on the same (stored, float32) frames
+    frames = bgd.load_reference("asp", data_dir=tmp_path).positions.view(12, 21, 3)
+    pos = frames.numpy()
+    hr = obs.DistanceHistogram(10.0, 500, 0.01).reference(frames)
+    np.testing.assert_allclose(ref["pool"]["hr"], hr.numpy(), rtol=1e-12, atol=1e-14)
+    assert sorted(map(tuple, ref["pool"]["bonds"].tolist())) == sorted(ASPIRIN_BONDS)
+    lengths = np.linalg.norm(pos[:, ref["pool"]["bonds"][:, 0]] - pos[:, ref["pool"]["bonds"][:, 1]], axis=-1)
+    np.testing.assert_allclose(ref["pool"]["bond_lengths"], lengths.mean(0), rtol=1e-12)
+    kinds = ref["pool"]["bond_kinds"].tolist()
+    ch = ref["pool"]["bond_types"] == kinds.index([1, 6])
+    assert ref["pool"]["bond_length_by_type"][kinds.index([1, 6])] == pytest.approx(lengths[:, ch].mean(), rel=1e-12)
+    with pytest.raises(ValueError, match="no reference observables"):
+        bgd.load_reference_observables("nope", data_dir=tmp_path)
+
+
+def test_reference_observables_of_water_rdf_and_oh_bonds(tmp_path):
+    from boltzgrad import observables as obs
+    from boltzgrad.data.generate.water import initial_positions
+
+    rng = np.random.default_rng(9)
+    box = 9.86  # 32 molecules at about 1 g/cm^3
+    base = initial_positions(32, box, rng)
+    pos = base[None] + rng.normal(scale=0.02, size=(6, 96, 3))
+    z = [8, 1, 1] * 32
+    pool = AtomsDataset(pos[:4], z, energy=np.zeros(4), cell=np.eye(3) * box)
+    held = AtomsDataset(pos[4:], z, energy=np.zeros(2), cell=np.eye(3) * box)
+    write_toy_dataset(tmp_path / "w", pool, held)
+    bgd.write_reference_observables(tmp_path / "w")
+    ref = bgd.load_reference_observables("w", data_dir=tmp_path)
+    assert ref["pool"]["rdf_kinds"].tolist() == [[1, 1], [1, 8], [8, 8]]
+    g = obs.RDF(6.0, 300, 0.02, species_pairs=[(1, 1), (1, 8), (8, 8)]).reference(
+        bgd.load_reference("w", heldout=True, data_dir=tmp_path))
+    np.testing.assert_allclose(ref["heldout"]["rdf"], g.numpy(), rtol=1e-10, atol=1e-12)
+    # 64 O-H bonds found through the periodic cell (molecules may straddle it), one bond type
+    assert ref["heldout"]["bonds"].shape == (64, 2) and ref["heldout"]["bond_kinds"].tolist() == [[1, 8]]
+    assert abs(ref["pool"]["bond_length_by_type"][0] - 1.012) < 0.05
+    with pytest.raises(ValueError, match="one system"):
+        bgd.compute_reference_observables(AtomsDataset.concatenate([pool, AtomsDataset(pos[:1, :93], z[:93])]))
 
 
 # ----------------------------------------------------------------------------- committed datasets
@@ -549,8 +619,10 @@ def test_committed_aspirin_consistent_with_gfn2():
         item = ds[i]
         z, x = item["species"].numpy(), item["positions"].numpy()
         e, f = gfn2_energy_forces(z, x)
-        # the stored frame is what GFN2-xTB gives at the stored (float32-rounded) positions
-        assert abs(e - float(item["energy"])) < 1e-4
+        # the stored frame is what GFN2-xTB gives at the stored positions, up to their round-off
+        # (|dx| <= step / 2 per component moves the energy by at most sum |F| step / 2) and SCF noise
+        bound = 0.5 * prov["storage"]["position_step_angstrom"] * float(np.abs(f).sum()) + 2e-5
+        assert abs(e - float(item["energy"])) < bound
         np.testing.assert_allclose(item["forces"].numpy(), f, atol=1e-3)
         # forces are minus the gradient of the energy: central differences along random directions
         for _ in range(2):
@@ -595,7 +667,9 @@ def test_committed_water_consistent_with_openmm():
         item = ds[i]
         x = item["positions"].numpy().astype(np.float64)
         e, f = spcfw_energy_forces(x, **kw)  # double-precision Reference platform
-        assert abs(e - float(item["energy"])) < 1e-3  # the data were made on the mixed-precision CPU platform
+        # the data were made on the mixed-precision CPU platform; plus the position round-off bound
+        bound = 0.5 * prov["storage"]["position_step_angstrom"] * float(np.abs(f).sum()) + 5e-4
+        assert abs(e - float(item["energy"])) < bound
         np.testing.assert_allclose(item["forces"].numpy(), f, atol=1e-3)
         for u in (f / np.linalg.norm(f), rng.normal(size=x.shape)):
             u = u / np.linalg.norm(u)
@@ -616,3 +690,44 @@ def test_committed_water_structure_and_diffusion_reference():
     for res in ref["oxygen_diffusion"].values():
         # water-like self-diffusion (SPC/Fw: about 2-3e-5 cm^2/s), with a finite error bar
         assert 0.5e-5 < res["D_cm2_per_s"] < 6e-5 and 0 < res["D_err_cm2_per_s"] < res["D_cm2_per_s"]
+
+
+def committed_reference(name, role):
+    path, prov = committed(name)
+    ref = bgd.load_reference_observables(name)
+    key = "files" if role == "pool" else "heldout_files"
+    assert ref["settings"]["data"][role] == {"files": prov[key], "n_structures": prov["n_frames" if role == "pool"
+                                                                                        else "n_frames_heldout"]}
+    return path, prov, ref
+
+
+@pytest.mark.parametrize("name", [pytest.param("aspirin_gfn2", marks=ASPIRIN_PENDING), "water_spcfw"])
+def test_committed_reference_observables_match_a_subsample(name):
+    from boltzgrad.data.reference import compute_reference_observables
+
+    role = "pool" if name == "aspirin_gfn2" else "heldout"
+    path, prov, ref = committed_reference(name, role)
+    data = bgd.load_reference(name, heldout=role == "heldout")
+    stride = 25 if name == "aspirin_gfn2" else 100
+    sub = compute_reference_observables(data[list(range(0, len(data), stride))])
+    stored = ref[role]
+    key = "hr" if name == "aspirin_gfn2" else "rdf"
+    np.testing.assert_array_equal(sub[key + "_centers"], stored[key + "_centers"])
+    np.testing.assert_array_equal(sub["bonds"], stored["bonds"])
+    # a few hundred (aspirin) / 20 (water) frames: the stored average within sampling noise
+    rel = np.abs(sub[key] - stored[key]).sum() / np.abs(stored[key]).sum()
+    assert rel < 0.15, rel
+    np.testing.assert_allclose(sub["bond_length_by_type"], stored["bond_length_by_type"], atol=5e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,role", [pytest.param("aspirin_gfn2", "pool", marks=ASPIRIN_PENDING),
+                                       ("water_spcfw", "heldout"), ("water_spcfw", "pool")])
+def test_committed_reference_observables_recompute_exactly(name, role):
+    from boltzgrad.data.reference import compute_reference_observables
+
+    path, prov, ref = committed_reference(name, role)
+    again = compute_reference_observables(bgd.load_reference(name, heldout=role == "heldout"))
+    assert set(again) == set(ref[role])
+    for k, v in again.items():
+        np.testing.assert_allclose(ref[role][k], v, rtol=1e-10, atol=1e-12, err_msg=k)

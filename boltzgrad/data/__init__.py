@@ -16,6 +16,8 @@ from .io import (
     load_reference,
     npz_frame_count,
 )
+from .reference import compute_reference_observables, load_reference_observables, write_reference_observables
 
 __all__ = ["AtomsDataset", "AtomsBatch", "collate", "load", "load_npz", "load_ase", "load_directory", "from_atoms",
-           "load_reference", "npz_frame_count", "DATA_DIR", "KCAL_PER_MOL", "FORMAT", "FORMAT_COMPACT"]
+           "load_reference", "npz_frame_count", "DATA_DIR", "KCAL_PER_MOL", "FORMAT", "FORMAT_COMPACT",
+           "compute_reference_observables", "write_reference_observables", "load_reference_observables"]

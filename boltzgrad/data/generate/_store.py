@@ -28,6 +28,7 @@ import numpy as np
 
 from ..dataset import FORMAT_COMPACT, AtomsDataset
 from ..io import load_npz, npz_frame_count
+from ..reference import REFERENCE_OBSERVABLES_FILE
 
 __all__ = ["ChainStore", "write_json", "software_versions", "write_provenance", "add_md_arguments",
            "compact", "chain_files", "storage_description"]
@@ -145,9 +146,11 @@ class ChainStore:
 
 
 def chain_files(directory: str | os.PathLike) -> list[Path]:
-    """The frame files (``*.npz``, not ``*.state.npz`` or temporary files) in ``directory``, sorted."""
+    """The frame files (``*.npz``, not ``*.state.npz``, temporary files or the reference observables) in
+    ``directory``, sorted."""
     return [p for p in sorted(Path(directory).glob("*.npz"))
-            if not (p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz"))]
+            if not (p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz")
+                    or p.name == REFERENCE_OBSERVABLES_FILE)]
 
 
 def compact(directory: str | os.PathLike, names: list[str] | None = None, *, position_step: float,

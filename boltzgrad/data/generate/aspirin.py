@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..reference import write_reference_observables
 from ._store import ChainStore, add_md_arguments, compact, software_versions, storage_description, write_provenance
 
 __all__ = ["ASPIRIN_XYZ", "ASPIRIN_BONDS", "aspirin_atoms", "gfn2_energy_forces", "generate", "DEFAULTS", "STORAGE",
@@ -263,7 +264,10 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, chains: int = DEFAULTS
         "software": software_versions("tblite"),
         "last_run": results,
     }
-    return write_provenance(out, base)
+    prov = write_provenance(out, base)
+    if only is None or not run:  # all chains present and finished: h(r) and bond lengths of the pool
+        write_reference_observables(out)
+    return prov
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

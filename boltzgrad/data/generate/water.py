@@ -15,7 +15,8 @@ Protocol per chain: 64 molecules on a 4x4x4 lattice with random orientations, en
 ``friction`` (so dynamics, e.g. diffusion, is little perturbed), one frame every ``frame_interval`` fs.
 Positions are stored unwrapped (molecules whole, atoms followed continuously across the box).
 Pool chains (``chain_XX.npz``) form the dataset; held-out chains (``heldout_XX.npz``) are independent
-trajectories for reference observables (RDFs, the oxygen diffusion coefficient: ``reference.json``).
+trajectories for reference observables (the oxygen diffusion coefficient: ``reference.json``; RDFs and
+O-H bond lengths of pool and held-out frames: ``reference_observables.npz``, see ``boltzgrad.data.reference``).
 
 Command line: ``boltzgrad make-data water [--out data/water_spcfw] [--chains 2] [--frames 2500] ...``
 """
@@ -29,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..reference import write_reference_observables
 from ._store import (
     ChainStore,
     add_md_arguments,
+    chain_files,
     compact,
     software_versions,
     storage_description,
@@ -276,9 +279,7 @@ def reference_observables(out: str | os.PathLike, cfg: dict | None = None) -> di
 
     out = Path(out)
     results: dict[str, dict] = {"heldout": {}, "pool": {}}
-    for p in sorted(out.glob("*.npz")):
-        if p.name.endswith(".state.npz") or p.name.endswith(".tmp.npz"):
-            continue
+    for p in chain_files(out):
         ds = load_npz(p)
         n = int(ds.n_atoms[0])
         oxygen = (ds.species[:n] == 8).numpy()
@@ -364,7 +365,9 @@ def generate(out: str | os.PathLike = DEFAULTS["out"], *, only: list[str] | None
         "software": software_versions("openmm"),
         "last_run": results,
     }
-    return write_provenance(out, base)
+    prov = write_provenance(out, base)
+    write_reference_observables(out)
+    return prov
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -139,3 +139,25 @@ def test_make_data_still_registered(tmp_path):
         parser.parse_args(["--help"])
     assert err.value.code == 0
     assert shutil.which("boltzgrad") is None or os.access(shutil.which("boltzgrad"), os.X_OK)
+
+
+def test_demo_runs_on_a_tiny_lj_setting(tmp_path, capsys):
+    from boltzgrad.demo import run_demo
+
+    _run(["pretrain"], tmp_path)
+    cfg = load_run_config(LJ)
+    data = {**cfg["data"], "lj": {"replicas": 1, "n_frames": 12, "frame_every": 10, "equilibration": 50},
+            "split": [6, 3, 3]}
+    model = {**cfg["model"], "checkpoint": str(tmp_path / "model.pt")}
+    train = {**cfg["train"], "n_replicas": 2, "tau": 20, "check_every": 10, "n_dump": 5, "max_cycles": 1,
+             "max_simulation_steps": 40, "max_learning_steps": 2, "minibatch": 4, "qm_batch_size": 4}
+    evaluate = {"replicas": 2, "max_time": 200.0, "check_every": 20, "sample_every": 10, "vacf_window": 5,
+                "progress": False}
+    out = run_demo(str(LJ), str(tmp_path / "demo"), train=train, evaluate=evaluate,
+                   overrides={"data": data, "model": model})
+    text = capsys.readouterr().out
+    assert "median stable time (ps)" in text and "before" in text and "after" in text
+    assert out["before"].stable_time.shape == (2,) and out["after"].stable_time.shape == (2,)
+    for name in ("evaluate/stable_times.png", "evaluate/structure.png", "train/unstable_fraction.png",
+                 "evaluate/before_evaluation.json", "evaluate/after_evaluation.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0

@@ -131,3 +131,17 @@ def test_plots_write_png(tmp_path):
         plot_unstable_fraction([0], [0.1], tmp_path / "f.svg")
     with pytest.raises(ValueError, match="same length"):
         plot_unstable_fraction([0, 1], [0.1], tmp_path / "g.png")
+
+
+def test_evaluate_from_a_run_configuration(tmp_path):
+    """``bg.stable.evaluate(model, run_config)``: data and settings from the configuration's sections."""
+    import boltzgrad as bg
+
+    run = {"data": {"source": "lj", "split": [4, 2, 4], "lj": {"replicas": 1, "n_frames": 10, "equilibration": 20}},
+           "evaluate": {"replicas": 2, "max_time": "2e2", "dt": 5.0, "temperature": 120.0, "friction": 1e-3,
+                        "check_every": 20, "criterion": "none", "sample_every": 10, "vacf_window": 5,
+                        "rdf_r_max": 5.5, "rdf_bins": 30, "rdf_sigma": 0.1, "progress": False}}
+    res = bg.stable.evaluate(LennardJones(EPS, SIGMA, 2.5 * SIGMA).double(), run)
+    assert res.max_time == 200.0 and res.stable_time.shape == (2,) and not res.unstable.any()
+    assert res.test_metrics["n_structures"] == 4
+    assert res.settings["max_time"] == 200.0

@@ -160,6 +160,13 @@ class EvaluateConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown evaluation field(s) {unknown}; known: {sorted(known)}")
+        floats = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
+        for k, v in values.items():  # YAML 1.1 reads 1e-3 (no dot) as a string
+            if k in floats and isinstance(v, str):
+                try:
+                    values[k] = float(v)
+                except ValueError as err:
+                    raise ValueError(f"{k} must be a number, got {v!r}") from err
         return cls(**values)
 
 
@@ -426,13 +433,17 @@ def _structure_of_frames(structure, frames: list[torch.Tensor], state: State) ->
     return g.view(T, R, *g.shape[1:]).sum(0)
 
 
-def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | None = None, starts=None, *, reference=None,
-             test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = "") -> EvaluationResult:
+def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.PathLike | None = None, starts=None, *,
+             reference=None, test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = ""
+             ) -> EvaluationResult:
     """Stable times and observables of ``model``'s MD from held-out starting structures (see the module doc).
 
     Args:
         model: a boltzgrad potential (its parameters' dtype and device are used for the MD).
-        config: an :class:`EvaluateConfig` (or a dict of its fields; None: the defaults).
+        config: an :class:`EvaluateConfig` (or a dict of its fields; None: the defaults), or a run
+            configuration (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with ``data`` and
+            ``evaluate`` sections): then its ``evaluate`` section is the config and its ``data`` section gives
+            ``starts``, ``reference`` and ``test_set`` where they are not passed.
         starts: ``bg.data.AtomsDataset`` of starting structures (held out from training); replica k starts
             from structure ``round(k * len(starts) / R)``. All must have the same atoms in the same order.
         reference: ``bg.data.AtomsDataset`` of reference structures: the reference h(r)/g(r) and, for the
@@ -445,6 +456,15 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | None = None
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
+    if isinstance(config, (str, os.PathLike)) or (isinstance(config, dict) and {"data", "evaluate"} <= set(config)):
+        from .systems import load_data, load_run_config
+
+        run = load_run_config(config) if isinstance(config, (str, os.PathLike)) else config
+        data = load_data(run["data"])
+        config = EvaluateConfig.from_dict(run["evaluate"])
+        starts = data["starts"] if starts is None else starts
+        reference = data["reference"] if reference is None else reference
+        test_set = data["test"] if test_set is None else test_set
     if config is None:
         config = EvaluateConfig()
     elif isinstance(config, dict):

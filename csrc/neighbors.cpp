@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -24,21 +25,102 @@
 namespace boltzgrad {
 namespace {
 
+// One neighbour j of an atom (the atom itself is implicit: entries are stored per atom) with the
+// shift. Shifts are stored as int32 (24-byte entries: the buffers are memory-bound); the search checks
+// that the atoms' wraps leave room for that (kMaxWrap).
 struct Entry {
-    int64_t i, j, s[3];
+    int64_t j;
+    int32_t s[3];
 };
+constexpr int64_t kMaxWrap = int64_t(1) << 29;
 
 struct VectorEmit {
     std::vector<Entry>* out;
-    int64_t i;
-    void operator()(int64_t j, int64_t s0, int64_t s1, int64_t s2) { out->push_back(Entry{i, j, {s0, s1, s2}}); }
+    void operator()(int64_t j, int64_t s0, int64_t s1, int64_t s2) {
+        out->push_back(Entry{j, {static_cast<int32_t>(s0), static_cast<int32_t>(s1), static_cast<int32_t>(s2)}});
+    }
 };
 
-bool entry_less(const Entry& a, const Entry& b) { return nl::pair_less(a.j, a.s, b.j, b.s); }
+bool entry_less(const Entry& a, const Entry& b) {
+    if (a.j != b.j) return a.j < b.j;
+    if (a.s[0] != b.s[0]) return a.s[0] < b.s[0];
+    if (a.s[1] != b.s[1]) return a.s[1] < b.s[1];
+    return a.s[2] < b.s[2];
+}
 
 // Replica of each chunk start, found by binary search in ptr; then advanced atom by atom.
 int64_t replica_of(const int64_t* ptr, int64_t R, int64_t atom) {
     return static_cast<int64_t>(std::upper_bound(ptr, ptr + R + 1, atom) - ptr) - 1;
+}
+
+// Atoms in bin order for the cell-list scan: wrapped positions per component, atom indices,
+// wraps (3 per slot) and bin offsets.
+template <typename T>
+struct Binned {
+    const T *x, *y, *z;
+    const int64_t* atom;
+    const int64_t* wrap;
+    const int64_t* bin_start;
+};
+
+// Cell-list neighbours of atom i (wrapped position xi, global bin) of a cell-list replica, appended
+// to out (unsorted). Same stencil and pair test as nl::visit_neighbors, organised for the CPU: along
+// the last axis the bins of a stencil row are adjacent in bin order, so a row is one contiguous range
+// of slots (or a few, where it wraps around a periodic axis, each with its own image). Each range is
+// tested by a branch-free loop that compacts the hits into `hits`.
+template <typename T>
+void cell_neighbors(int64_t i, const nl::Replica<T>& rep, const T* xi, const int64_t* wi, int64_t bin,
+                    const Binned<T>& bd, T rc2, bool full_list, std::vector<int64_t>& hits, std::vector<Entry>& out) {
+    const int64_t n1 = rep.n_bins[1], n2 = rep.n_bins[2];
+    const int64_t local = bin - rep.first_bin;
+    const int64_t b[3] = {local / (n1 * n2), (local / n2) % n1, local % n2};
+    const int64_t lo2 = b[2] - rep.reach[2], hi2 = b[2] + rep.reach[2];
+    int64_t t0, t1, k0, k1;
+    for (int64_t m0 = -rep.reach[0]; m0 <= rep.reach[0]; ++m0) {
+        if (!nl::axis_step(b[0], m0, rep.n_bins[0], rep.periodic[0], t0, k0)) continue;
+        for (int64_t m1 = -rep.reach[1]; m1 <= rep.reach[1]; ++m1) {
+            if (!nl::axis_step(b[1], m1, rep.n_bins[1], rep.periodic[1], t1, k1)) continue;
+            const int64_t row = rep.first_bin + (t0 * n1 + t1) * n2;
+            int64_t k2_lo = 0, k2_hi = 0;
+            if (rep.periodic[2]) {
+                k2_lo = nl::floor_div(lo2, n2);
+                k2_hi = nl::floor_div(hi2, n2);
+            }
+            for (int64_t k2 = k2_lo; k2 <= k2_hi; ++k2) {
+                const int64_t ta = std::max(lo2 - k2 * n2, int64_t(0));
+                const int64_t tb = std::min(hi2 - k2 * n2, n2 - 1);
+                if (ta > tb) continue;
+                const int64_t qa = bd.bin_start[row + ta], qb = bd.bin_start[row + tb + 1];
+                if (qa == qb) continue;
+                T base[3];
+                nl::image_offset(rep.cell, k0, k1, k2, base);
+                for (int c = 0; c < 3; ++c) base[c] -= xi[c];
+                // self images: i == j is a pair only for k != 0 (full list) or k "positive" (half list)
+                const bool self_ok =
+                    full_list ? (k0 != 0 || k1 != 0 || k2 != 0) : nl::first_nonzero_positive(k0, k1, k2);
+                if (static_cast<int64_t>(hits.size()) < qb - qa) hits.resize(qb - qa);
+                int64_t* h = hits.data();
+                int64_t cnt = 0;
+                const T *x = bd.x, *y = bd.y, *z = bd.z;
+                const int64_t* atom = bd.atom;
+                for (int64_t q = qa; q < qb; ++q) {
+                    const T dx = x[q] + base[0], dy = y[q] + base[1], dz = z[q] + base[2];
+                    const T d2 = dx * dx + dy * dy + dz * dz;
+                    const int64_t j = atom[q];
+                    const bool ok = (d2 < rc2) & ((j > i) | (full_list & (j < i)) | ((j == i) & self_ok));
+                    h[cnt] = q;
+                    cnt += ok;
+                }
+                const int32_t s0 = static_cast<int32_t>(k0 + wi[0]), s1 = static_cast<int32_t>(k1 + wi[1]),
+                              s2 = static_cast<int32_t>(k2 + wi[2]);
+                for (int64_t e = 0; e < cnt; ++e) {
+                    const int64_t* wj = bd.wrap + 3 * h[e];
+                    out.push_back(Entry{atom[h[e]], {static_cast<int32_t>(s0 - wj[0]), static_cast<int32_t>(s1 - wj[1]),
+                                                     static_cast<int32_t>(s2 - wj[2])}});
+                }
+            }
+        }
+    }
 }
 
 void check_inputs(const at::Tensor& positions, const at::Tensor& ptr, const at::Tensor& cell, const at::Tensor& pbc,
@@ -115,74 +197,104 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     });
     // counting sort of the atoms by bin (stable: atoms of a bin in index order)
     std::vector<int64_t> bin_start(n_bins + 1, 0), bin_atoms(n);
-    for (int64_t a = 0; a < n; ++a) ++bin_start[bin[a] + 1];
+    int64_t max_wrap = 0;
+    for (int64_t a = 0; a < n; ++a) {
+        ++bin_start[bin[a] + 1];
+        for (int c = 0; c < 3; ++c) max_wrap = std::max(max_wrap, std::abs(wrap[3 * a + c]));
+    }
+    TORCH_CHECK(max_wrap <= kMaxWrap, "positions are ", max_wrap, " box lengths outside their box; at most ",
+                kMaxWrap, " are supported");
     for (int64_t b = 0; b < n_bins; ++b) bin_start[b + 1] += bin_start[b];
     {
         std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1);
         for (int64_t a = 0; a < n; ++a) bin_atoms[fill[bin[a]]++] = a;
     }
-    std::vector<T> pw_binned(3 * n);
+    // wrapped positions in bin order, one array per component (contiguous scans in cell_neighbors)
+    std::vector<T> bx(n), by(n), bz(n);
+    std::vector<int64_t> bwrap(3 * n);
     at::parallel_for(0, n, 4096, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
-            for (int b = 0; b < 3; ++b) pw_binned[3 * q + b] = pw[3 * bin_atoms[q] + b];
+            const int64_t a = bin_atoms[q];
+            bx[q] = pw[3 * a];
+            by[q] = pw[3 * a + 1];
+            bz[q] = pw[3 * a + 2];
+            for (int c = 0; c < 3; ++c) bwrap[3 * q + c] = wrap[3 * a + c];
         }
     });
+    const Binned<T> binned{bx.data(), by.data(), bz.data(), bin_atoms.data(), bwrap.data(), bin_start.data()};
 
-    // search: fixed chunks of atoms (independent of the thread count), each into its own buffer
-    constexpr int64_t kChunk = 64;
+    // search. The atoms of replica r occupy slots [ptr[r], ptr[r + 1]) both in index order and in
+    // bin order. Slot q is atom q of a brute-force replica, or atom bin_atoms[q] of a cell-list
+    // replica (bin order: neighbouring atoms are processed together and share cached bins).
+    // Fixed chunks of slots (independent of the thread count), each into its own buffer; every
+    // atom's entries are contiguous and sorted by (j, shift), at atom_start[a] in chunk atom_slot[a] / kChunk.
+    constexpr int64_t kChunk = 256;
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     std::vector<std::vector<Entry>> found(n_chunks);
+    std::vector<int64_t> atom_slot(n), atom_start(n), atom_count(n);
     const T rc = static_cast<T>(cutoff);
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-        std::vector<Entry> atom_buf;
+        std::vector<int64_t> hits;
+        size_t expect = 0;  // entries of the previous chunk: the next one's capacity
         for (int64_t ch = c0; ch < c1; ++ch) {
-            const int64_t a0 = ch * kChunk, a1 = std::min(n, a0 + kChunk);
-            int64_t r = replica_of(ptr, R, a0);
+            const int64_t q0 = ch * kChunk, q1 = std::min(n, q0 + kChunk);
+            int64_t r = replica_of(ptr, R, q0);
             auto& out = found[ch];
-            for (int64_t a = a0; a < a1; ++a) {
-                while (a >= ptr[r + 1]) ++r;
+            out.reserve(expect + expect / 8);
+            for (int64_t q = q0; q < q1; ++q) {
+                while (q >= ptr[r + 1]) ++r;
                 const auto& rep = reps[r];
-                if (rep.brute) {  // emits in (j, shift) order already
-                    VectorEmit emit{&out, a};
-                    nl::visit_neighbors(a, rep, pw.data(), pw_binned.data(), fw.data(), wrap.data(), bin_start.data(),
-                                        bin_atoms.data(), rc, full_list, emit);
+                const int64_t start = static_cast<int64_t>(out.size());
+                int64_t a = q;
+                if (rep.brute) {  // emits in (j, shift) order already; reads no bins
+                    VectorEmit emit{&out};
+                    nl::visit_neighbors<T>(a, rep, pw.data(), nullptr, fw.data(), wrap.data(), nullptr, nullptr, rc,
+                                        full_list, emit);
                 } else {
-                    atom_buf.clear();
-                    VectorEmit emit{&atom_buf, a};
-                    nl::visit_neighbors(a, rep, pw.data(), pw_binned.data(), fw.data(), wrap.data(), bin_start.data(),
-                                        bin_atoms.data(), rc, full_list, emit);
-                    std::sort(atom_buf.begin(), atom_buf.end(), entry_less);
-                    out.insert(out.end(), atom_buf.begin(), atom_buf.end());
+                    a = bin_atoms[q];
+                    cell_neighbors(a, rep, pw.data() + 3 * a, bwrap.data() + 3 * q, bin[a], binned, rc * rc, full_list,
+                                   hits, out);
+                    std::sort(out.begin() + start, out.end(), entry_less);
                 }
+                atom_slot[a] = q;
+                atom_start[a] = start;
+                atom_count[a] = static_cast<int64_t>(out.size()) - start;
             }
+            expect = out.size();
         }
     });
 
-    std::vector<int64_t> offset(n_chunks + 1, 0);
-    for (int64_t ch = 0; ch < n_chunks; ++ch) offset[ch + 1] = offset[ch] + static_cast<int64_t>(found[ch].size());
-    const int64_t total = offset[n_chunks];
+    std::vector<int64_t> offset(n + 1, 0);
+    for (int64_t a = 0; a < n; ++a) offset[a + 1] = offset[a] + atom_count[a];
+    const int64_t total = offset[n];
     const int64_t P = max_pairs < 0 ? total : max_pairs;
     const auto opts = positions.options().dtype(at::kLong);
-    auto out_i = at::zeros({P}, opts);
-    auto out_j = at::zeros({P}, opts);
-    auto out_s = at::zeros({P, 3}, opts);
+    auto out_i = at::empty({P}, opts);
+    auto out_j = at::empty({P}, opts);
+    auto out_s = at::empty({P, 3}, opts);
     int64_t* oi = out_i.data_ptr<int64_t>();
     int64_t* oj = out_j.data_ptr<int64_t>();
     int64_t* os = out_s.data_ptr<int64_t>();
-    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t ch = c0; ch < c1; ++ch) {
-            const auto& src = found[ch];
-            for (size_t q = 0; q < src.size(); ++q) {
-                const int64_t p = offset[ch] + static_cast<int64_t>(q);
-                if (p >= P) break;
-                oi[p] = src[q].i;
-                oj[p] = src[q].j;
-                os[3 * p] = src[q].s[0];
-                os[3 * p + 1] = src[q].s[1];
-                os[3 * p + 2] = src[q].s[2];
+    at::parallel_for(0, n, 1024, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+            if (a + 8 < a1) __builtin_prefetch(found[atom_slot[a + 8] / kChunk].data() + atom_start[a + 8]);
+            const Entry* src = found[atom_slot[a] / kChunk].data() + atom_start[a];
+            const int64_t m = std::min(atom_count[a], P - offset[a]);
+            for (int64_t e = 0; e < m; ++e) {
+                const int64_t p = offset[a] + e;
+                oi[p] = a;
+                oj[p] = src[e].j;
+                os[3 * p] = src[e].s[0];
+                os[3 * p + 1] = src[e].s[1];
+                os[3 * p + 2] = src[e].s[2];
             }
         }
     });
+    if (P > total) {  // fixed-capacity padding
+        out_i.slice(0, total).zero_();
+        out_j.slice(0, total).zero_();
+        out_s.slice(0, total).zero_();
+    }
     return {out_i, out_j, out_s, at::scalar_tensor(total, opts)};
 }
 

@@ -31,7 +31,9 @@ def check_dim(name: str, x: torch.Tensor, dim: int, what: str = "") -> None:
 def check_finite(name: str, x: torch.Tensor) -> None:
     if _compiling() or x.numel() == 0:
         return
-    if not bool(torch.isfinite(x).all()):
+    # One reduction: a NaN or inf entry makes the sum non-finite (so does overflow of a sum
+    # of finite entries, which the exact count below then clears).
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {bad} non-finite entries (NaN or inf)")
 
@@ -41,7 +43,7 @@ def check_index(name: str, idx: torch.Tensor, size: int, size_name: str) -> None
         raise ValueError(f"{name} must be an int64 tensor, got dtype {idx.dtype}")
     if _compiling() or idx.numel() == 0:
         return
-    lo, hi = int(idx.min()), int(idx.max())
+    lo, hi = (int(t) for t in torch.aminmax(idx))
     if lo < 0 or hi >= size:
         raise ValueError(f"{name} has entries in [{lo}, {hi}], outside [0, {size_name}={size})")
 

@@ -32,22 +32,14 @@ BG_HD void window_bins(T v, T half, const T* centers, int32_t n_bins, int32_t& l
     const T left = v - half;
     const T right = v + half;
     if (right < c0 || left > c1 || !(v == v)) return;
-    int32_t guess = 0;
-    if (n_bins > 1) {
-        const T dc = (c1 - c0) / T(n_bins - 1);
-        const T g = (left - c0) / dc;
-        guess = g <= T(0) ? 0 : (g >= T(n_bins - 1) ? n_bins - 1 : int32_t(g));
-    }
-    lo = guess;
+    // uniform grids: the guesses are exact up to rounding; other sorted grids walk from them
+    const T inv_dc = n_bins > 1 ? T(n_bins - 1) / (c1 - c0) : T(0);
+    const T g = (left - c0) * inv_dc;
+    lo = g <= T(0) ? 0 : (g >= T(n_bins - 1) ? n_bins - 1 : int32_t(g));
     while (lo > 0 && centers[lo - 1] >= left) --lo;
     while (lo < n_bins && centers[lo] < left) ++lo;
-    hi = lo;
-    // uniform grids: jump to the expected end, then correct
-    if (n_bins > 1) {
-        const T dc = (c1 - c0) / T(n_bins - 1);
-        int32_t guess_hi = lo + int32_t((right - left) / dc);
-        hi = guess_hi > n_bins ? n_bins : (guess_hi < lo ? lo : guess_hi);
-    }
+    const int32_t guess_hi = lo + int32_t((right - left) * inv_dc);
+    hi = guess_hi > n_bins ? n_bins : (guess_hi < lo ? lo : guess_hi);
     while (hi > lo && centers[hi - 1] > right) --hi;
     while (hi < n_bins && centers[hi] <= right) ++hi;
 }

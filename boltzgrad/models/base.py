@@ -11,7 +11,10 @@ homogeneous strain applied to positions and cell together.
 
 Potentials that work on a pair list may also accept a ``pairs=`` keyword (a ``bg.Pairs`` built with a
 cutoff at least as large as theirs, half list) and set the class attribute ``accepts_pairs = True``; the
-MD ``Simulator`` then builds one Verlet list with a skin and hands it to them.
+MD ``Simulator`` then builds one Verlet list with a skin and hands it to them. Such a potential uses only
+the list's ``i``, ``j`` and ``shifts``: it recomputes the pair vectors from the ``positions`` and ``cell``
+it is called with (the list's own ``vectors`` and ``distances`` may date from an earlier search and carry
+no gradient) and drops the pairs beyond its cutoff (see ``bg.models.pair.pair_geometry``).
 """
 
 from __future__ import annotations

@@ -582,3 +582,8 @@ def test_verlet_pairs_cover_every_pair_within_the_cutoff_and_match_neighbor_list
     assert vp.n_builds == n + 2
     with pytest.raises(ValueError, match="skin"):
         bg.md.VerletPairs(3.0, skin=-1.0)
+    # one system without batch: every pair within the cutoff is among the candidates
+    one = bg.md.VerletPairs(cutoff, skin=0.6)(state.positions[:32], cell=state.cell[:1], pbc=True)
+    exact = bg.neighbor_list(state.positions[:32], cutoff, cell=state.cell[:1], pbc=True)
+    as_set = lambda p: set(zip(p.i.tolist(), p.j.tolist(), map(tuple, p.shifts.tolist()), strict=True))  # noqa: E731
+    assert as_set(exact) < as_set(one)

@@ -65,15 +65,17 @@ class VerletPairs:
         # NaN positions compare False: they trigger a search (which then reports them) instead of passing
         return not bool(moved2 <= 0.25 * self.skin * self.skin)
 
-    def __call__(self, positions: torch.Tensor, *, batch: torch.Tensor, cell: torch.Tensor | None = None,
-                 pbc=False) -> Pairs:
+    def __call__(self, positions: torch.Tensor, *, batch: torch.Tensor | None = None,
+                 cell: torch.Tensor | None = None, pbc=False) -> Pairs:
         """Candidate pairs (half list, ``distance < cutoff + skin`` at the last search).
 
         Args:
-            positions: [n_atoms, 3] float, Å. batch: [n_atoms] int64 sorted replica index.
+            positions: [n_atoms, 3] float, Å. batch: [n_atoms] int64 sorted replica index (None: one system).
             cell: [R, 3, 3] float, Å, or None. pbc: bool, [3] or [R, 3] bool.
         """
         positions = positions.detach()
+        if batch is None:
+            batch = torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
         cell = None if cell is None else cell.detach()
         pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=positions.device)
         if self._needs_build(positions, batch, cell, pbc_t):

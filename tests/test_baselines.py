@@ -124,6 +124,16 @@ def test_gradient_only_through_params_given(system):
     assert _rel(a.flat(), torch.cat([g.reshape(-1) for g in full.grads[-2:]])) < 1e-12
 
 
+def test_adjoint_overflow_gives_nan(system):
+    model, state, obs, loss = system
+    vv = bg.md.VelocityVerlet(lj32.DT)
+    huge = lambda g: 1e300 * (1e300 * loss(g))  # overflows: the adjoint seed is not finite
+    res = adjoint_gradient(model, vv, state, 3, obs, huge)
+    assert res.loss == math.inf
+    assert bool(torch.isnan(res.flat()).all())
+    assert res.n_force_calls == 3 + 1 + 1  # the backward sweep stopped at its first check
+
+
 def test_bad_input(system):
     model, state, obs, loss = system
     vv = bg.md.VelocityVerlet(lj32.DT)

@@ -396,7 +396,7 @@ def adjoint_gradient(model: torch.nn.Module, integrator: Integrator, state: Stat
             for acc_g, g in zip(grads, out[1:] if need_x else out, strict=False):
                 if g is not None:
                     acc_g.add_(g)
-            if k % 50 == 0 and not bool(torch.isfinite(lam_x).all() & torch.isfinite(lam_v).all()):
+            if (n_steps - k) % 50 == 0 and not bool(torch.isfinite(lam_x).all() & torch.isfinite(lam_v).all()):
                 # the adjoint overflowed: the gradient is not finite whatever the remaining steps add
                 for acc_g in grads:
                     acc_g.fill_(math.nan)

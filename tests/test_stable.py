@@ -477,3 +477,15 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monke
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
     assert torch.equal(ck.load_checkpoint(path)["a"], torch.arange(3))
+
+
+def test_every_learning_phase_starts_at_the_configured_learning_rate(toy_data):
+    cfg = _config(tau=30, check_every=10, upper_threshold=0.1, lower_threshold=0.0, lr=1e-2, min_lr=1e-4)
+    trainer = StableTrainer(_weak_model(), toy_data, cfg)
+    for group in trainer.optimizer.param_groups:  # as left by an earlier phase that decayed it
+        group["lr"] = 1e-4
+    trainer.scheduler.num_bad_epochs = 3
+    assert trainer.step()["event"] == "rewind"
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-2 and trainer.scheduler.num_bad_epochs == 0
+    row = trainer.step()
+    assert row["phase"] == "learn" and row["lr"] == 1e-2 and row["event"] == ""

@@ -78,8 +78,8 @@ class StableConfig:
         minibatch: samples per Boltzmann-estimator minibatch; the gradient is the mean over minibatches (40).
         grad_clip: max gradient norm (1.0; None: no clipping).
         lr_factor, lr_patience, min_lr: ``ReduceLROnPlateau`` on the observable loss of the learning
-            steps; a learning phase ends when the learning rate has decayed to ``min_lr`` or below
-            (0.5, 5, 1e-5; chosen here).
+            steps, restarted at ``lr`` in every learning phase; a learning phase ends when the learning
+            rate has decayed to ``min_lr`` or below (0.5, 5, 1e-5; chosen here).
         max_learning_steps: optimizer steps per learning phase at most (100).
 
     Budget and bookkeeping:

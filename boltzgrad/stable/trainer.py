@@ -15,7 +15,8 @@ Training proceeds in *units* of τ MD steps of all R replicas at once:
   unstable fraction of this window is below ``lower_threshold`` the phase ends; otherwise the
   observable loss (``bg.boltzmann_loss`` or ``bg.local_boltzmann_loss`` against the reference) plus
   λ × the QM loss on a minibatch of the original training set gives one optimizer step. The phase also
-  ends when the learning rate has decayed to ``min_lr`` or after ``max_learning_steps`` steps. The
+  ends when the learning rate, which starts at ``lr`` in every learning phase and is lowered when the
+  observable loss reaches a plateau, has decayed to ``min_lr``, or after ``max_learning_steps`` steps. The
   next simulation phase continues from the endpoints of the last window (replicas that were unstable
   there restart from their near-unstable states). A simulation + learning phase is a *cycle*.
 
@@ -310,8 +311,7 @@ class StableTrainer:
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
         else:
             self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
-                                                                    patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        self.scheduler = self._new_scheduler()
         self.md_generator = torch.Generator(device=self.device)
         self.md_generator.manual_seed(cfg.seed * 2 + 1)
         self._tb = None
@@ -442,6 +442,11 @@ class StableTrainer:
         self.history: list[dict] = []
         self.stop_reason = ""
 
+    def _new_scheduler(self):
+        cfg = self.config
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=cfg.lr_factor,
+                                                          patience=cfg.lr_patience, min_lr=cfg.min_lr)
+
     def _integrator(self):
         cfg = self.config
         if cfg.thermostat == "nose_hoover":
@@ -502,6 +507,10 @@ class StableTrainer:
             self.learn_start = rewound.clone()
             self.phase = "learn"
             self.learn_iter = 0
+            # every learning phase starts at the configured learning rate with a fresh plateau schedule
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr
+            self.scheduler = self._new_scheduler()
             row["event"] = "rewind"
         return row
 

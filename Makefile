@@ -4,7 +4,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 PIP        := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.14.1
-EXTRAS     ?= dev,data
+EXTRAS     ?= dev,data,mace
 
 export CUDA_HOME ?= /usr/local/cuda
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0

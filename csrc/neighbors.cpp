@@ -14,6 +14,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -46,6 +48,24 @@ bool entry_less(const Entry& a, const Entry& b) {
     if (a.s[0] != b.s[0]) return a.s[0] < b.s[0];
     if (a.s[1] != b.s[1]) return a.s[1] < b.s[1];
     return a.s[2] < b.s[2];
+}
+
+// Uninitialised CPU tensor. Outputs of millions of pairs (hundreds of MB) are otherwise faulted in
+// 4 KiB page by page on every call, which costs as much as the search; such buffers are 2 MiB
+// aligned and advised as transparent huge pages (where the kernel allows it only on request).
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    int64_t numel = 1;
+    for (const int64_t d : sizes) numel *= d;
+    const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+    if (bytes < 4 * kHuge) return at::empty(sizes, options);
+    void* data = nullptr;
+    const size_t padded = (bytes + kHuge - 1) / kHuge * kHuge;
+    if (posix_memalign(&data, kHuge, padded) != 0) return at::empty(sizes, options);
+#ifdef MADV_HUGEPAGE
+    madvise(data, padded, MADV_HUGEPAGE);
+#endif
+    return at::from_blob(data, sizes, [](void* ptr) { std::free(ptr); }, options);
 }
 
 // Replica of each chunk start, found by binary search in ptr; then advanced atom by atom.
@@ -202,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         ++bin_start[bin[a] + 1];
         for (int c = 0; c < 3; ++c) max_wrap = std::max(max_wrap, std::abs(wrap[3 * a + c]));
     }
-    TORCH_CHECK(max_wrap <= kMaxWrap, "positions are ", max_wrap, " box lengths outside their box; at most ",
-                kMaxWrap, " are supported");
+    TORCH_CHECK_VALUE(max_wrap <= kMaxWrap, "positions are ", max_wrap, " box lengths outside their box; at most ",
+                      kMaxWrap, " are supported");
     for (int64_t b = 0; b < n_bins; ++b) bin_start[b + 1] += bin_start[b];
     {
         std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1);
@@ -269,9 +289,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     const int64_t total = offset[n];
     const int64_t P = max_pairs < 0 ? total : max_pairs;
     const auto opts = positions.options().dtype(at::kLong);
-    auto out_i = at::empty({P}, opts);
-    auto out_j = at::empty({P}, opts);
-    auto out_s = at::empty({P, 3}, opts);
+    auto out_i = empty_output({P}, opts);
+    auto out_j = empty_output({P}, opts);
+    auto out_s = empty_output({P, 3}, opts);
     int64_t* oi = out_i.data_ptr<int64_t>();
     int64_t* oj = out_j.data_ptr<int64_t>();
     int64_t* os = out_s.data_ptr<int64_t>();
@@ -326,8 +346,8 @@ std::tuple<at::Tensor, at::Tensor> pair_vectors_cpu(const at::Tensor& positions_
     const auto batch = batch_.contiguous();
     const auto pi = i_.contiguous(), pj = j_.contiguous(), ps = shifts_.contiguous();
     const int64_t P = pi.size(0), n = positions.size(0), R = cell.size(0);
-    auto vectors = at::empty({P, 3}, positions.options());
-    auto distances = at::empty({P}, positions.options());
+    auto vectors = empty_output({P, 3}, positions.options());
+    auto distances = empty_output({P}, positions.options());
     AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "pair_vectors_cpu", [&] {
         const scalar_t* x = positions.data_ptr<scalar_t>();
         const scalar_t* c = cell.data_ptr<scalar_t>();

@@ -234,6 +234,28 @@ def test_gradcheck_positions_and_cell():
     assert torch.autograd.gradgradcheck(f, (p, c))
 
 
+def test_gradcheck_batched_cells_and_fixed_capacity():
+    # two replicas with their own cells (one slab), and the padded fixed-capacity output
+    rng = np.random.default_rng(9)
+    (x0, c0), (x1, c1) = random_box(rng, 6), random_box(rng, 5)
+    p = torch.tensor(np.concatenate([x0, x1]), requires_grad=True)
+    c = torch.tensor(np.stack([c0, c1]), requires_grad=True)
+    batch = torch.tensor([0] * 6 + [1] * 5)
+    pbc = torch.tensor([[True, True, True], [True, False, True]])
+    n = len(bg.neighbor_list(p, 3.0, batch=batch, cell=c, pbc=pbc))
+    assert n > 5
+
+    def f(p, c):
+        return bg.neighbor_list(p, 3.0, batch=batch, cell=c, pbc=pbc).distances
+
+    def g(p, c):
+        return bg.neighbor_list(p, 3.0, batch=batch, cell=c, pbc=pbc, max_pairs=n + 3).vectors
+
+    assert torch.autograd.gradcheck(f, (p, c))
+    assert torch.autograd.gradgradcheck(f, (p, c))
+    assert torch.autograd.gradcheck(g, (p, c))
+
+
 def test_verlet_list_equals_fresh_build():
     rng = np.random.default_rng(6)
     pos, cell = random_box(rng, 60, spread=(0.0, 1.0))
@@ -269,6 +291,17 @@ def test_fixed_capacity_mode():
     assert bool((padded.distances[n:] == 0).all())
     short = bg.neighbor_list(p, 3.0, cell=c, pbc=True, max_pairs=n - 1)
     assert len(short) == n - 1 and bool(short.overflow)
+
+
+@pytest.mark.skipif(not HAS_CPU_OPS, reason="compiled ops not built")
+def test_positions_too_far_outside_the_box_raise_value_error():
+    # the compiled search stores shifts as 32-bit integers: 2**29 box lengths at most
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1e10, 0.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="positions"):
+        bg.neighbor_list(pos, 1.0, cell=torch.eye(3, dtype=torch.float64) * 2.0, pbc=True, method="cells")
+    far = torch.tensor([[1e6, 0.0, 0.0], [1e6 + 0.5, 0.0, 0.0]], dtype=torch.float64)  # 5e5 boxes away: fine
+    pairs = bg.neighbor_list(far, 1.0, cell=torch.eye(3, dtype=torch.float64) * 2.0, pbc=True, method="cells")
+    assert as_set(pairs) == ase_set(far.numpy(), np.eye(3) * 2.0, True, 1.0, False)
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,26 @@ void cell_neighbors(int64_t i, const nl::Replica<T>& rep, const T* xi, const int
     }
 }
 
+// Brute-force neighbours of atom i of a replica without periodic axes (molecules): all shifts are
+// zero, so the scan is one branch-free loop over the replica's atoms, already in j order. Same
+// arithmetic as nl::visit_neighbors (xj + (0 - xi) == xj - xi).
+template <typename T>
+void open_brute_neighbors(int64_t i, const nl::Replica<T>& rep, const T* pw, T rc2, bool full_list,
+                          std::vector<int64_t>& hits, std::vector<Entry>& out) {
+    const int64_t j0 = full_list ? rep.atom_begin : i + 1;
+    if (j0 >= rep.atom_end) return;
+    if (static_cast<int64_t>(hits.size()) < rep.atom_end - j0) hits.resize(rep.atom_end - j0);
+    const T x0 = pw[3 * i], x1 = pw[3 * i + 1], x2 = pw[3 * i + 2];
+    int64_t* h = hits.data();
+    int64_t cnt = 0;
+    for (int64_t j = j0; j < rep.atom_end; ++j) {
+        const T d0 = pw[3 * j] - x0, d1 = pw[3 * j + 1] - x1, d2 = pw[3 * j + 2] - x2;
+        h[cnt] = j;
+        cnt += (d0 * d0 + d1 * d1 + d2 * d2 < rc2) & (j != i);
+    }
+    for (int64_t e = 0; e < cnt; ++e) out.push_back(Entry{h[e], {0, 0, 0}});
+}
+
 void check_inputs(const at::Tensor& positions, const at::Tensor& ptr, const at::Tensor& cell, const at::Tensor& pbc,
                   double cutoff, int64_t mode) {
     TORCH_CHECK(positions.dim() == 2 && positions.size(1) == 3, "positions must be [n_atoms, 3], got ",
@@ -266,7 +286,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
                 const auto& rep = reps[r];
                 const int64_t start = static_cast<int64_t>(out.size());
                 int64_t a = q;
-                if (rep.brute) {  // emits in (j, shift) order already; reads no bins
+                if (rep.brute && !rep.periodic[0] && !rep.periodic[1] && !rep.periodic[2]) {
+                    open_brute_neighbors(a, rep, pw.data(), rc * rc, full_list, hits, out);
+                } else if (rep.brute) {  // emits in (j, shift) order already; reads no bins
                     VectorEmit emit{&out};
                     nl::visit_neighbors<T>(a, rep, pw.data(), nullptr, fw.data(), wrap.data(), nullptr, nullptr, rc,
                                         full_list, emit);

@@ -16,8 +16,9 @@ Conventions (the same for every op of boltzgrad that produces pair vectors):
   of ``shift`` positive. Full list: both ``(i, j, s)`` and ``(j, i, -s)``.
 * Output order: sorted by ``(i, j, shift)`` lexicographically.
 
-Gradients: ``vectors`` and ``distances`` are computed in torch from ``positions`` and ``cell``
-(the search itself only produces integers), so forces and virials come from autograd.
+Gradients: the search only produces integers (i, j, shifts); ``vectors`` and ``distances`` are
+then computed from ``positions`` and ``cell`` by a compiled op whose backward is written in torch
+ops (so it can itself be differentiated), so forces and virials come from autograd.
 """
 
 from __future__ import annotations
@@ -315,7 +316,8 @@ def neighbor_list(
 
     Raises:
         ValueError naming the argument for non-finite positions or cell, a singular cell along
-        periodic axes, ``cutoff <= 0``, wrong shapes, or an unsorted ``batch``.
+        periodic axes, ``cutoff <= 0``, wrong shapes, an unsorted ``batch``, or (compiled search)
+        positions more than 2**29 box lengths outside their box.
     """
     positions, batch, cell, pbc_t, n_rep, cutoff = _prepare(positions, cutoff, batch, cell, pbc)
     if method not in _METHODS:

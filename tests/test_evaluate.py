@@ -123,7 +123,8 @@ def test_plots_write_png(tmp_path):
                            tmp_path / "times.png", max_time=1000.0)
     p2 = plot_structure(r, {"before": np.exp(-r), "after": np.exp(-1.1 * r)}, tmp_path / "s.png",
                         reference=np.exp(-r)[None])
-    p3 = plot_unstable_fraction([0, 1, 2], [0.6, 0.3, 0.1], tmp_path / "f.png", thresholds=(0.2, 0.5))
+    p3 = plot_unstable_fraction([0, 1, 2], [0.6, 0.3, 0.1], tmp_path / "f.png", thresholds=(0.2, 0.5),
+                                phases=["simulate", "learn", "learn"])
     for p in (p1, p2, p3):
         data = open(p, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

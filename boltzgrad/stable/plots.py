@@ -40,16 +40,25 @@ def _save(plt, fig, path: str | os.PathLike) -> str:
 
 def plot_unstable_fraction(x: Sequence[float], fraction: Sequence[float], path: str | os.PathLike, *,
                            xlabel: str = "simulated time (ps)", thresholds: Sequence[float] = (),
-                           title: str = "StABlE training") -> str:
+                           phases: Sequence[str] | None = None, title: str = "StABlE training") -> str:
     """Unstable fraction of the replicas (0..1) against ``x`` (e.g. simulated time or cycle); Fig. 3a.
 
-    ``thresholds`` (e.g. the lower and upper thresholds of the trainer) are drawn as dashed lines.
+    ``thresholds`` (e.g. the lower and upper thresholds of the trainer) are drawn as dashed lines; ``phases``
+    (one label per point, e.g. ``"simulate"`` / ``"learn"``) colours the points by phase.
     """
     x, fraction = np.asarray(x, dtype=float), np.asarray(fraction, dtype=float)
     if x.shape != fraction.shape or x.ndim != 1:
         raise ValueError(f"x and fraction must be 1-D of the same length, got {x.shape} and {fraction.shape}")
+    if phases is not None and len(phases) != x.shape[0]:
+        raise ValueError(f"phases must have one entry per point ({x.shape[0]}), got {len(phases)}")
     plt, fig, (ax,) = _figure()
-    ax.plot(x, fraction, "-o", ms=3, color="C3")
+    ax.plot(x, fraction, "-", color="0.6", lw=1)
+    labels = ["unstable fraction"] * x.shape[0] if phases is None else [f"{p} phase" for p in phases]
+    for k, name in enumerate(dict.fromkeys(labels)):
+        sel = np.array([lab == name for lab in labels])
+        ax.plot(x[sel], fraction[sel], "o", ms=4, color=f"C{3 + k}", label=name)
+    if phases is not None:
+        ax.legend(fontsize=8)
     for t in thresholds:
         ax.axhline(float(t), ls="--", lw=0.8, color="0.5")
     ax.set_xlabel(xlabel)

@@ -196,7 +196,8 @@ def train(model: torch.nn.Module, cfg: dict, *, resume: bool = False, data: dict
         x = [r["md_steps"] * config.dt / 1000.0 for r in result.history]
         plot = plot_unstable_fraction(x, result.unstable_fraction(), os.path.join(out, "unstable_fraction.png"),
                                       xlabel="simulated time per replica (ps)",
-                                      thresholds=(config.lower_threshold, config.upper_threshold))
+                                      thresholds=(config.lower_threshold, config.upper_threshold),
+                                      phases=[r["phase"] for r in result.history])
     if verbose:
         last = result.history[-1] if result.history else {}
         print(f"train: {result.cycles} cycle(s), stopped by {result.stop_reason or 'n/a'}; "

@@ -485,7 +485,7 @@ def write_section(path: str, section: str) -> None:
     _atomic_write(path, text)
 
 
-def plot(results: list[dict], png: str, budget_gib: float) -> None:
+def plot(results: list[dict], png: str, budget_gib: float, ref_norm: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -513,6 +513,8 @@ def plot(results: list[dict], png: str, budget_gib: float) -> None:
                                  fontsize=7, ha="center", va="top", rotation=90, annotation_clip=True)
         axes[1].plot(ns, [max(r["peak_bytes"]) / 2**20 for r in rs], marker=mk, color=col, label=m)
         axes[2].plot(ns, [statistics.mean(r["cpu_s"]) for r in rs], marker=mk, color=col, label=m)
+    if ref_norm is not None:
+        axes[0].axhline(ref_norm, color="grey", ls=":", lw=1.5, label="reference (high-sample estimator)")
     axes[1].axhline(budget_gib * 1024, color="grey", ls="--", lw=1)
     axes[1].text(0.02, 0.97, f"dashed: budget {budget_gib} GiB (x: over budget)", fontsize=8,
                  transform=axes[1].transAxes, va="top")
@@ -659,7 +661,7 @@ def main(argv=None) -> None:
             # written after every length, so that a long run leaves its results so far
             results = summarise(results, ref, tmp)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            plot(results, png, args.budget_gib)
+            plot(results, png, args.budget_gib, float(ref.norm()))
             save("gradients", {"command": command, "config": cfg, "results": results, "ref_norm": float(ref.norm()),
                                "ref_samples": ref_m, "ref_loss": ref_loss, "agreement": agreement,
                                "n_params": n_params, "png": png, "complete": n == lengths[-1]})

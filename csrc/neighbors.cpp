@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -53,12 +54,17 @@ bool entry_less(const Entry& a, const Entry& b) {
 // Uninitialised CPU tensor. Outputs of millions of pairs (hundreds of MB) are otherwise faulted in
 // 4 KiB page by page on every call, which costs as much as the search; such buffers are 2 MiB
 // aligned and advised as transparent huge pages (where the kernel allows it only on request).
+// BOLTZGRAD_HUGEPAGES=0 in the environment turns this off.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
     constexpr size_t kHuge = size_t(2) << 20;
     int64_t numel = 1;
     for (const int64_t d : sizes) numel *= d;
     const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
-    if (bytes < 4 * kHuge) return at::empty(sizes, options);
+    static const bool enabled = [] {
+        const char* env = std::getenv("BOLTZGRAD_HUGEPAGES");
+        return env == nullptr || std::string(env) != "0";
+    }();
+    if (!enabled || bytes < 4 * kHuge) return at::empty(sizes, options);
     void* data = nullptr;
     const size_t padded = (bytes + kHuge - 1) / kHuge * kHuge;
     if (posix_memalign(&data, kHuge, padded) != 0) return at::empty(sizes, options);
@@ -143,24 +149,63 @@ void cell_neighbors(int64_t i, const nl::Replica<T>& rep, const T* xi, const int
     }
 }
 
-// Brute-force neighbours of atom i of a replica without periodic axes (molecules): all shifts are
-// zero, so the scan is one branch-free loop over the replica's atoms, already in j order. Same
-// arithmetic as nl::visit_neighbors (xj + (0 - xi) == xj - xi).
+// True when brute force needs at most one image per pair: along every periodic axis the cutoff
+// (with the fractional slack) is below half the plane distance. Molecules always qualify.
 template <typename T>
-void open_brute_neighbors(int64_t i, const nl::Replica<T>& rep, const T* pw, T rc2, bool full_list,
-                          std::vector<int64_t>& hits, std::vector<Entry>& out) {
+bool single_image(const nl::Replica<T>& rep) {
+    for (int a = 0; a < 3; ++a) {
+        if (rep.periodic[a] && !(double(rep.rc_over_d[a]) + nl::kFracSlack < 0.5)) return false;
+    }
+    return true;
+}
+
+// Brute-force neighbours of atom i for a single_image replica, emitted in j order. The only image
+// of j that can be within the cutoff is the nearest one in fractional coordinates, k_a = -round(f'_j - f'_i)
+// along periodic axes (f' in [0, 1), so k_a in {-1, 0, 1}) and 0 along the others: one
+// branch-free loop over the replica's atoms. Same arithmetic as nl::visit_neighbors, and the
+// images it skips there (outside the fractional range) are farther than the cutoff, so the
+// output is identical. Periodic = false: a replica without periodic axes (all k = 0).
+template <bool Periodic, typename T>
+void single_image_neighbors(int64_t i, const nl::Replica<T>& rep, const T* pw, const T* fw, const int64_t* wrap,
+                            T rc2, bool full_list, std::vector<int64_t>& hits, std::vector<Entry>& out) {
     const int64_t j0 = full_list ? rep.atom_begin : i + 1;
     if (j0 >= rep.atom_end) return;
     if (static_cast<int64_t>(hits.size()) < rep.atom_end - j0) hits.resize(rep.atom_end - j0);
-    const T x0 = pw[3 * i], x1 = pw[3 * i + 1], x2 = pw[3 * i + 2];
+    const T* c = rep.cell;
+    const T xi[3] = {pw[3 * i], pw[3 * i + 1], pw[3 * i + 2]};
+    const T fi[3] = {fw[3 * i], fw[3 * i + 1], fw[3 * i + 2]};
+    const T per[3] = {T(rep.periodic[0]), T(rep.periodic[1]), T(rep.periodic[2])};
+    const T half = T(0.5);
     int64_t* h = hits.data();
     int64_t cnt = 0;
     for (int64_t j = j0; j < rep.atom_end; ++j) {
-        const T d0 = pw[3 * j] - x0, d1 = pw[3 * j + 1] - x1, d2 = pw[3 * j + 2] - x2;
+        T k[3] = {T(0), T(0), T(0)};
+        if (Periodic) {
+            for (int a = 0; a < 3; ++a) {
+                const T df = fw[3 * j + a] - fi[a];
+                k[a] = per[a] * (T(df < -half) - T(df > half));
+            }
+        }
+        T d2 = T(0);
+        for (int b = 0; b < 3; ++b) {
+            const T base = (k[0] * c[b] + k[1] * c[3 + b] + k[2] * c[6 + b]) - xi[b];
+            const T d = pw[3 * j + b] + base;
+            d2 += d * d;
+        }
         h[cnt] = j;
-        cnt += (d0 * d0 + d1 * d1 + d2 * d2 < rc2) & (j != i);
+        cnt += (d2 < rc2) & (j != i);
     }
-    for (int64_t e = 0; e < cnt; ++e) out.push_back(Entry{h[e], {0, 0, 0}});
+    const int64_t* wi = wrap + 3 * i;
+    for (int64_t e = 0; e < cnt; ++e) {
+        const int64_t j = h[e];
+        int32_t s[3];
+        for (int a = 0; a < 3; ++a) {
+            const T df = fw[3 * j + a] - fi[a];
+            const int64_t ka = Periodic && rep.periodic[a] ? int64_t(df < -half) - int64_t(df > half) : 0;
+            s[a] = static_cast<int32_t>(ka + wi[a] - wrap[3 * j + a]);
+        }
+        out.push_back(Entry{j, {s[0], s[1], s[2]}});
+    }
 }
 
 void check_inputs(const at::Tensor& positions, const at::Tensor& ptr, const at::Tensor& cell, const at::Tensor& pbc,
@@ -287,7 +332,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
                 const int64_t start = static_cast<int64_t>(out.size());
                 int64_t a = q;
                 if (rep.brute && !rep.periodic[0] && !rep.periodic[1] && !rep.periodic[2]) {
-                    open_brute_neighbors(a, rep, pw.data(), rc * rc, full_list, hits, out);
+                    single_image_neighbors<false>(a, rep, pw.data(), fw.data(), wrap.data(), rc * rc, full_list, hits,
+                                                  out);
+                } else if (rep.brute && single_image(rep)) {
+                    single_image_neighbors<true>(a, rep, pw.data(), fw.data(), wrap.data(), rc * rc, full_list, hits,
+                                                 out);
                 } else if (rep.brute) {  // emits in (j, shift) order already; reads no bins
                     VectorEmit emit{&out};
                     nl::visit_neighbors<T>(a, rep, pw.data(), nullptr, fw.data(), wrap.data(), nullptr, nullptr, rc,

@@ -63,6 +63,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one field of the configuration (VALUE read as YAML); repeatable")
     parser.add_argument("--out-dir", default=None, help="output directory (default: the config's out_dir)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BOLTZGRAD_THREADS", "1")),
+                        help="torch CPU threads (default: $BOLTZGRAD_THREADS or 1; small replicas gain little "
+                             "from more, and busy machines lose much)")
     parser.set_defaults(_run_config=True)
 
 
@@ -104,12 +107,12 @@ def _model_for(cfg: dict, path: str | None):
     return model, cfg["model"]["kind"]
 
 
-def _set_threads() -> None:
+def _set_threads(args: argparse.Namespace) -> None:
     import torch
 
-    n = os.environ.get("BOLTZGRAD_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
 
 
 _PRETRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "min_lr",
@@ -128,7 +131,7 @@ def _pretrain(args: argparse.Namespace) -> dict:
     from .stable.systems import build_model, load_data, save_model
     from .train import fit_energy_forces
 
-    _set_threads()
+    _set_threads(args)
     cfg = _load_run(args)
     section = dict(cfg["pretrain"])
     unknown = sorted(set(section) - set(_PRETRAIN_FIELDS))
@@ -171,7 +174,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace):
     from .stable import run as stable_run
 
-    _set_threads()
+    _set_threads(args)
     cfg = _load_run(args)
     stable_run.stable_config(cfg)
     model, _ = _model_for(cfg, args.model)
@@ -193,7 +196,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace):
     from .stable import run as stable_run
 
-    _set_threads()
+    _set_threads(args)
     cfg = _load_run(args)
     stable_run.evaluate_config(cfg)
     paths = args.model or [None]
@@ -220,7 +223,7 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def _simulate(args: argparse.Namespace):
     from .stable import run as stable_run
 
-    _set_threads()
+    _set_threads(args)
     cfg = _load_run(args)
     stable_run.simulate_settings(cfg)
     model, _ = _model_for(cfg, args.model)

@@ -39,7 +39,7 @@ lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check boltzgrad tests benchmarks
 
 test: build lint
-	$(PY) -m pytest -q
+	BOLTZGRAD_EXPECT_CUDA=1 $(PY) -m pytest -q
 
 test-slow: build
 	$(PY) -m pytest -q -m slow

@@ -9,15 +9,14 @@ from ._extension import HAS_CUDA_OPS
 
 DTYPES = [torch.float32, torch.float64]
 
+if not torch.cuda.is_available():
+    _NO_CUDA = "no CUDA device" + ("" if HAS_CUDA_OPS else " and the CUDA ops are not built")
+else:
+    _NO_CUDA = "" if HAS_CUDA_OPS else "the CUDA ops are not built"
+
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(
-            not (HAS_CUDA_OPS and torch.cuda.is_available()), reason="no CUDA device (or CUDA ops not built)"
-        ),
-    ),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(bool(_NO_CUDA), reason=_NO_CUDA)),
 ]
 
 

@@ -18,7 +18,7 @@ from .plots import plot_stable_times, plot_structure, plot_unstable_fraction
 from .systems import load_data, save_model
 
 __all__ = ["evaluate_models", "simulate", "train", "format_table", "evaluate_config", "stable_config",
-           "simulate_settings", "SIMULATE_FIELDS"]
+           "simulate_settings", "reference_diffusivity", "SIMULATE_FIELDS"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -38,8 +38,10 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
         ("force MAE (eV/A)", lambda r: _fmt(None if r.test_metrics is None else r.test_metrics["force_mae"], ".4f")),
         ("energy MAE (eV)", lambda r: _fmt(None if r.test_metrics is None else r.test_metrics["energy_mae"], ".4f")),
     ]
-    if first.diffusivity is not None:
-        rows.append(("diffusivity (A^2/fs)", lambda r: _fmt(r.diffusivity, ".3e")))
+    if first.diffusivity is not None or "reference_diffusivity" in first.extra:
+        ref = first.extra.get("reference_diffusivity")
+        name = "diffusivity (A^2/fs)" + (f", reference {ref:.3e}" if ref is not None else "")
+        rows.append((name, lambda r: _fmt(r.diffusivity, ".3e")))
     width = max(len(n) for n, _ in rows) + 2
     col = max(12, *(len(label) + 2 for label in labels))
     lines = [" " * width + "".join(label.rjust(col) for label in labels)]
@@ -89,6 +91,23 @@ def simulate_settings(cfg: dict) -> dict:
     return s
 
 
+def reference_diffusivity(cfg: dict) -> float | None:
+    """The oxygen self-diffusion coefficient (Å²/fs) stored with a generated dataset (``reference.json``, the mean
+    over its held-out trajectories), or None."""
+    import json
+    from pathlib import Path
+
+    from ..data.io import DATA_DIR
+
+    source = cfg["data"].get("source")
+    path = Path(DATA_DIR) / str(source) / "reference.json"
+    if not isinstance(source, str) or not path.is_file():
+        return None
+    entries = json.loads(path.read_text()).get("oxygen_diffusion", {})
+    values = [float(e["D"]) for e in entries.values() if isinstance(e, dict) and "D" in e]
+    return sum(values) / len(values) if values else None
+
+
 def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, data: dict | None = None,
                     evaluate_overrides: dict | None = None, verbose: bool = True) -> dict[str, EvaluationResult]:
     """Evaluate each ``(label, model)`` on the run's protocol; save results and the comparison plots.
@@ -114,8 +133,11 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
         if verbose:
             print(f"evaluate {label}: {config.replicas} replicas x {config.n_steps * config.dt / 1000:.4g} ps at "
                   f"{config.temperature:g} K from {len(data['starts'])} held-out structures ...", flush=True)
-        results[label] = evaluate(model, config, data["starts"], reference=data["reference"], test_set=data["test"],
-                                  out_dir=out, prefix=f"{label}_")
+        ref_d = reference_diffusivity(cfg) if config.diffusion_species == 8 else None
+        results[label] = evaluate(model, config, data["starts"], reference=data["reference"], test_set=data["test"])
+        if ref_d is not None:
+            results[label].extra["reference_diffusivity"] = ref_d
+        results[label].save(out, f"{label}_")
         if verbose:
             r = results[label]
             print(f"evaluate {label}: median stable time {r.median_stable_time / 1000:.4g} ps, "

@@ -12,8 +12,10 @@ as unstable too.
 From the stable parts of each replica (the frames sampled before the check at which its criterion
 fired) it measures the structure (h(r) for molecules, element-resolved g(r) for periodic systems) and
 compares it with the same observable averaged over the reference data, the velocity autocorrelation
-function and, for periodic systems, a diffusion coefficient; and the energy/force errors on a labelled
-test set. :meth:`EvaluationResult.save` writes ``evaluation.json`` and CSV tables (atomically).
+function (the model's only: reference datasets store positions, not velocities) and, for periodic systems,
+a diffusion coefficient (compared with a stored reference value by ``boltzgrad evaluate`` where the dataset
+has one); and the energy/force errors on a labelled test set. :meth:`EvaluationResult.save` writes
+``evaluation.json`` and CSV tables (atomically).
 
 Units: fs, Å, eV, K.
 """

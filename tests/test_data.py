@@ -576,11 +576,7 @@ def committed(name):
     return path, json.loads((path / "provenance.json").read_text())
 
 
-ASPIRIN_PENDING = pytest.mark.skipif(not (DATA / "aspirin_gfn2" / "provenance.json").is_file(),
-                                     reason="aspirin_gfn2 is still being generated")
-
-
-@pytest.mark.parametrize("name", [pytest.param("aspirin_gfn2", marks=ASPIRIN_PENDING), "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
 def test_committed_dataset_files_and_provenance(name):
     path, prov = committed(name)
     for key in PROVENANCE_KEYS:
@@ -607,7 +603,6 @@ def fd_directional(energy_fn, x, u, h):
     return (energy_fn(x + h * u) - energy_fn(x - h * u)) / (2 * h)
 
 
-@ASPIRIN_PENDING
 def test_committed_aspirin_consistent_with_gfn2():
     pytest.importorskip("tblite")
     from boltzgrad.data.generate.aspirin import gfn2_energy_forces
@@ -632,7 +627,6 @@ def test_committed_aspirin_consistent_with_gfn2():
             assert slope == pytest.approx(-np.sum(f * u), abs=1e-3)
 
 
-@ASPIRIN_PENDING
 def test_committed_aspirin_is_a_500K_ensemble_of_intact_molecules():
     from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
 
@@ -701,7 +695,7 @@ def committed_reference(name, role):
     return path, prov, ref
 
 
-@pytest.mark.parametrize("name", [pytest.param("aspirin_gfn2", marks=ASPIRIN_PENDING), "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
 def test_committed_reference_observables_match_a_subsample(name):
     from boltzgrad.data.reference import compute_reference_observables
 
@@ -721,7 +715,7 @@ def test_committed_reference_observables_match_a_subsample(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,role", [pytest.param("aspirin_gfn2", "pool", marks=ASPIRIN_PENDING),
+@pytest.mark.parametrize("name,role", [("aspirin_gfn2", "pool"),
                                        ("water_spcfw", "heldout"), ("water_spcfw", "pool")])
 def test_committed_reference_observables_recompute_exactly(name, role):
     from boltzgrad.data.reference import compute_reference_observables

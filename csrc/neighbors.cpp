@@ -14,11 +14,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
-#include <string>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -51,27 +48,22 @@ bool entry_less(const Entry& a, const Entry& b) {
     return a.s[2] < b.s[2];
 }
 
-// Uninitialised CPU tensor. Outputs of millions of pairs (hundreds of MB) are otherwise faulted in
-// 4 KiB page by page on every call, which costs as much as the search; such buffers are 2 MiB
-// aligned and advised as transparent huge pages (where the kernel allows it only on request).
-// BOLTZGRAD_HUGEPAGES=0 in the environment turns this off.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    constexpr size_t kHuge = size_t(2) << 20;
-    int64_t numel = 1;
-    for (const int64_t d : sizes) numel *= d;
-    const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
-    static const bool enabled = [] {
-        const char* env = std::getenv("BOLTZGRAD_HUGEPAGES");
-        return env == nullptr || std::string(env) != "0";
-    }();
-    if (!enabled || bytes < 4 * kHuge) return at::empty(sizes, options);
-    void* data = nullptr;
-    const size_t padded = (bytes + kHuge - 1) / kHuge * kHuge;
-    if (posix_memalign(&data, kHuge, padded) != 0) return at::empty(sizes, options);
-#ifdef MADV_HUGEPAGE
-    madvise(data, padded, MADV_HUGEPAGE);
-#endif
-    return at::from_blob(data, sizes, [](void* ptr) { std::free(ptr); }, options);
+// Sorts one atom's entries by (j, shift): insertion sort for the usual few tens of entries (less
+// overhead than std::sort there), std::sort beyond.
+void sort_entries(Entry* e, int64_t m) {
+    if (m > 48) {
+        std::sort(e, e + m, entry_less);
+        return;
+    }
+    for (int64_t a = 1; a < m; ++a) {
+        const Entry x = e[a];
+        int64_t b = a - 1;
+        while (b >= 0 && entry_less(x, e[b])) {
+            e[b + 1] = e[b];
+            --b;
+        }
+        e[b + 1] = x;
+    }
 }
 
 // Replica of each chunk start, found by binary search in ptr; then advanced atom by atom.
@@ -345,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
                     a = bin_atoms[q];
                     cell_neighbors(a, rep, pw.data() + 3 * a, bwrap.data() + 3 * q, bin[a], binned, rc * rc, full_list,
                                    hits, out);
-                    std::sort(out.begin() + start, out.end(), entry_less);
+                    sort_entries(out.data() + start, static_cast<int64_t>(out.size()) - start);
                 }
                 atom_slot[a] = q;
                 atom_start[a] = start;
@@ -360,9 +352,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     const int64_t total = offset[n];
     const int64_t P = max_pairs < 0 ? total : max_pairs;
     const auto opts = positions.options().dtype(at::kLong);
-    auto out_i = empty_output({P}, opts);
-    auto out_j = empty_output({P}, opts);
-    auto out_s = empty_output({P, 3}, opts);
+    auto out_i = at::empty({P}, opts);
+    auto out_j = at::empty({P}, opts);
+    auto out_s = at::empty({P, 3}, opts);
     int64_t* oi = out_i.data_ptr<int64_t>();
     int64_t* oj = out_j.data_ptr<int64_t>();
     int64_t* os = out_s.data_ptr<int64_t>();
@@ -417,8 +409,8 @@ std::tuple<at::Tensor, at::Tensor> pair_vectors_cpu(const at::Tensor& positions_
     const auto batch = batch_.contiguous();
     const auto pi = i_.contiguous(), pj = j_.contiguous(), ps = shifts_.contiguous();
     const int64_t P = pi.size(0), n = positions.size(0), R = cell.size(0);
-    auto vectors = empty_output({P, 3}, positions.options());
-    auto distances = empty_output({P}, positions.options());
+    auto vectors = at::empty({P, 3}, positions.options());
+    auto distances = at::empty({P}, positions.options());
     AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "pair_vectors_cpu", [&] {
         const scalar_t* x = positions.data_ptr<scalar_t>();
         const scalar_t* c = cell.data_ptr<scalar_t>();

@@ -113,6 +113,7 @@ def _atomic_write(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -504,9 +505,10 @@ def plot(results: list[dict], png: str, budget_gib: float, ref_norm: float | Non
         ns = [r["n"] for r in rs]
         fin = [[g for g in r["grad_norm"] if math.isfinite(g)] for r in rs]
         ok = [k for k, f in enumerate(fin) if f]
-        axes[0].plot([ns[k] for k in ok], [statistics.mean(fin[k]) for k in ok], marker=mk, color=col, label=m)
-        axes[0].fill_between([ns[k] for k in ok], [min(fin[k]) for k in ok], [max(fin[k]) for k in ok], color=col,
-                             alpha=0.2)
+        if ok:
+            axes[0].plot([ns[k] for k in ok], [statistics.mean(fin[k]) for k in ok], marker=mk, color=col, label=m)
+            axes[0].fill_between([ns[k] for k in ok], [min(fin[k]) for k in ok], [max(fin[k]) for k in ok],
+                                 color=col, alpha=0.2)
         for k, f in enumerate(fin):
             if len(f) < len(rs[k]["grad_norm"]):
                 axes[0].annotate("non-finite", (ns[k], 0.97), xycoords=("data", "axes fraction"), color=col,
@@ -516,11 +518,13 @@ def plot(results: list[dict], png: str, budget_gib: float, ref_norm: float | Non
     if ref_norm is not None:
         axes[0].axhline(ref_norm, color="grey", ls=":", lw=1.5, label="reference (high-sample estimator)")
     axes[1].axhline(budget_gib * 1024, color="grey", ls="--", lw=1)
-    axes[1].text(0.02, 0.97, f"dashed: budget {budget_gib} GiB (x: over budget)", fontsize=8,
-                 transform=axes[1].transAxes, va="top")
+    axes[1].text(0.02, 0.03, f"dashed: budget {budget_gib} GiB (x: over budget)", fontsize=8,
+                 transform=axes[1].transAxes, va="bottom")
     for ax, title, yl in zip(axes, ("gradient norm", "peak memory", "CPU time"), ("‖∇θ L‖", "MiB", "s"), strict=False):
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        lim = ax.dataLim
+        if ax.has_data() and math.isfinite(lim.y0) and lim.y0 > 0:
+            ax.set_yscale("log")
         ax.set_xlabel("trajectory length (steps)")
         ax.set_ylabel(yl)
         ax.set_title(title)
@@ -534,6 +538,7 @@ def plot(results: list[dict], png: str, budget_gib: float, ref_norm: float | Non
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, png)
     plt.close(fig)
 

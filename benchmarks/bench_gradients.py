@@ -314,7 +314,7 @@ def evaluate_rdf(model, starts, target, n_replicas, n_equil, n_steps, every=10, 
     return lj32.rdf_error(g, target), g.tolist()
 
 
-def train(method: str, cfg: dict, starts, target, seconds: float, log) -> dict:
+def train(method: str, cfg: dict, starts, target, seconds: float, log, seed: int = 0) -> dict:
     """Trains the MLP correction with ``method`` for ``seconds`` of CPU time; returns the history."""
     torch.set_num_threads(1)
     model = make_model(cfg)
@@ -322,7 +322,7 @@ def train(method: str, cfg: dict, starts, target, seconds: float, log) -> dict:
     tgt = target.to(torch.float32)
     loss_fn = lambda g: ((g.reshape(-1) - tgt) ** 2).sum()
     R = cfg["train_replicas"]
-    gen = torch.Generator().manual_seed(31)
+    gen = torch.Generator().manual_seed(31 + seed)  # velocities and Langevin noise of this training run
     chains = lj32.make_state(starts[:R].reshape(-1, 3).to(torch.float32), generator=gen)
     history = []
     it, chain_idx = 0, 0
@@ -355,7 +355,7 @@ def train(method: str, cfg: dict, starts, target, seconds: float, log) -> dict:
         if it % 5 == 0:
             log(f"  {method} it {it} cpu {history[-1]['cpu_s']:.0f}s loss {loss:.3g} |g| {gnorm:.3g}")
     err, g = evaluate_rdf(model, starts, target, cfg["eval_replicas"], cfg["eval_equil"], cfg["eval_steps"])
-    return {"method": method, "iterations": it, "cpu_s": history[-1]["cpu_s"] if history else 0.0,
+    return {"method": method, "seed": seed, "iterations": it, "cpu_s": history[-1]["cpu_s"] if history else 0.0,
             "rdf_error": err, "g": g, "history": history}
 
 
@@ -459,12 +459,12 @@ def markdown(data: dict) -> str:
             f"LJ potential itself scores {t['lj_error']:.3f} (sampling noise) and the initial model "
             f"{t['initial_error']:.3f}.",
             "",
-            "| method | updates | CPU s | final trajectory loss | RDF error |",
-            "|---|---:|---:|---:|---:|",
+            "| method | run seed | updates | CPU s | final trajectory loss | RDF error |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for r in t["results"]:
             last = r["history"][-1]["loss"] if r["history"] else float("nan")
-            lines.append(f"| {r['method']} | {r['iterations']} | {r['cpu_s']:.0f} | {last:.3g} | "
+            lines.append(f"| {r['method']} | {r.get('seed', 0)} | {r['iterations']} | {r['cpu_s']:.0f} | {last:.3g} | "
                          f"{r['rdf_error']:.3f} |")
         lines.append("")
         if t.get("notes"):
@@ -560,6 +560,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ref-steps", type=int, default=2000)
     ap.add_argument("--ref-every", type=int, default=10)
     ap.add_argument("--train-seconds", type=float, default=0.0, help="CPU seconds of training per method (0: skip)")
+    ap.add_argument("--train-seed", type=int, default=0, help="seed of the training runs' velocities and noise")
     ap.add_argument("--skip-gradients", action="store_true", help="only the training comparison")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke setting (small MLP, short runs)")
     ap.add_argument("--inprocess", action="store_true", help="no subprocesses (no memory budget watchdog)")
@@ -610,8 +611,16 @@ def main(argv=None) -> None:
     if args.merge_from:
         other = json.load(open(args.merge_from))
         for key in ("gradients", "training"):
-            if key in other:
-                save(key, other[key])
+            if key not in other:
+                continue
+            value = other[key]
+            if key == "training" and os.path.exists(json_path):
+                # training runs with other seeds add rows (a (method, seed) pair replaces its old row)
+                mine = json.load(open(json_path)).get("training", {}).get("results", [])
+                new = {(r["method"], r.get("seed", 0)) for r in value["results"]}
+                value = dict(value, results=[r for r in mine if (r["method"], r.get("seed", 0)) not in new]
+                             + value["results"])
+            save(key, value)
         log(f"merged {args.merge_from}")
         return
     tmp = args.work_dir or tempfile.mkdtemp(prefix="bench_gradients_")
@@ -678,7 +687,7 @@ def main(argv=None) -> None:
         log(f"RDF error: full LJ {lj_err:.3f}, initial model {init_err:.3f}")
         tres = []
         for m in ("estimator", "backprop", "adjoint"):
-            r = train(m, cfg, starts, target, args.train_seconds, log)
+            r = train(m, cfg, starts, target, args.train_seconds, log, seed=args.train_seed)
             log(f"trained {m}: {r['iterations']} updates, RDF error {r['rdf_error']:.3f}")
             tres.append(r)
         save("training", {"command": command, "config": cfg, "results": tres, "lj_error": lj_err,

@@ -171,13 +171,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
 
+def _prepare(args: argparse.Namespace, check: Callable[[dict], object]):
+    """Threads, the run configuration with its overrides, ``check(cfg)`` of the command's section (before any
+    expensive work), and the model of ``--model``: returns ``(cfg, model)``."""
+    _set_threads(args)
+    cfg = _load_run(args)
+    check(cfg)
+    model, _ = _model_for(cfg, args.model)
+    return cfg, model
+
+
 def _train(args: argparse.Namespace):
     from .stable import run as stable_run
 
-    _set_threads(args)
-    cfg = _load_run(args)
-    stable_run.stable_config(cfg)
-    model, _ = _model_for(cfg, args.model)
+    cfg, model = _prepare(args, stable_run.stable_config)
     return stable_run.train(model, cfg, resume=args.resume)
 
 
@@ -223,10 +230,7 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def _simulate(args: argparse.Namespace):
     from .stable import run as stable_run
 
-    _set_threads(args)
-    cfg = _load_run(args)
-    stable_run.simulate_settings(cfg)
-    model, _ = _model_for(cfg, args.model)
+    cfg, model = _prepare(args, stable_run.simulate_settings)
     return stable_run.simulate(model, cfg, output=args.output)
 
 

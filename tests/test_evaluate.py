@@ -146,3 +146,17 @@ def test_evaluate_from_a_run_configuration(tmp_path):
     assert res.max_time == 200.0 and res.stable_time.shape == (2,) and not res.unstable.any()
     assert res.test_metrics["n_structures"] == 4
     assert res.settings["max_time"] == 200.0
+
+
+def test_rdf_criterion_with_replicas_dropping_out(lj_data):
+    """The windowed RDF criterion fires for the collapsing liquid, not for the true potential; its per-replica
+    windows follow the replicas when fired ones leave the batch."""
+    cfg = _config(criterion="rdf", threshold=1.5, rdf_window=2, diffusion_species=None, replicas=4, max_time=800.0)
+    good = evaluate(LennardJones(EPS, SIGMA, 2.5 * SIGMA).double(), cfg, lj_data)
+    bad = evaluate(Collapsing().double(), cfg, lj_data)
+    assert not good.unstable.any()
+    assert bad.unstable.all() and set(bad.reason) <= {"rdf", "non_finite"} and "rdf" in bad.reason
+    # judged only once the window is full: not before the second check
+    assert np.all(bad.stable_time[np.array(bad.reason) == "rdf"] >= 2 * cfg.check_every * cfg.dt)
+    assert len(set(bad.stable_time.tolist())) > 1  # some replicas ran on after others had left the batch
+    assert bad.extra["criterion"]["threshold"] == 1.5

@@ -161,3 +161,20 @@ def test_demo_runs_on_a_tiny_lj_setting(tmp_path, capsys):
     for name in ("evaluate/stable_times.png", "evaluate/structure.png", "train/unstable_fraction.png",
                  "evaluate/before_evaluation.json", "evaluate/after_evaluation.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
+
+
+def test_shipped_aspirin_model_reproduces_its_recorded_test_errors():
+    """The shipped pre-trained model loads, and its errors on the test split of the committed data are the ones
+    recorded when `boltzgrad pretrain --config configs/aspirin_schnet.yaml` made it."""
+    from boltzgrad.stable.systems import load_data
+    from boltzgrad.train import evaluate_energy_forces
+
+    cfg = load_run_config(ROOT / "configs" / "aspirin_schnet.yaml")
+    model, blob = load_model(cfg["model"]["checkpoint"])
+    assert (ROOT / cfg["model"]["checkpoint"]).stat().st_size < 1_000_000
+    assert blob["spec"] == {k: v for k, v in cfg["model"].items() if k != "checkpoint"}
+    data = load_data(cfg["data"])
+    assert len(data["train"]) == blob["n_train"] == 1000
+    metrics = evaluate_energy_forces(model, data["test"], batch_size=100)
+    assert metrics["force_mae"] == pytest.approx(blob["test_metrics"]["force_mae"], rel=1e-4)
+    assert metrics["energy_mae"] == pytest.approx(blob["test_metrics"]["energy_mae"], rel=1e-3)

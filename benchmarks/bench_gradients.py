@@ -462,10 +462,18 @@ def markdown(data: dict) -> str:
             "| method | run seed | updates | CPU s | final trajectory loss | RDF error |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for r in t["results"]:
+        order = ("estimator", "backprop", "adjoint")
+        rows = sorted(t["results"], key=lambda r: (order.index(r["method"]), r.get("seed", 0)))
+        for r in rows:
             last = r["history"][-1]["loss"] if r["history"] else float("nan")
             lines.append(f"| {r['method']} | {r.get('seed', 0)} | {r['iterations']} | {r['cpu_s']:.0f} | {last:.3g} | "
                          f"{r['rdf_error']:.3f} |")
+        for m in order:
+            errs = [r["rdf_error"] for r in rows if r["method"] == m]
+            if len(errs) > 1:
+                its = [r["iterations"] for r in rows if r["method"] == m]
+                lines.append(f"| **{m}** | mean of {len(errs)} | {statistics.mean(its):.0f} | | | "
+                             f"**{_stat(errs, '{:.3f}')}** |")
         lines.append("")
         if t.get("notes"):
             lines += [t["notes"], ""]

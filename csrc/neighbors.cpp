@@ -48,10 +48,10 @@ bool entry_less(const Entry& a, const Entry& b) {
     return a.s[2] < b.s[2];
 }
 
-// Sorts one atom's entries by (j, shift): insertion sort for the usual few tens of entries (less
-// overhead than std::sort there), std::sort beyond.
+// Sorts one atom's entries by (j, shift): insertion sort up to 128 entries (a full list at liquid
+// density has ~50 per atom; ~10% faster there than std::sort), std::sort beyond.
 void sort_entries(Entry* e, int64_t m) {
-    if (m > 48) {
+    if (m > 128) {
         std::sort(e, e + m, entry_less);
         return;
     }

@@ -299,8 +299,11 @@ inline int64_t replica_setup(const double* cell, const double* inv, const bool* 
     for (int a = 0; a < 3; ++a) {
         rep.n_bins[a] = static_cast<int32_t>(nb[a]);
         const double thick = d[a] * (extent[a] > 0 ? extent[a] : 1.0) / nb[a];
-        rep.reach[a] = static_cast<int32_t>(std::ceil(cutoff / thick * (1.0 + kBinSlack)));
-        if (!periodic[a] && rep.reach[a] > rep.n_bins[a]) rep.reach[a] = rep.n_bins[a];
+        // clamped in double before the cast: a non-periodic axis with a tiny atom range (e.g. two atoms
+        // 1e-25 apart) has bins far thinner than the cutoff
+        double reach = std::ceil(cutoff / thick * (1.0 + kBinSlack));
+        if (!periodic[a]) reach = std::min(reach, nb[a]);
+        rep.reach[a] = static_cast<int32_t>(std::min(reach, 1e9));
         rep.bins_per_frac[a] = static_cast<T>(extent[a] > 0 ? nb[a] / extent[a] : 0.0);
         cell_cost *= 2.0 * rep.reach[a] + 1.0;
         if (periodic[a]) brute_images *= 2.0 * cutoff / d[a];

@@ -210,6 +210,16 @@ def test_property_random_cells_agree_with_reference_and_ase(frac, diag, tilt, pb
         assert away_from_cutoff(pairs, cutoff, tol) == expected_ref
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_nearly_coincident_atoms_in_an_open_replica(method):
+    # a non-periodic atom range of 1e-25 Å makes the cell-list bins far thinner than the cutoff
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 4.7e-25], [0.0, 3.0, 0.0]], dtype=torch.float64)
+    for full_list in (False, True):
+        pairs = bg.neighbor_list(pos, 1.0, full_list=full_list, method=method)
+        expected = [(0, 1, (0, 0, 0)), (1, 0, (0, 0, 0))] if full_list else [(0, 1, (0, 0, 0))]
+        assert triples(pairs) == sorted(expected)
+
+
 def test_output_is_sorted_by_i_j_shift():
     rng = np.random.default_rng(4)
     pos, cell = random_box(rng, 25)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _status: dict[str, str] = {}
 
@@ -19,6 +23,15 @@ def _load(name: str) -> bool:
 
 HAS_CPU_OPS = _load("_C")
 HAS_CUDA_OPS = HAS_CPU_OPS and _load("_C_cuda")
+
+
+def compiled_for(t: torch.Tensor) -> bool:
+    """True if the compiled ops have kernels for ``t``'s device (else the pure-torch twins run)."""
+    if t.device.type == "cpu":
+        return HAS_CPU_OPS
+    if t.device.type == "cuda":
+        return HAS_CUDA_OPS
+    return False
 
 
 def compiled_backends() -> dict[str, bool | str]:

@@ -29,8 +29,7 @@ import torch
 
 from . import _reference
 from ._checks import as_tensor, check_dim, check_finite, check_float
-from ._extension import HAS_CPU_OPS
-from .ops.histogram import _compiled_for
+from ._extension import HAS_CPU_OPS, compiled_for
 
 __all__ = ["Pairs", "neighbor_list", "NeighborList"]
 
@@ -206,7 +205,7 @@ if HAS_CPU_OPS:
 
 def _pair_vectors(positions, cell, batch, n_rep, i, j, shifts):
     """``(vectors, distances)`` of the pairs; differentiable w.r.t. positions and cell (to any order)."""
-    if not _compiled_for(positions):
+    if not compiled_for(positions):
         return _reference.pair_vectors(positions, cell, batch, i, j, shifts)
     if cell is None:
         cell = positions.new_zeros(n_rep, 3, 3)
@@ -229,7 +228,7 @@ def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto"
     ``max_pairs >= 0``: exactly ``max_pairs`` entries, the first ``min(n_found, max_pairs)`` valid.
     """
     mode = _METHODS[method]
-    if mode < 0 or not _compiled_for(positions):
+    if mode < 0 or not compiled_for(positions):
         i, j, shifts = _reference.neighbor_pairs(positions, cutoff, batch, cell, pbc, full_list)
         n_found = torch.tensor(i.shape[0], dtype=torch.long, device=positions.device)
         if max_pairs >= 0:

@@ -6,7 +6,7 @@ import torch
 
 from .. import _reference
 from .._checks import as_tensor, check_dim, check_float
-from .._extension import HAS_CPU_OPS, HAS_CUDA_OPS
+from .._extension import HAS_CPU_OPS, compiled_for
 
 __all__ = ["covariance", "RunningCovariance"]
 
@@ -38,10 +38,6 @@ if HAS_CPU_OPS:
     torch.library.register_autograd("boltzgrad::covariance", _covariance_backward, setup_context=_covariance_setup)
 
 
-def _compiled_for(t: torch.Tensor) -> bool:
-    return HAS_CPU_OPS if t.device.type == "cpu" else (HAS_CUDA_OPS and t.device.type == "cuda")
-
-
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = as_tensor("x", x)
     y = as_tensor("y", y)
@@ -64,7 +60,7 @@ def covariance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x, y = _check_pair(x, y)
     if x.shape[0] < 2:
         raise ValueError(f"x must have at least 2 samples (rows) for a covariance, got shape {tuple(x.shape)}")
-    if not _compiled_for(x):
+    if not compiled_for(x):
         return _reference.covariance(x, y)
     return torch.ops.boltzgrad.covariance(x, y)
 
@@ -101,7 +97,7 @@ class RunningCovariance:
         if self.count == 0:
             self.count, self.mean_x, self.mean_y, self.comoment = n_b, mx_b, my_b, c_b
             return
-        if _compiled_for(c_b):
+        if compiled_for(c_b):
             c, mx, my = torch.ops.boltzgrad.comoment_merge(
                 self.comoment, self.mean_x, self.mean_y, self.count, c_b, mx_b, my_b, n_b
             )

@@ -19,7 +19,7 @@ import torch
 
 from .. import _reference
 from .._checks import as_tensor, check_dim, check_finite, check_float, check_index, check_positive
-from .._extension import HAS_CPU_OPS, HAS_CUDA_OPS
+from .._extension import HAS_CPU_OPS, compiled_for
 
 __all__ = ["smeared_histogram", "WINDOW_SIGMAS"]
 
@@ -74,14 +74,6 @@ if HAS_CPU_OPS:
 
     torch.library.register_autograd("boltzgrad::smeared_scatter", _scatter_backward, setup_context=_scatter_setup)
     torch.library.register_autograd("boltzgrad::smeared_gather", _gather_backward, setup_context=_gather_setup)
-
-
-def _compiled_for(t: torch.Tensor) -> bool:
-    if t.device.type == "cpu":
-        return HAS_CPU_OPS
-    if t.device.type == "cuda":
-        return HAS_CUDA_OPS
-    return False
 
 
 def smeared_histogram(
@@ -145,6 +137,6 @@ def smeared_histogram(
         check_finite("weights", weights)
     if segment.device != values.device:
         raise ValueError(f"segment must be on the device of values ({values.device}), got {segment.device}")
-    if not _compiled_for(values):
+    if not compiled_for(values):
         return _reference.smeared_histogram(values, segment, n_segments, centers, sigma, weights=weights)
     return torch.ops.boltzgrad.smeared_scatter(values, segment, weights, n_segments, centers, sigma, 0)

@@ -30,8 +30,14 @@ A second part (``--train-seconds S``) trains the MLP correction with each method
 budget S (Adam, lr 1e-3, gradient norm clipped to 1) and reports the RDF error ``∫|g - g_ref| dr``
 reached, measured by the same Langevin evaluation run for every model.
 
-Run (about 20 min for the gradient part and 3 x S s + evaluations for training on a shared 2-core machine):
-    nice -n 10 .venv/bin/python benchmarks/bench_gradients.py --train-seconds 180
+Run (the gradient part takes about 20 CPU-minutes, mostly the 10^4-step runs; training 3 x S CPU-seconds
+plus evaluations per seed):
+    nice -n 10 .venv/bin/python benchmarks/bench_gradients.py --lengths 10,32,100,316,1000,10000 --seeds 2 \
+        --seeds-long 1 --long-from 3000 --ckpt-max 1000 --ref-steps 1000 --work-dir /tmp/bg_work
+    nice -n 10 .venv/bin/python benchmarks/bench_gradients.py --skip-gradients --train-seconds 150 --train-seed S \
+        --out-dir DIR_S      # then: ... --merge-from DIR_S/bench_gradients.json
+Single (method, n) jobs may run in parallel processes sharing one --work-dir (e.g. --lengths 10000
+--methods adjoint); a later run with the full arguments reuses their results.
 Tiny smoke setting (the test suite): --tiny --inprocess --out-dir DIR
 """
 

@@ -170,6 +170,18 @@ def test_lj32_units_and_target():
         lj32.rdf_error(t.g[:3], t.g)
 
 
+def test_lj32_make_save_load_target(tmp_path):
+    t = lj32.make_target(n_replicas=2, n_equilibrate=5, n_steps=10, every=5, seed=1)
+    assert t.g.shape == (lj32.RDF_BINS,) and t.info["n_frames"] == 4
+    path = str(tmp_path / "sub" / "target.npz")
+    lj32.save_target(t, path)
+    back = lj32.load_target(path)
+    assert torch.equal(back.g, t.g) and torch.equal(back.centers, t.centers) and back.info == t.info
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    with pytest.raises(ValueError, match="no stored target"):
+        lj32.load_target(str(tmp_path / "missing.npz"))
+
+
 def test_lj32_prior_is_the_repulsive_part():
     x = torch.tensor([[0.0, 0.0, 0.0], [3.9, 0.0, 0.0]], dtype=torch.float64)
     prior = lj32.RepulsivePrior()(x)["energy"]

@@ -755,7 +755,10 @@ class StableTrainer:
         self.history.append(row)
         self.unit += 1
         if bar is not None:
-            bar.set_postfix(unstable=f"{row['unstable_fraction']:.2f}", loss=f"{row['obs_loss']:.3g}")
+            postfix = {"unstable": f"{row['unstable_fraction']:.2f}"}
+            if isinstance(row.get("obs_loss"), float) and math.isfinite(row["obs_loss"]):
+                postfix["loss"] = f"{row['obs_loss']:.3g}"  # learning units only
+            bar.set_postfix(postfix)
         self._tensorboard(row)
         return row
 

@@ -18,7 +18,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for is inline (ATen/ParallelOpenMP.h); without it the loops run on one thread.
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 
 
 def want_cuda() -> bool:
@@ -51,6 +53,7 @@ if os.environ.get("BOLTZGRAD_NO_EXT", "") != "1":
         "boltzgrad._C",
         rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))),
         extra_compile_args={"cxx": CXX_FLAGS},
+        extra_link_args=LINK_FLAGS,
     ))
 if extensions and want_cuda():
     extensions.append(
@@ -58,6 +61,7 @@ if extensions and want_cuda():
             "boltzgrad._C_cuda",
             rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))),
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_link_args=LINK_FLAGS,
         )
     )
 

@@ -36,7 +36,7 @@ $(VENV)/.built: $(VENV)/.deps $(CSRC)
 build: $(VENV)/.built
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check boltzgrad tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: build lint
 	BOLTZGRAD_EXPECT_CUDA=1 $(PY) -m pytest -q

@@ -13,11 +13,12 @@ import glob
 import os
 import sys
 
+import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CUDA_SRC = os.path.join(HERE, "csrc", "cuda")
 # -fopenmp: at::parallel_for is inline (ATen/ParallelOpenMP.h); without it the loops run on one thread.
 CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
@@ -59,7 +60,7 @@ if extensions and want_cuda():
     extensions.append(
         CUDAExtension(
             "boltzgrad._C_cuda",
-            rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))),
+            rel(glob.glob(os.path.join(CUDA_SRC, "*.cpp")) + glob.glob(os.path.join(CUDA_SRC, "*.cu"))),
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=LINK_FLAGS,
         )

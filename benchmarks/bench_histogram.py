@@ -35,6 +35,9 @@ import torch
 import boltzgrad as bg
 from boltzgrad import _reference
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import replace_section  # noqa: E402
+
 METHODS = {
     "compiled": lambda v, s, n, c, sig: bg.ops.smeared_histogram(v, s, n, c, sig),
     "torch_dense": lambda v, s, n, c, sig: _reference.smeared_histogram(v, s, n, c, sig),
@@ -178,22 +181,9 @@ def main() -> None:
             "Peak MB: rise of the process's peak RSS during one forward+backward (output included).\n\n"
             + table + "\n"
         )
-        replace_section(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "## Smeared histogram", section)
+        replace_section("## Smeared histogram", section)
 
 
-def replace_section(path: str, heading: str, section: str) -> None:
-    """Writes ``section`` into the markdown file in place of the one starting with ``heading`` (atomic)."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    start = text.find("\n" + heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[: start + 1] + section + ("" if end < 0 else "\n" + text[end + 1:])
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -51,3 +53,15 @@ def check_index(name: str, idx: torch.Tensor, size: int, size_name: str) -> None
 def check_positive(name: str, value: float) -> None:
     if not (value > 0):
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def positive_float(name: str, value, unit: str | None = None) -> float:
+    """``value`` as a finite float > 0; TypeError if it is not a number, ValueError if not positive."""
+    what = f" ({unit})" if unit else ""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number{what}, got {type(value).__name__}") from err
+    if not (v > 0) or not math.isfinite(v):
+        raise ValueError(f"{name} must be finite and > 0{what}, got {v}")
+    return v

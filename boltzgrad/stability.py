@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import as_tensor
+from ._checks import as_tensor, positive_float
 from .observables import RDF, BondLengths, min_intermolecular_distance
 
 __all__ = [
@@ -55,16 +55,6 @@ EVAL_BOND_THRESHOLD = 0.5
 TRAIN_MIN_DISTANCE = 1.2
 #: RDF MAE (∫|g - g_ref| dr, Å) above which a water replica is unstable in evaluation.
 EVAL_RDF_THRESHOLD = 3.0
-
-
-def _threshold(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from err
-    if not (v > 0) or not math.isfinite(v):
-        raise ValueError(f"{name} must be finite and > 0, got {v}")
-    return v
 
 
 def _replica_finite(state) -> torch.Tensor:
@@ -156,7 +146,7 @@ class BondLengthCriterion(Criterion):
             raise ValueError("reference_lengths must be finite and > 0 (Å)")
         self.bonds = self.lengths.bonds
         self.reference_lengths = ref
-        self.threshold = _threshold("threshold", threshold)
+        self.threshold = positive_float("threshold", threshold)
 
     @torch.no_grad()
     def measure(self, state) -> torch.Tensor:
@@ -192,8 +182,8 @@ class MinDistanceCriterion(Criterion):
             raise ValueError(f"molecule must be int64 [n_atoms], got {molecule.dtype} of shape "
                              f"{tuple(molecule.shape)}")
         self.molecule = molecule
-        self.threshold = _threshold("threshold", threshold)
-        self.cutoff = _threshold("cutoff", cutoff)
+        self.threshold = positive_float("threshold", threshold)
+        self.cutoff = positive_float("cutoff", cutoff)
         if self.cutoff <= self.threshold:
             raise ValueError(f"cutoff ({self.cutoff} Å) must exceed threshold ({self.threshold} Å)")
 
@@ -264,7 +254,7 @@ class RDFCriterion(Criterion):
             raise ValueError(f"min_frames must be an int in [1, window={window}], got {min_frames!r}")
         self.rdf = rdf
         self.reference = ref
-        self.threshold = _threshold("threshold", threshold)
+        self.threshold = positive_float("threshold", threshold)
         self.window = window
         self.min_frames = min_frames
         self._frames: torch.Tensor | None = None  # [R, window, n_kinds, n_bins] ring buffer

@@ -16,21 +16,12 @@ from collections.abc import Callable
 
 import torch
 
+from .._checks import positive_float
 from ..models.base import segment_sum
 from . import units
 from .state import State, _kT_tensor, kinetic_energy
 
 Compute = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-
-
-def _positive_float(name: str, value, unit: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number ({unit}), got {type(value).__name__}") from err
-    if not (v > 0) or not math.isfinite(v):
-        raise ValueError(f"{name} must be finite and > 0 ({unit}), got {v}")
-    return v
 
 
 def _check_kT(kT, *, positive: bool):
@@ -49,7 +40,7 @@ class Integrator:
     needs_virial = False
 
     def __init__(self, dt: float):
-        self.dt = _positive_float("dt", dt, "fs")
+        self.dt = positive_float("dt", dt, "fs")
 
     def init(self, state: State) -> None:
         """Add this integrator's variables to ``state.aux`` (idempotent) and check per-replica parameters."""
@@ -102,7 +93,7 @@ class Langevin(Integrator):
 
     def __init__(self, dt: float, kT, friction: float, *, generator: torch.Generator | None = None):
         super().__init__(dt)
-        self.friction = _positive_float("friction", friction, "1/fs")
+        self.friction = positive_float("friction", friction, "1/fs")
         _check_kT(kT, positive=False)
         self.kT = kT
         self.generator = generator
@@ -150,7 +141,7 @@ class NoseHoover(Integrator):
 
     def __init__(self, dt: float, kT, tau: float, *, chain: int = 3, massive: bool = False, remove_com: bool = True):
         super().__init__(dt)
-        self.tau = _positive_float("tau", tau, "fs")
+        self.tau = positive_float("tau", tau, "fs")
         if int(chain) < 1:
             raise ValueError(f"chain must be >= 1, got {chain}")
         self.chain = int(chain)
@@ -269,11 +260,11 @@ class BerendsenNPT(Integrator):
         if not bool(torch.isfinite(p).all()):
             raise ValueError(f"pressure must be finite (eV/Å³), got {p.tolist()}")
         self.pressure = pressure
-        self.tau_t = _positive_float("tau_t", tau_t, "fs")
-        self.tau_p = _positive_float("tau_p", tau_p, "fs")
-        self.compressibility = _positive_float("compressibility", compressibility, "Å³/eV")
-        self.max_velocity_scale = _positive_float("max_velocity_scale", max_velocity_scale, "fraction")
-        self.max_volume_change = _positive_float("max_volume_change", max_volume_change, "fraction")
+        self.tau_t = positive_float("tau_t", tau_t, "fs")
+        self.tau_p = positive_float("tau_p", tau_p, "fs")
+        self.compressibility = positive_float("compressibility", compressibility, "Å³/eV")
+        self.max_velocity_scale = positive_float("max_velocity_scale", max_velocity_scale, "fraction")
+        self.max_volume_change = positive_float("max_volume_change", max_volume_change, "fraction")
         if self.max_velocity_scale >= 1 or self.max_volume_change >= 1:
             raise ValueError("max_velocity_scale and max_volume_change must be < 1")
 

@@ -57,6 +57,7 @@ import time
 import torch
 
 import boltzgrad as bg
+from boltzgrad._files import atomic_write_text
 from boltzgrad.baselines import adjoint_gradient, backprop_gradient, lj32
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,21 +111,6 @@ class Watchdog:
         if self._thread is not None:
             self._thread.join()
         return False
-
-
-def _atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _every(n: int) -> int:
@@ -497,7 +483,7 @@ def write_section(path: str, section: str) -> None:
         text = text[:a] + section.rstrip("\n") + (rest if rest.startswith("\n") else "\n" + rest)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
 
 
 def plot(results: list[dict], png: str, budget_gib: float, ref_norm: float | None = None) -> None:
@@ -619,7 +605,7 @@ def main(argv=None) -> None:
         data = json.load(open(json_path)) if os.path.exists(json_path) else {}
         value.setdefault("notes", data.get(key, {}).get("notes", ""))
         data[key] = value
-        _atomic_write(json_path, json.dumps(data, indent=1))
+        atomic_write_text(json_path, json.dumps(data, indent=1))
         write_section(os.path.join(args.out_dir, "RESULTS.md"), markdown(data))
 
     if args.merge_from:
@@ -679,7 +665,7 @@ def main(argv=None) -> None:
                     r = json.load(open(done))
                 else:
                     r = run_job(job, args.inprocess)
-                    _atomic_write(done, json.dumps(r))
+                    atomic_write_text(done, json.dumps(r))
                 if r["status"] != "ok":
                     over.add(m)
                     r["seeds"] = []

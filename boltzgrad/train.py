@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._files import atomic_write, atomic_write_text
 from .models.base import energy_and_forces
 
 __all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult"]
@@ -144,16 +145,11 @@ class FitResult:
 
 
 def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _atomic_write_text(text: str, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _check_positive_int(name, v):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from .. import md
+from .._files import atomic_write
 from ..models import LennardJones, PairMLP, Sum
 from ..models.pair import _split_pair_energies, pair_geometry
 from ..observables import RDF
@@ -236,18 +236,8 @@ def default_target_path() -> str:
 
 def save_target(target: Target, path: str) -> None:
     """Write the target atomically as ``.npz`` (g, centers, info as JSON)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, g=target.g.numpy(), centers=target.centers.numpy(), info=np.array(json.dumps(target.info)))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    arrays = dict(g=target.g.numpy(), centers=target.centers.numpy(), info=np.array(json.dumps(target.info)))
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def load_target(path: str | None = None) -> Target:

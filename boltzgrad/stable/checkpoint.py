@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from .._files import atomic_write_bytes  # noqa: F401  (re-exported: bg.stable's writers use it)
 from ..md.state import State
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "state_to_dict",
@@ -29,33 +30,6 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged, or does not belong to this run."""
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename itself durable where the platform allows it
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # directories cannot be fsynced on every file system; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .._files import atomic_write
+
 __all__ = ["plot_unstable_fraction", "plot_stable_times", "plot_structure"]
 
 
@@ -29,13 +31,11 @@ def _save(plt, fig, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not path.endswith(".png"):
         raise ValueError(f"path must end in .png, got {path!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    tmp = f"{path[:-4]}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 def plot_unstable_fraction(x: Sequence[float], fraction: Sequence[float], path: str | os.PathLike, *,

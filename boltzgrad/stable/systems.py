@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import atomic_write
 from ..data import AtomsDataset
 from ..data.io import DATA_DIR, load, load_reference
 
@@ -132,13 +133,10 @@ def build_model(spec: dict) -> torch.nn.Module:
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict, **extra) -> None:
     """Write ``{"spec", "state_dict", **extra}`` to ``path`` atomically (a model file of boltzgrad)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     spec = {k: v for k, v in dict(spec).items() if k != "checkpoint"}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save({"format": "boltzgrad-model-v1", "spec": spec, "state_dict": state, **extra}, tmp)
-    os.replace(tmp, path)
+    content = {"format": "boltzgrad-model-v1", "spec": spec, "state_dict": state, **extra}
+    atomic_write(path, lambda tmp: torch.save(content, tmp))
 
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._files import atomic_write, atomic_write_text
 from ..dataset import FORMAT_COMPACT, AtomsDataset
 from ..io import load_npz, npz_frame_count
 from ..reference import REFERENCE_OBSERVABLES_FILE
@@ -36,16 +37,11 @@ __all__ = ["ChainStore", "write_json", "software_versions", "write_provenance", 
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name[:-4] + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 def add_md_arguments(parser, defaults: dict) -> None:

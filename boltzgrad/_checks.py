@@ -40,6 +40,21 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} has {bad} non-finite entries (NaN or inf)")
 
 
+def all_valid(*, finite=(), index=(), ascending=()) -> bool:
+    """One device-to-host copy for the value checks of an op's inputs (a GPU op would otherwise wait once per check).
+
+    True when every tensor in ``finite`` has a finite sum (no NaN/inf), every ``(idx, size)`` in ``index`` has
+    entries in ``[0, size)`` and every tensor in ``ascending`` is strictly ascending. False means: run the
+    individual checks, which name the argument (an overflowing sum of finite entries also lands there).
+    """
+    if _compiling():
+        return True
+    parts = [torch.isfinite(x.sum()).reshape(1) for x in finite if x.numel()]
+    parts += [((idx.min() >= 0) & (idx.max() < size)).reshape(1) for idx, size in index if idx.numel()]
+    parts += [(x[1:] > x[:-1]).all().reshape(1) for x in ascending if x.numel() > 1]
+    return not parts or bool(torch.cat(parts).all())
+
+
 def check_index(name: str, idx: torch.Tensor, size: int, size_name: str) -> None:
     if idx.dtype != torch.int64:
         raise ValueError(f"{name} must be an int64 tensor, got dtype {idx.dtype}")

@@ -222,6 +222,21 @@ def _margin(positions, cutoff, cell) -> float:
     return 64 * torch.finfo(positions.dtype).eps * (cutoff + extent)
 
 
+_MAX_WRAP = 2**29
+
+
+def _check_wraps(positions, eff, batch, pbc) -> None:
+    """The compiled search keeps image shifts in 32-bit integers: positions may lie at most 2**29 box lengths
+    outside their box along periodic axes. Checked before the op, so that no loop or allocation is sized by
+    such a position."""
+    inv = torch.linalg.inv(eff.detach().double())
+    frac = torch.einsum("ni,nij->nj", positions.detach().double(), inv[batch])
+    far = float((frac.abs() * pbc[batch]).max())
+    if not far <= _MAX_WRAP:
+        raise ValueError(f"positions are {far:.3g} box lengths outside their box along a periodic axis; the compiled "
+                         f"search supports at most 2**29 = {_MAX_WRAP} (wrap the positions into the box first)")
+
+
 def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto", max_pairs=-1):
     """Integer part of the search: (i, j, shifts, n_found), sorted by (i, j, shift).
 
@@ -244,6 +259,8 @@ def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto"
         eff = cell.detach()
     else:
         eff = _reference.effective_cell(cell, pbc)
+    if positions.shape[0] and bool(pbc.any()):
+        _check_wraps(positions, eff, batch, pbc)
     ptr = torch.searchsorted(batch, torch.arange(n_rep + 1, device=device))
     return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
 

@@ -19,10 +19,11 @@ at::Tensor covariance_impl(const at::Tensor& x, const at::Tensor& y) {
     TORCH_CHECK(x.dim() == 2 && y.dim() == 2 && x.size(0) == y.size(0),
                 "x [M, K] and y [M, P] must be 2-D with equal M, got ", x.sizes(), " and ", y.sizes());
     TORCH_CHECK(x.size(0) >= 2, "covariance needs at least 2 samples, got ", x.size(0));
-    const auto xc = x - x.mean(0, /*keepdim=*/true);
+    // x centred and scaled by 1 / (M - 1) ([M, K], small), so the [K, P] output is written by the
+    // product and updated once in place by the rank-1 correction (BLAS ger / cuBLAS), never copied.
+    const auto xc = (x - x.mean(0, /*keepdim=*/true)).div_(static_cast<double>(x.size(0) - 1));
     auto out = at::mm(xc.t(), y);
-    out.sub_(at::outer(xc.sum(0), y.mean(0)));
-    return out.div_(static_cast<double>(x.size(0) - 1));
+    return out.addr_(xc.sum(0), y.mean(0), /*beta=*/1, /*alpha=*/-1);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> comoment_merge_cpu(

@@ -639,6 +639,13 @@ def test_committed_aspirin_is_a_500K_ensemble_of_intact_molecules():
     ref = torch.as_tensor(aspirin_atoms().get_all_distances())[i, j]
     # no bond breaks (the stability criterion of the paper with its evaluation threshold, 0.5 Å)
     assert float((d - ref).abs().max()) < 0.5
+
+
+def test_committed_aspirin_potential_energy_follows_equipartition():
+    pytest.importorskip("tblite")
+    from boltzgrad.data.generate.aspirin import aspirin_atoms
+
+    ds = bgd.load(committed("aspirin_gfn2")[0])
     # equipartition: the mean potential energy above the optimum is near (3N - 6)/2 kT = 1.23 eV at 500 K
     # for a harmonic molecule; anharmonicity and the finite sample move it by well under 40 %
     from boltzgrad.data.generate.aspirin import gfn2_energy_forces

@@ -109,10 +109,11 @@ def _in_functorch(t: torch.Tensor) -> bool:
 
 def _segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     # accumulate rows of values [P, F] into n rows; index_put with accumulation is several times
-    # faster than index_add/scatter_add on the CPU and differentiable to any order; vmap has a
-    # batching rule for index_add only
+    # faster than index_add/scatter_add on the CPU and differentiable to any order; on a GPU it sorts
+    # the indices first (31% of SchNet's GPU time, benchmarks/RESULTS.md), where index_add uses atomics;
+    # vmap has a batching rule for index_add only
     out = values.new_zeros(n, values.shape[1])
-    if _in_functorch(values):
+    if values.is_cuda or _in_functorch(values):
         return out.index_add(0, index, values)
     return out.index_put((index,), values, accumulate=True)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _reference
-from .._checks import as_tensor, check_dim, check_finite, check_float, check_index, check_positive
+from .._checks import all_valid, as_tensor, check_dim, check_finite, check_float, check_index, check_positive
 from .._extension import HAS_CPU_OPS, compiled_for
 
 __all__ = ["smeared_histogram", "WINDOW_SIGMAS"]
@@ -116,7 +116,8 @@ def smeared_histogram(
     n_segments = int(n_segments)
     if n_segments < 0:
         raise ValueError(f"n_segments must be >= 0, got {n_segments}")
-    check_index("segment", segment, n_segments, "n_segments")
+    if segment.dtype != torch.int64:
+        raise ValueError(f"segment must be an int64 tensor, got dtype {segment.dtype}")
     check_dim("centers", centers, 1)
     if centers.dtype != values.dtype or centers.device != values.device:
         raise ValueError(f"centers must have the dtype/device of values ({values.dtype}, {values.device})")
@@ -124,19 +125,21 @@ def smeared_histogram(
     check_positive("sigma", sigma)
     if sigma == float("inf"):
         raise ValueError("sigma must be finite")
-    check_finite("values", values)
-    check_finite("centers", centers)
-    if centers.numel() > 1 and not torch.compiler.is_compiling() and not bool((centers[1:] > centers[:-1]).all()):
-        raise ValueError("centers must be strictly ascending")
     if weights is not None:
         weights = as_tensor("weights", weights, dtype=values.dtype, device=values.device)
         if weights.shape != values.shape:
             raise ValueError(f"weights must have the shape of values {tuple(values.shape)}, got {tuple(weights.shape)}")
         if weights.dtype != values.dtype:
             raise ValueError(f"weights must have the dtype of values ({values.dtype}), got {weights.dtype}")
-        check_finite("weights", weights)
     if segment.device != values.device:
         raise ValueError(f"segment must be on the device of values ({values.device}), got {segment.device}")
+    finite = [values, centers] + ([] if weights is None else [weights])
+    if not all_valid(finite=finite, index=[(segment, n_segments)], ascending=[centers]):
+        check_index("segment", segment, n_segments, "n_segments")
+        for name, x in zip(("values", "centers", "weights"), finite, strict=False):
+            check_finite(name, x)
+        if centers.numel() > 1 and not bool((centers[1:] > centers[:-1]).all()):
+            raise ValueError("centers must be strictly ascending")
     if not compiled_for(values):
         return _reference.smeared_histogram(values, segment, n_segments, centers, sigma, weights=weights)
     return torch.ops.boltzgrad.smeared_scatter(values, segment, weights, n_segments, centers, sigma, 0)

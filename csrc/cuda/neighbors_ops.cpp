@@ -50,7 +50,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cuda(const at:
         auto inv_d = at::from_blob(inv.data(), {R, 3, 3}, at::TensorOptions().dtype(at::kDouble))
                          .to(positions.options());
         auto counts = ptr.slice(0, 1) - ptr.slice(0, 0, R);
-        auto batch = at::repeat_interleave(counts, n);
+        // one replica index per atom (the one-argument overload: with a second int it would repeat `counts` n times)
+        auto batch = at::repeat_interleave(counts);
         auto frac = at::bmm(positions.unsqueeze(1), inv_d.index_select(0, batch)).squeeze(1);
         auto index = batch.unsqueeze(1).expand({n, 3});
         const double big = std::numeric_limits<double>::infinity();

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -20,9 +21,27 @@ def as_tensor(name: str, x, *, dtype=None, device=None) -> torch.Tensor:
     return x
 
 
+#: The float dtypes boltzgrad computes in (its kernels have no float16/bfloat16 versions).
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+#: Replicas one call may address (``batch`` index + 1): the per-replica buffers of the ops are sized by it.
+MAX_REPLICAS = 2**24
+
+
+def check_device(name: str, x: torch.Tensor) -> None:
+    """Tensors must hold data: ``meta`` tensors (shapes only) cannot be checked or computed on."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data); boltzgrad needs tensors on the CPU or a GPU")
+
+
 def check_float(name: str, x: torch.Tensor) -> None:
+    """``x`` is a float32 or float64 tensor with data (not float16/bfloat16, not on the meta device)."""
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32 or float64, got dtype {x.dtype} (boltzgrad does not compute in "
+                         "half precision; convert with .float() or .double())")
+    check_device(name, x)
 
 
 def check_dim(name: str, x: torch.Tensor, dim: int, what: str = "") -> None:
@@ -63,6 +82,48 @@ def check_index(name: str, idx: torch.Tensor, size: int, size_name: str) -> None
     lo, hi = (int(t) for t in torch.aminmax(idx))
     if lo < 0 or hi >= size:
         raise ValueError(f"{name} has entries in [{lo}, {hi}], outside [0, {size_name}={size})")
+
+
+def replica_count(batch: torch.Tensor, name: str = "batch") -> int:
+    """R = ``batch[-1] + 1`` of a sorted, non-negative ``batch`` [n_atoms] (0 when empty), at most ``MAX_REPLICAS``.
+
+    Checks (one host sync) that ``batch`` starts at an index >= 0 and never decreases, so that its last entry is
+    the largest; ValueError naming ``name`` otherwise.
+    """
+    n = batch.shape[0]
+    if n == 0 or _compiling():
+        return int(batch[-1]) + 1 if n else 0
+    first, last, unsorted = (int(t) for t in torch.stack(
+        [batch[0], batch[-1], (batch[1:] < batch[:-1]).any().to(batch.dtype)]))
+    if first < 0:
+        raise ValueError(f"{name} must hold replica indices >= 0, got {first}")
+    if unsorted:
+        raise ValueError(f"{name} must be sorted (non-decreasing replica indices)")
+    if last >= MAX_REPLICAS:
+        raise ValueError(f"{name} has replica index {last}; at most 2**24 = {MAX_REPLICAS} replicas are supported "
+                         "(buffers are sized by the largest index)")
+    return last + 1
+
+
+def as_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int: TypeError naming ``name`` unless it is an integer (an int, a NumPy or 0-d torch
+    integer, or an integral float); ValueError unless it lies in ``[minimum, maximum]``."""
+    v = value
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not (v.is_floating_point() or v.is_complex()):
+        v = int(v)
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        v = operator.index(v)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an int, got {value!r}") from err
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
 
 
 def check_positive(name: str, value: float) -> None:

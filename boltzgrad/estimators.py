@@ -30,12 +30,13 @@ unit squared).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import torch
 
-from ._checks import as_tensor, check_dim, check_finite, check_float, check_index, check_positive
+from ._checks import as_int, as_tensor, check_dim, check_finite, check_float, check_index, positive_float
 from .ops.covariance import RunningCovariance
 
 __all__ = [
@@ -60,17 +61,19 @@ def _as_beta(kT) -> float:
         if kT.numel() != 1:
             raise ValueError(f"kT must be a scalar (eV), got shape {tuple(kT.shape)}")
         kT = float(kT)
-    if not isinstance(kT, (int, float)):
+    if isinstance(kT, bool) or not isinstance(kT, (int, float)):
         raise TypeError(f"kT must be a float in eV, got {type(kT).__name__}")
-    check_positive("kT", float(kT))
-    if kT == float("inf"):
-        raise ValueError("kT must be finite")
-    return 1.0 / float(kT)
+    kT = positive_float("kT", kT, "eV")
+    if not math.isfinite(1.0 / kT):
+        raise ValueError(f"kT must be > 0 with a finite 1/kT (eV), got {kT}")
+    return 1.0 / kT
 
 
 def _flatten_observables(observables, target, m_expected: int | None = None):
     """Returns observables ``[M, K]`` (detached) and target ``[K]``; accepts lists of blocks."""
     if isinstance(observables, (list, tuple)):
+        if not observables:
+            raise ValueError("observables is an empty list of blocks; give at least one block [M, ...]")
         if not isinstance(target, (list, tuple)) or len(target) != len(observables):
             raise ValueError("when observables is a list of blocks, target must be a list of the same length, got "
                              f"{type(target).__name__} of length {len(target) if hasattr(target, '__len__') else '?'}")
@@ -79,14 +82,15 @@ def _flatten_observables(observables, target, m_expected: int | None = None):
         for b, (o, t) in enumerate(zip(blocks, targets, strict=True)):
             if o.dim() < 1:
                 raise ValueError(f"observables[{b}] must be [M, ...], got shape {tuple(o.shape)}")
-            if t.numel() != o[0].numel():
-                raise ValueError(f"target[{b}] must have {o[0].numel()} entries (observables[{b}].shape[1:] = "
+            k = math.prod(o.shape[1:])
+            if t.numel() != k:
+                raise ValueError(f"target[{b}] must have {k} entries (observables[{b}].shape[1:] = "
                                  f"{tuple(o.shape[1:])}), got shape {tuple(t.shape)}")
         m = blocks[0].shape[0]
         for b, o in enumerate(blocks):
             if o.shape[0] != m:
                 raise ValueError(f"observables[{b}] has {o.shape[0]} samples, observables[0] has {m}")
-        obs = torch.cat([o.reshape(m, -1) for o in blocks], dim=1)
+        obs = torch.cat([o.reshape(m, math.prod(o.shape[1:])) for o in blocks], dim=1)
         tgt = torch.cat([t.reshape(-1).to(obs.dtype) for t in targets])
     else:
         obs = as_tensor("observables", observables)
@@ -95,13 +99,15 @@ def _flatten_observables(observables, target, m_expected: int | None = None):
         if obs.dim() < 2:
             raise ValueError(f"observables must be [M, K] (or [M, ...]), got shape {tuple(obs.shape)}")
         tgt = as_tensor("target", target, dtype=obs.dtype, device=obs.device)
-        if tgt.numel() != obs[0].numel():
-            raise ValueError(f"target must have {obs[0].numel()} entries to match observables.shape[1:] = "
+        if tgt.numel() != math.prod(obs.shape[1:]):
+            raise ValueError(f"target must have {math.prod(obs.shape[1:])} entries to match observables.shape[1:] = "
                              f"{tuple(obs.shape[1:])}, got shape {tuple(tgt.shape)}")
-        obs = obs.reshape(obs.shape[0], -1)
+        obs = obs.reshape(obs.shape[0], math.prod(obs.shape[1:]))
         tgt = tgt.reshape(-1)
     check_float("observables", obs)
     obs = obs.detach()
+    if tgt.is_floating_point():
+        check_float("target", tgt)
     tgt = tgt.detach().to(dtype=obs.dtype, device=obs.device)
     check_finite("observables", obs)
     check_finite("target", tgt)
@@ -113,13 +119,19 @@ def _flatten_observables(observables, target, m_expected: int | None = None):
 def _sample_weights(weights, m: int, like: torch.Tensor) -> torch.Tensor | None:
     if weights is None:
         return None
-    w = as_tensor("weights", weights, dtype=like.dtype, device=like.device).detach().to(like.dtype)
+    w = as_tensor("weights", weights, dtype=like.dtype, device=like.device).detach()
+    if w.is_floating_point():
+        check_float("weights", w)
+    w = w.to(like.dtype)
     if w.shape != (m,):
         raise ValueError(f"weights must be [M] = [{m}] (one weight per sample), got shape {tuple(w.shape)}")
     check_finite("weights", w)
-    if bool((w < 0).any()) or not bool(w.sum() > 0):
+    top = w.max() if m else w.new_zeros(())
+    if bool((w < 0).any()) or not bool(top > 0):
         raise ValueError("weights must be non-negative with a positive sum")
-    return w
+    # normalised here, after scaling by the largest weight: the sum of finite weights may overflow (1e308 each)
+    w = w / top
+    return w / w.sum()
 
 
 def _component_weights(component_weights, k: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -131,6 +143,8 @@ def _component_weights(component_weights, k: int, like: torch.Tensor) -> torch.T
         raise ValueError(f"component_weights must have K = {k} entries (one per observable component), "
                          f"got shape {tuple(lam.shape)}")
     check_finite("component_weights", lam)
+    if bool((lam < 0).any()):
+        raise ValueError(f"component_weights must be >= 0 (weights of the squared errors), got min {float(lam.min())}")
     return lam
 
 
@@ -176,6 +190,8 @@ def _coefficients(obs, target, beta, *, weights=None, split=None, component_weig
     ``d loss / d theta ≈ d/dtheta sum_m coefficients[m] * U_theta(x_m)`` (the Boltzmann estimator).
     """
     m = obs.shape[0]
+    if m < 1:
+        raise ValueError("the estimator needs at least 2 samples, got M = 0 (observables and energies are empty)")
     w = torch.full((m,), 1.0 / m, dtype=obs.dtype, device=obs.device) if weights is None else weights / weights.sum()
     lam = torch.ones_like(target) if component_weights is None else component_weights
     diff = _weighted_mean(obs, w) - target
@@ -185,7 +201,7 @@ def _coefficients(obs, target, beta, *, weights=None, split=None, component_weig
             raise ValueError(f"the estimator needs at least 2 samples, got M = {m}")
         if not bool(1.0 - (w * w).sum() > 0):
             raise ValueError("weights put all mass on one sample: the covariance is undefined")
-        return loss, _cov_coefficients(obs, w, 2.0 * lam * diff, beta)
+        return _finite(loss, _cov_coefficients(obs, w, 2.0 * lam * diff, beta))
     # Independent halves: (mean - target) from one half, the covariance from the other, both ways round.
     coef = torch.zeros_like(w)
     for half, other in ((split, ~split), (~split, split)):
@@ -197,11 +213,23 @@ def _coefficients(obs, target, beta, *, weights=None, split=None, component_weig
             raise ValueError("split: the weights of one half sit on one sample: the covariance is undefined")
         diff_o = _weighted_mean(obs[other], w_o) - target
         coef[half] = 0.5 * _cov_coefficients(obs[half], w_h, 2.0 * lam * diff_o, beta)
+    return _finite(loss, coef)
+
+
+def _finite(loss: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss and coefficients, checked to be finite: finite inputs whose squares or products overflow (values
+    near 1e154 in float64, 1e19 in float32) must not turn into a NaN loss or gradient unnoticed."""
+    if not bool(torch.isfinite(loss) & torch.isfinite(coef).all()):
+        raise ValueError(f"the loss overflows ({float(loss):.3g}, coefficients up to {float(coef.abs().max()):.3g}): "
+                         "observables, target, component_weights or 1/kT are too large for "
+                         f"{coef.dtype}; rescale them")
     return loss, coef
 
 
-def _loss_and_coefficients(observables, target, kT, energies, split, weights, component_weights, n_samples=None):
+def _loss_and_coefficients(observables, target, kT, energies, split, weights, component_weights, n_samples=None,
+                           energy_name="energies"):
     """Validates the inputs of a loss and returns ``(loss, coefficients [M])`` on the device of ``energies``."""
+    check_finite(energy_name, energies.detach())
     m = energies.shape[0] if n_samples is None else n_samples
     obs, tgt = _flatten_observables(observables, target, m)
     beta = _as_beta(kT)
@@ -293,7 +321,8 @@ def _as_neighborhoods(neighborhoods, n_atoms: int, device) -> Neighborhoods:
         nb = Neighborhoods(neighborhoods[keep], hood[keep], s)
     elif isinstance(neighborhoods, (tuple, list)) and len(neighborhoods) in (2, 3):
         atom, hood = (as_tensor("neighborhoods[0]", neighborhoods[0]), as_tensor("neighborhoods[1]", neighborhoods[1]))
-        n = int(neighborhoods[2]) if len(neighborhoods) == 3 else (int(hood.max()) + 1 if hood.numel() else 0)
+        n = (as_int("neighborhoods[2]", neighborhoods[2], minimum=0) if len(neighborhoods) == 3
+             else (int(hood.max()) + 1 if hood.numel() else 0))
         nb = Neighborhoods(atom, hood, n)
     else:
         raise TypeError("neighborhoods must be a Neighborhoods, an int64 tensor [S, n_local] or a pair "
@@ -350,7 +379,7 @@ def local_boltzmann_loss(
     check_dim("atom_energies", atom_energies, 1, "[n_atoms]")
     nb = _as_neighborhoods(neighborhoods, atom_energies.shape[0], atom_energies.device)
     loss, coef = _loss_and_coefficients(local_observables, target, kT, atom_energies, split, weights,
-                                        component_weights, n_samples=nb.n)
+                                        component_weights, n_samples=nb.n, energy_name="atom_energies")
     a = coef.new_zeros(atom_energies.shape[0]).index_add(0, nb.atom, coef[nb.hood])
     surrogate = (a.to(atom_energies.dtype) * atom_energies).sum()
     return _attach(loss, surrogate)
@@ -383,11 +412,12 @@ def molecule_neighborhoods(molecule: torch.Tensor, *, batch: torch.Tensor | None
 
 def whole_system_neighborhoods(n_atoms: int, *, batch: torch.Tensor | None = None) -> Neighborhoods:
     """One neighbourhood per replica holding all its atoms (the localized estimator then equals the global one)."""
-    idx = torch.arange(int(n_atoms))
+    n_atoms = as_int("n_atoms", n_atoms, minimum=0)
+    idx = torch.arange(n_atoms)
     if batch is None:
         return Neighborhoods(idx, torch.zeros_like(idx), 1)
     batch = as_tensor("batch", batch)
-    if batch.shape != (int(n_atoms),):
+    if batch.shape != (n_atoms,):
         raise ValueError(f"batch must be [n_atoms] = [{n_atoms}], got shape {tuple(batch.shape)}")
     return Neighborhoods(idx.to(batch.device), batch, int(batch.max()) + 1 if batch.numel() else 0)
 
@@ -415,10 +445,11 @@ def radius_neighborhoods(
     """
     from .neighbors import neighbor_list  # the neighbours module of boltzgrad
 
-    check_positive("cutoff", float(cutoff))
-    n_atoms = positions.shape[0]
+    positions = as_tensor("positions", positions)
+    cutoff = positive_float("cutoff", cutoff, "Å")
     with torch.no_grad():
-        pairs = neighbor_list(positions, float(cutoff), batch=batch, cell=cell, pbc=pbc)
+        pairs = neighbor_list(positions, cutoff, batch=batch, cell=cell, pbc=pbc)
+    n_atoms = positions.shape[0]
     i = torch.cat([pairs.i, pairs.j])
     j = torch.cat([pairs.j, pairs.i])
     if centers is None:
@@ -565,6 +596,7 @@ class BoltzmannEstimator:
             if not isinstance(energies, torch.Tensor) or energies.shape != (b - a,):
                 raise ValueError(f"energy_fn must return energies [{b - a}] for a chunk of {b - a} samples, got "
                                  f"{tuple(energies.shape) if isinstance(energies, torch.Tensor) else type(energies)}")
+            check_finite(f"energy_fn(samples[{a}:{b}])", energies.detach())
             (coef[a:b].to(device=energies.device, dtype=energies.dtype) * energies).sum().backward()
         return loss.detach()
 
@@ -628,7 +660,7 @@ class BoltzmannEstimator:
         if obs.dim() == 1:
             obs = obs[:, None]
         check_float("observables", obs)
-        obs = obs.reshape(obs.shape[0], -1)
+        obs = obs.reshape(obs.shape[0], math.prod(obs.shape[1:]))
         m = obs.shape[0]
         if callable(energy_fn) and not isinstance(energy_fn, torch.Tensor):
             if samples is None:

@@ -23,15 +23,35 @@ ops (so it can itself be differentiated), so forces and virials come from autogr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from . import _reference
-from ._checks import as_tensor, check_dim, check_finite, check_float
+from ._checks import (
+    MAX_REPLICAS,
+    as_int,
+    as_tensor,
+    check_dim,
+    check_finite,
+    check_float,
+    positive_float,
+    replica_count,
+)
 from ._extension import HAS_CPU_OPS, compiled_for
 
-__all__ = ["Pairs", "neighbor_list", "NeighborList"]
+__all__ = ["Pairs", "neighbor_list", "NeighborList", "MAX_PAIRS", "MAX_IMAGES"]
+
+#: Upper bound on the number of pairs one search may produce (estimated before the search from the atom counts,
+#: the cutoff sphere and the volume the atoms occupy; about 100 bytes of output and buffers per pair). Raise it
+#: for a machine that holds more: ``boltzgrad.neighbors.MAX_PAIRS = 2**32``.
+MAX_PAIRS = 2**30
+
+#: Upper bound on the periodic images of a cell that the cutoff reaches (product over periodic axes of
+#: ``2 cutoff / d_a + 1``, ``d_a`` the distance between lattice planes): a cutoff of 10 Å in a 1 Å cell reaches
+#: 21**3 = 9261 of them; 2**20 allows about 100 along each axis.
+MAX_IMAGES = 2**20
 
 
 @dataclass
@@ -79,12 +99,7 @@ def _prepare(positions, cutoff, batch, cell, pbc):
         raise ValueError(f"positions must be [n_atoms, 3], got shape {tuple(positions.shape)}")
     check_finite("positions", positions)
     device, n = positions.device, positions.shape[0]
-    try:
-        cutoff = float(cutoff)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"cutoff must be a number, got {type(cutoff).__name__}") from err
-    if not (cutoff > 0) or cutoff == float("inf"):
-        raise ValueError(f"cutoff must be finite and > 0, got {cutoff}")
+    cutoff = positive_float("cutoff", cutoff, "Å")
 
     if batch is not None:
         batch = as_tensor("batch", batch, device=device)
@@ -95,11 +110,7 @@ def _prepare(positions, cutoff, batch, cell, pbc):
             raise ValueError(f"batch must have shape [n_atoms] = [{n}], got shape {tuple(batch.shape)}")
         if batch.device != device:
             raise ValueError(f"batch must be on the device of positions ({device}), got {batch.device}")
-        if n and int(batch[0]) < 0:
-            raise ValueError(f"batch must hold replica indices >= 0, got {int(batch[0])}")
-        if n > 1 and bool((batch[1:] < batch[:-1]).any()):
-            raise ValueError("batch must be sorted (non-decreasing replica indices)")
-        n_rep = int(batch[-1]) + 1 if n else 0
+        n_rep = replica_count(batch)
     else:
         batch = torch.zeros(n, dtype=torch.long, device=device)
         n_rep = 1
@@ -120,6 +131,8 @@ def _prepare(positions, cutoff, batch, cell, pbc):
             raise ValueError(
                 f"cell must be [R, 3, 3] with R >= number of replicas in batch ({n_rep}), got shape {tuple(cell.shape)}"
             )
+        if cell.shape[0] > MAX_REPLICAS:
+            raise ValueError(f"cell has {cell.shape[0]} replicas; at most 2**24 = {MAX_REPLICAS} are supported")
         n_rep = cell.shape[0]
         check_finite("cell", cell)
 
@@ -137,6 +150,8 @@ def _prepare(positions, cutoff, batch, cell, pbc):
             pass
         elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] > n_rep and cell is None:
             n_rep = pbc_t.shape[0]
+            if n_rep > MAX_REPLICAS:
+                raise ValueError(f"pbc has {n_rep} replicas; at most 2**24 = {MAX_REPLICAS} are supported")
         else:
             raise ValueError(f"pbc must be a bool, [3] or [R, 3] with R = {n_rep}, got shape {tuple(pbc_t.shape)}")
         pbc_t = pbc_t.to(device)
@@ -225,24 +240,101 @@ def _margin(positions, cutoff, cell) -> float:
 _MAX_WRAP = 2**29
 
 
-def _check_wraps(positions, eff, batch, pbc) -> None:
-    """The compiled search keeps image shifts in 32-bit integers: positions may lie at most 2**29 box lengths
-    outside their box along periodic axes. Checked before the op, so that no loop or allocation is sized by
-    such a position."""
-    inv = torch.linalg.inv(eff.detach().double())
-    frac = torch.einsum("ni,nij->nj", positions.detach().double(), inv[batch])
-    far = float((frac.abs() * pbc[batch]).max())
-    if not far <= _MAX_WRAP:
-        raise ValueError(f"positions are {far:.3g} box lengths outside their box along a periodic axis; the compiled "
-                         f"search supports at most 2**29 = {_MAX_WRAP} (wrap the positions into the box first)")
+def _effective_cell(positions, cell, pbc, n_rep):
+    """The search's cell per replica: the cell with its non-periodic rows replaced by unit normals (identity
+    when nothing is periodic)."""
+    if not bool(pbc.any()):
+        return torch.eye(3, dtype=positions.dtype, device=positions.device).expand(n_rep, 3, 3)
+    if bool(pbc.all()):
+        return cell.detach()
+    return _reference.effective_cell(cell, pbc)
 
 
-def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto", max_pairs=-1):
+def _image_count(plane, pbc, cutoff):
+    return torch.where(pbc, 2.0 * cutoff / plane + 1.0, torch.ones_like(plane)).prod(1)
+
+
+def _check_bounds(positions, eff, batch, pbc, counts, cutoff, nominal, full_list, what="cutoff") -> None:
+    """Upfront bounds of a search with ``cutoff`` (``nominal`` plus the rounding margin), checked before any loop or
+    allocation is sized by the input; ValueError naming the argument to blame. One host sync when all is well.
+
+    * ``nominal`` reaches at most ``MAX_IMAGES`` periodic images of each cell (a thin or tiny cell, or a huge
+      cutoff, would otherwise mean billions of image tests);
+    * (compiled search) positions lie at most 2**29 box lengths outside their box along periodic axes, since the
+      kernels keep image shifts in 32-bit integers;
+    * the expected number of pairs is at most ``MAX_PAIRS``: per replica ``n² min(images, sphere / volume)`` (halved
+      for a half list), the volume along non-periodic axes being the atoms' extent plus the cutoff.
+    """
+    any_pbc = bool(pbc.any())
+    occupied = counts > 0
+    n2 = counts.to(torch.float64) ** 2
+    half = 1.0 if full_list else 0.5
+    frac = None
+    if not any_pbc:
+        images = torch.ones_like(n2)
+        bound = float((n2 * images).sum()) * half
+    else:
+        inv = torch.linalg.inv(eff.detach().double())
+        plane = 1.0 / torch.linalg.vector_norm(inv, dim=1)  # [R, 3] distances between lattice planes
+        nominal_images = torch.where(occupied, _image_count(plane, pbc, nominal), torch.zeros_like(n2))
+        images = torch.where(occupied, _image_count(plane, pbc, cutoff), torch.zeros_like(n2))
+        parts = [nominal_images.max(), images.max(), (n2 * images).sum()]
+        if positions.shape[0] and compiled_for(positions):
+            frac = torch.einsum("ni,nij->nj", positions.detach().double(), inv[batch])
+            parts.append((frac.abs() * pbc[batch]).max())
+        most_nominal, most, bound, *far = torch.stack(parts).tolist()
+        bound *= half
+        if not most_nominal <= MAX_IMAGES:
+            worst = int(torch.argmax(nominal_images))
+            raise ValueError(f"{what} = {nominal:.6g} Å reaches {most_nominal:.3g} periodic images of cell[{worst}] "
+                             f"(its lattice planes are {[float(f'{d:.3g}') for d in plane[worst].tolist()]} Å apart); "
+                             f"at most boltzgrad.neighbors.MAX_IMAGES = {MAX_IMAGES} are searched: use a smaller "
+                             "cutoff or a larger cell")
+        if far and not far[0] <= _MAX_WRAP:
+            raise ValueError(f"positions are {far[0]:.3g} box lengths outside their box along a periodic axis; the "
+                             f"compiled search supports at most 2**29 = {_MAX_WRAP} (wrap the positions into the box "
+                             "first)")
+        if not most <= MAX_IMAGES:  # the rounding margin, from positions far from the origin
+            raise ValueError(f"positions reach {float(positions.detach().abs().max()):.3g} Å from the origin, where "
+                             f"{positions.dtype} rounding widens the search to {cutoff:.6g} Å, beyond "
+                             f"boltzgrad.neighbors.MAX_IMAGES = {MAX_IMAGES} periodic images: wrap the positions into "
+                             "their boxes")
+    if bound <= MAX_PAIRS:
+        return
+    # density estimate: n² x sphere / occupied volume (non-periodic axes: the atoms' extent + the cutoff)
+    if frac is None:
+        frac = positions.detach().double()
+        if any_pbc:
+            frac = torch.einsum("ni,nij->nj", frac, inv[batch])
+    n_rep = counts.shape[0]
+    index = batch[:, None].expand(-1, 3)
+    lo = frac.new_full((n_rep, 3), math.inf).scatter_reduce(0, index, frac, "amin")
+    hi = frac.new_full((n_rep, 3), -math.inf).scatter_reduce(0, index, frac, "amax")
+    extent = torch.where(occupied[:, None], hi - lo, torch.zeros_like(hi)) + cutoff
+    periodic = pbc if any_pbc else torch.zeros_like(extent, dtype=torch.bool)
+    det = torch.linalg.det(eff.detach().double()).abs()
+    volume = det * torch.where(periodic, torch.ones_like(extent), extent).prod(1)
+    sphere = 4.0 / 3.0 * math.pi * cutoff**3
+    estimate = float((n2 * torch.minimum(images, sphere / volume)).sum()) * half
+    if not estimate <= MAX_PAIRS:
+        raise ValueError(
+            f"about {estimate:.3g} pairs are expected within {what} = {nominal:.6g} Å ({int(counts.sum())} atoms "
+            f"in {n_rep} replica(s)), more than boltzgrad.neighbors.MAX_PAIRS = {MAX_PAIRS} (about 100 bytes "
+            "each): use a smaller cutoff or fewer atoms per replica")
+
+
+def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto", max_pairs=-1, nominal=None,
+            what="cutoff"):
     """Integer part of the search: (i, j, shifts, n_found), sorted by (i, j, shift).
 
     ``max_pairs >= 0``: exactly ``max_pairs`` entries, the first ``min(n_found, max_pairs)`` valid.
     """
     mode = _METHODS[method]
+    device = positions.device
+    eff = _effective_cell(positions, cell, pbc, n_rep)
+    ptr = torch.searchsorted(batch, torch.arange(n_rep + 1, device=device))
+    _check_bounds(positions, eff, batch, pbc, ptr.diff(), cutoff, cutoff if nominal is None else nominal, full_list,
+                  what)
     if mode < 0 or not compiled_for(positions):
         i, j, shifts = _reference.neighbor_pairs(positions, cutoff, batch, cell, pbc, full_list)
         n_found = torch.tensor(i.shape[0], dtype=torch.long, device=positions.device)
@@ -252,16 +344,6 @@ def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto"
             j = torch.cat([j[:max_pairs], j.new_zeros(extra)])
             shifts = torch.cat([shifts[:max_pairs], shifts.new_zeros(extra, 3)])
         return i, j, shifts, n_found
-    device = positions.device
-    if not bool(pbc.any()):
-        eff = torch.eye(3, dtype=positions.dtype, device=device).expand(n_rep, 3, 3)
-    elif bool(pbc.all()):
-        eff = cell.detach()
-    else:
-        eff = _reference.effective_cell(cell, pbc)
-    if positions.shape[0] and bool(pbc.any()):
-        _check_wraps(positions, eff, batch, pbc)
-    ptr = torch.searchsorted(batch, torch.arange(n_rep + 1, device=device))
     return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
 
 
@@ -339,13 +421,11 @@ def neighbor_list(
     if method not in _METHODS:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
     if max_pairs is not None:
-        max_pairs = int(max_pairs)
-        if max_pairs < 0:
-            raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
+        max_pairs = as_int("max_pairs", max_pairs, minimum=0, maximum=MAX_PAIRS)
         found = _search(positions, cutoff, batch, cell, pbc_t, n_rep, full_list, method, max_pairs)
         return _fixed_capacity(positions, cell, batch, n_rep, found, max_pairs)
     margin = _margin(positions, cutoff, cell)
-    found = _search(positions, cutoff + margin, batch, cell, pbc_t, n_rep, full_list, method)
+    found = _search(positions, cutoff + margin, batch, cell, pbc_t, n_rep, full_list, method, nominal=cutoff)
     return _finish(positions, cell, batch, n_rep, found, cutoff)
 
 
@@ -368,9 +448,11 @@ class NeighborList:
     """
 
     def __init__(self, cutoff: float, *, skin: float = 0.5, full_list: bool = False):
-        cutoff, skin = float(cutoff), float(skin)
-        if not (cutoff > 0) or cutoff == float("inf"):
-            raise ValueError(f"cutoff must be finite and > 0, got {cutoff}")
+        cutoff = positive_float("cutoff", cutoff, "Å")
+        try:
+            skin = float(skin)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"skin must be a number (Å), got {type(skin).__name__}") from err
         if not (skin >= 0) or skin == float("inf"):
             raise ValueError(f"skin must be finite and >= 0, got {skin}")
         self.cutoff = cutoff
@@ -409,7 +491,7 @@ class NeighborList:
         if self._needs_build(positions, batch, cell, pbc_t):
             rc = self.cutoff + self.skin
             self._candidates = _search(positions, rc + _margin(positions, rc, cell), batch, cell, pbc_t, n_rep,
-                                       self.full_list)
+                                       self.full_list, nominal=rc, what="cutoff + skin")
             self._ref_positions = positions.detach().clone()
             self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc_t.clone())
             self.n_builds += 1

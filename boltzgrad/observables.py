@@ -17,7 +17,15 @@ import math
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_float, check_index, check_positive
+from ._checks import (
+    as_int,
+    as_tensor,
+    check_finite,
+    check_float,
+    check_index,
+    positive_float,
+    replica_count,
+)
 from .ops.histogram import smeared_histogram
 
 __all__ = [
@@ -35,6 +43,13 @@ __all__ = [
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _WINDOW_SIGMAS = 6.0  # pairs farther than this many sigma beyond r_max contribute nothing
+
+#: Most bins of a histogram observable (the bin centres and every row are allocated up front).
+MAX_BINS = 2**24
+
+#: Most pairs (h(r), minimum distances of molecules: all pairs of a replica) or angle triplets held at once, about
+#: 100 bytes each while they are computed: 2**26 pairs are all pairs of about 11,600 atoms in one replica.
+MAX_TERMS = 2**26
 
 
 # --------------------------------------------------------------------------- helpers
@@ -56,9 +71,9 @@ def _check_positions(positions, batch):
             raise ValueError(f"batch must be [n_atoms] = [{n}], got shape {tuple(batch.shape)}")
         if batch.dtype != torch.int64:
             raise ValueError(f"batch must be int64, got {batch.dtype}")
-        if n and (bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0):
-            raise ValueError("batch must be sorted and non-negative (replica index of each atom)")
-        n_rep = int(batch[-1]) + 1 if n else 0
+        if batch.device != positions.device:
+            raise ValueError(f"batch must be on the device of positions ({positions.device}), got {batch.device}")
+        n_rep = replica_count(batch)
     return positions, batch, n_rep
 
 
@@ -87,9 +102,14 @@ def _pbc_tensor(pbc, n_rep, device):
 
 
 def _all_pairs(batch: torch.Tensor, n_rep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every pair ``i < j`` within each replica (flat, sorted ``batch``)."""
+    """Every pair ``i < j`` within each replica (flat, sorted ``batch``), at most ``MAX_TERMS`` of them."""
     n = batch.shape[0]
     counts = torch.bincount(batch, minlength=n_rep)
+    n_pairs = int((counts * (counts - 1) // 2).sum())
+    if n_pairs > MAX_TERMS:
+        raise ValueError(f"positions: the replicas hold {n_pairs} atom pairs (up to {int(counts.max())} atoms in one "
+                         f"replica), more than boltzgrad.observables.MAX_TERMS = {MAX_TERMS} computed at once; "
+                         "split the batch, or use a periodic observable with a cutoff (RDF) for large systems")
     end = torch.cumsum(counts, 0)[batch]  # one past the last atom of each atom's replica
     idx = torch.arange(n, device=batch.device)
     partners = end - idx - 1
@@ -111,11 +131,10 @@ def _minimum_image(d: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> to
 
 def _bins(hi: float, n_bins, sigma) -> tuple[int, float, torch.Tensor, float]:
     """Validated ``(n_bins, sigma, centers [n_bins] float64, bin_width)``: midpoints of equal bins on ``[0, hi]``."""
-    check_positive("sigma", float(sigma))
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    width = hi / int(n_bins)
-    return int(n_bins), float(sigma), (torch.arange(int(n_bins), dtype=torch.float64) + 0.5) * width, width
+    sigma = positive_float("sigma", sigma)
+    n_bins = as_int("n_bins", n_bins, minimum=1, maximum=MAX_BINS)
+    width = hi / n_bins
+    return n_bins, sigma, (torch.arange(n_bins, dtype=torch.float64) + 0.5) * width, width
 
 
 def _normalise_rows(hist: torch.Tensor, width: float) -> torch.Tensor:
@@ -199,8 +218,7 @@ class DistanceHistogram(_Reference):
     """
 
     def __init__(self, r_max: float = 10.0, n_bins: int = 500, sigma: float = 0.01):
-        check_positive("r_max", float(r_max))
-        self.r_max = float(r_max)
+        self.r_max = positive_float("r_max", r_max, "Å")
         self.n_bins, self.sigma, self.centers, self.bin_width = _bins(self.r_max, n_bins, sigma)
 
     def __call__(self, positions: torch.Tensor, *, batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,8 +264,7 @@ class RDF(_Reference):
     """
 
     def __init__(self, r_max: float = 6.0, n_bins: int = 300, sigma: float = 0.02, species_pairs=None):
-        check_positive("r_max", float(r_max))
-        self.r_max = float(r_max)
+        self.r_max = positive_float("r_max", r_max, "Å")
         self.n_bins, self.sigma, self.centers, self.bin_width = _bins(self.r_max, n_bins, sigma)
         if species_pairs is not None:
             pairs = [tuple(int(z) for z in p) for p in species_pairs]
@@ -468,9 +485,9 @@ def min_intermolecular_distance(positions, molecule, *, batch=None, cell=None, p
     if periodic:
         from .neighbors import neighbor_list
 
-        check_positive("cutoff", float(cutoff))
+        cutoff = positive_float("cutoff", cutoff, "Å")
         cell = _check_cell(cell, n_rep, positions, required=True)
-        pairs = neighbor_list(positions, float(cutoff), batch=batch, cell=cell, pbc=pbc)
+        pairs = neighbor_list(positions, cutoff, batch=batch, cell=cell, pbc=pbc)
         i, j, d = pairs.i, pairs.j, pairs.distances
     else:
         i, j = _all_pairs(batch, n_rep)
@@ -498,8 +515,7 @@ class AngleDistribution(_Reference):
     """
 
     def __init__(self, cutoff: float, n_bins: int = 180, sigma: float = 2.0, center_species: int | None = None):
-        check_positive("cutoff", float(cutoff))
-        self.cutoff = float(cutoff)
+        self.cutoff = positive_float("cutoff", cutoff, "Å")
         self.n_bins, self.sigma, self.centers, self.bin_width = _bins(180.0, n_bins, sigma)
         self.center_species = None if center_species is None else int(center_species)
 
@@ -516,6 +532,9 @@ class AngleDistribution(_Reference):
             if species is None:
                 raise ValueError("species [n_atoms] is required when center_species is set")
             species = as_tensor("species", species, device=positions.device)
+            if species.shape != batch.shape or species.dtype != torch.int64:
+                raise ValueError(f"species must be int64 [n_atoms] = [{batch.shape[0]}], got {species.dtype} "
+                                 f"of shape {tuple(species.shape)}")
             keep = species[i] == self.center_species
             i, vec = i[keep], vec[keep]
         order = torch.argsort(i, stable=True)
@@ -525,7 +544,12 @@ class AngleDistribution(_Reference):
         end = torch.cumsum(counts, 0)[i]  # one past the last pair of the same centre
         idx = torch.arange(n_p, device=positions.device)
         partners = end - idx - 1
-        p = torch.repeat_interleave(idx, partners)
+        n_triplets = int(partners.sum())
+        if n_triplets > MAX_TERMS:
+            raise ValueError(f"cutoff = {self.cutoff:g} Å gives {n_triplets} angles at once (up to "
+                             f"{int(counts.max())} neighbours of one atom), more than "
+                             f"boltzgrad.observables.MAX_TERMS = {MAX_TERMS}: use a smaller cutoff or fewer replicas")
+        p = torch.repeat_interleave(idx, partners, output_size=n_triplets)
         start = torch.cumsum(partners, 0) - partners
         q = p + 1 + torch.arange(p.shape[0], device=positions.device) - start[p]
         u, v = vec[p], vec[q]
@@ -666,7 +690,7 @@ def diffusivity(unwrapped_positions, dt: float, *, batch=None, atoms=None, max_l
     Returns:
         ``[R]`` Å^2/fs, float64 (multiply by 0.1 for cm^2/s).
     """
-    check_positive("dt", float(dt))
+    positive_float("dt", dt, "fs")
     if not 0.0 <= float(fit_start) < 1.0:
         raise ValueError(f"fit_start must be in [0, 1), got {fit_start}")
     m = msd(unwrapped_positions, max_lag=max_lag, batch=batch, atoms=atoms)

@@ -105,7 +105,7 @@ def test_running_bad_input():
         acc.update(torch.zeros(4, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="at least 2 samples"):
         acc.cov  # noqa: B018
-    with pytest.raises(ValueError, match="k and p must be positive"):
+    with pytest.raises(ValueError, match="k must be >= 1"):
         bg.RunningCovariance(0, 3)
     with pytest.raises(TypeError, match="RunningCovariance"):
         acc.merge("nope")

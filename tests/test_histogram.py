@@ -128,8 +128,8 @@ def test_deterministic_across_calls():
     [
         (dict(values=torch.zeros(3, 2)), "values must be 1-D"),
         (dict(segment=torch.zeros(4, dtype=torch.long)), "segment must have the length of values"),
-        (dict(sigma=-0.1), "sigma must be > 0"),
-        (dict(sigma=0.0), "sigma must be > 0"),
+        (dict(sigma=-0.1), "sigma must be finite and > 0"),
+        (dict(sigma=0.0), "sigma must be finite and > 0"),
         (dict(values=torch.tensor([0.1, float("nan"), 0.3])), "values has 1 non-finite"),
         (dict(segment=torch.tensor([0, 5, 1])), r"segment has entries in \[0, 5\]"),
         (dict(segment=torch.tensor([0, -1, 1])), "segment has entries"),

@@ -5,10 +5,19 @@ from __future__ import annotations
 import torch
 
 from .. import _reference
-from .._checks import as_tensor, check_dim, check_float
+from .._checks import as_int, as_tensor, check_dim, check_float
 from .._extension import HAS_CPU_OPS, compiled_for
 
-__all__ = ["covariance", "RunningCovariance"]
+__all__ = ["covariance", "RunningCovariance", "MAX_ENTRIES"]
+
+#: Largest covariance matrix, ``K x P`` entries (8 GiB in float64), checked before it is allocated.
+MAX_ENTRIES = 2**30
+
+
+def _check_entries(k: int, p: int, what: str) -> None:
+    if k * p > MAX_ENTRIES:
+        raise ValueError(f"the covariance would have {what} = {k} x {p} entries, more than "
+                         f"boltzgrad.ops.covariance.MAX_ENTRIES = {MAX_ENTRIES}")
 
 
 if HAS_CPU_OPS:
@@ -49,6 +58,7 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"x [M, K] and y [M, P] need the same M, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dtype != y.dtype or x.device != y.device:
         raise ValueError(f"x and y must share dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
+    _check_entries(x.shape[1], y.shape[1], "K x P")
     return x, y
 
 
@@ -81,10 +91,11 @@ class RunningCovariance:
     """
 
     def __init__(self, k: int, p: int, *, dtype: torch.dtype | None = None, device=None):
-        if int(k) <= 0 or int(p) <= 0:
-            raise ValueError(f"k and p must be positive, got k={k}, p={p}")
-        self.k, self.p = int(k), int(p)
+        self.k, self.p = as_int("k", k, minimum=1), as_int("p", p, minimum=1)
+        _check_entries(self.k, self.p, "k x p")
         self.dtype = dtype or torch.get_default_dtype()
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.count = 0
         self.mean_x = torch.zeros(self.k, dtype=self.dtype, device=self.device)

@@ -18,12 +18,24 @@ from __future__ import annotations
 import torch
 
 from .. import _reference
-from .._checks import all_valid, as_tensor, check_dim, check_finite, check_float, check_index, check_positive
+from .._checks import (
+    all_valid,
+    as_int,
+    as_tensor,
+    check_dim,
+    check_finite,
+    check_float,
+    check_index,
+    positive_float,
+)
 from .._extension import HAS_CPU_OPS, compiled_for
 
-__all__ = ["smeared_histogram", "WINDOW_SIGMAS"]
+__all__ = ["smeared_histogram", "WINDOW_SIGMAS", "MAX_ENTRIES"]
 
 WINDOW_SIGMAS = 6.0
+
+#: Largest histogram, ``n_segments x n_bins`` entries (8 GiB in float64), checked before it is allocated.
+MAX_ENTRIES = 2**30
 
 
 if HAS_CPU_OPS:
@@ -113,18 +125,16 @@ def smeared_histogram(
         raise ValueError(
             f"segment must have the length of values ({values.shape[0]}), got shape {tuple(segment.shape)}"
         )
-    n_segments = int(n_segments)
-    if n_segments < 0:
-        raise ValueError(f"n_segments must be >= 0, got {n_segments}")
+    n_segments = as_int("n_segments", n_segments, minimum=0)
     if segment.dtype != torch.int64:
         raise ValueError(f"segment must be an int64 tensor, got dtype {segment.dtype}")
     check_dim("centers", centers, 1)
     if centers.dtype != values.dtype or centers.device != values.device:
         raise ValueError(f"centers must have the dtype/device of values ({values.dtype}, {values.device})")
-    sigma = float(sigma)
-    check_positive("sigma", sigma)
-    if sigma == float("inf"):
-        raise ValueError("sigma must be finite")
+    sigma = positive_float("sigma", sigma)
+    if n_segments * centers.shape[0] > MAX_ENTRIES:
+        raise ValueError(f"the histogram would have n_segments x n_bins = {n_segments} x {centers.shape[0]} entries, "
+                         f"more than boltzgrad.ops.histogram.MAX_ENTRIES = {MAX_ENTRIES}")
     if weights is not None:
         weights = as_tensor("weights", weights, dtype=values.dtype, device=values.device)
         if weights.shape != values.shape:

@@ -30,11 +30,12 @@ class Simulator:
     (candidates within the model's cutoff + skin, searched again only when needed, filtered by the model).
 
     A replica is frozen (its last finite state kept, ``state.frozen[r]`` set, ``state.frozen_step[r]`` the step)
-    when, during a step, any of its positions, velocities, forces, cell or its energy became non-finite, or
-    an atom moved by more than ``max_displacement`` in one step. Frozen replicas stay fixed in later steps
-    (they are still evaluated, so shapes never change) and never influence the others: a batch with a
-    frozen replica gives the other replicas exactly the trajectories they would have without it. Users may
-    freeze replicas themselves by setting ``state.frozen``.
+    when, during a step, any of its positions, velocities, forces, cell or its energy became non-finite, an
+    atom moved by more than ``max_displacement`` in one step, or (whatever ``max_displacement``) an atom went so
+    far outside a periodic box (2**28 box heights) that no neighbour list can be built for it. Frozen replicas
+    stay fixed in later steps (they are still evaluated, so shapes never change) and never influence the
+    others: a batch with a frozen replica gives the other replicas exactly the trajectories they would have
+    without it. Users may freeze replicas themselves by setting ``state.frozen``.
 
     Args:
         model: a potential (see :mod:`boltzgrad.models.base`).
@@ -90,9 +91,25 @@ class Simulator:
                                            pbc=state.pbc, pairs=pairs)
         return energy, forces, None
 
+    def _reach_limit(self, cell: torch.Tensor | None, pbc: torch.Tensor) -> torch.Tensor | None:
+        """[R] largest squared distance from the origin (Å²) an atom may have: 2**28 times the smallest lattice
+        plane distance of its box along periodic axes (then its fractional coordinates stay below the neighbour
+        search's 2**29 bound); None when nothing is periodic."""
+        if cell is None or not bool(pbc.any()) or not bool(torch.isfinite(cell).all()):
+            return None
+        cached = self.__dict__.get("_reach")
+        if cached is not None and cached[0] is cell:
+            return cached[1]
+        plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
+        smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
+        limit = ((2.0**28) * smallest).square().to(cell.dtype)
+        self.__dict__["_reach"] = (cell, limit)
+        return limit
+
     def _guarded_compute(self, positions: torch.Tensor, cell: torch.Tensor | None):
-        """The integrator's force call: replicas whose new positions are non-finite or jumped are evaluated at
-        their previous positions instead (so the neighbour list and model never see them) and marked bad."""
+        """The integrator's force call: replicas whose new positions are non-finite, jumped or went beyond the
+        neighbour search's reach are evaluated at their previous positions instead (so the neighbour list and model
+        never see them) and marked bad."""
         ref = self._ref
         batch, R = ref.batch, ref.n_replicas
         cell_changed = cell is not None and cell is not ref.cell
@@ -103,14 +120,20 @@ class Simulator:
             start = torch.bmm(start.unsqueeze(1), deform[batch]).squeeze(1)
         disp2 = ((positions - start) ** 2).sum(-1)
         limit = math.inf if self.max_displacement is None else self.max_displacement**2
+        reach = self._reach_limit(ref.cell if cell is None else cell, ref.pbc)
+        far = None if reach is None else ~((positions * positions).sum(-1) <= reach[batch])
         # fast path, one host sync: NaN/inf positions make the maximum NaN/inf and fail the test
         ok = disp2.max() <= limit if disp2.numel() else torch.tensor(True)
+        if far is not None and far.numel():
+            ok = ok & ~far.any()
         if cell_changed:
             ok = ok & torch.isfinite(cell).all()
         if bool(ok):
             self._bad = None
             return self.evaluate(ref, positions, cell)
         bad = _replica_any(~(disp2 <= limit), batch, R)
+        if far is not None:
+            bad = bad | _replica_any(far, batch, R)
         if cell_changed:
             bad = bad | ~torch.isfinite(cell).flatten(1).all(-1)
         atom_bad = bad[batch].unsqueeze(-1)

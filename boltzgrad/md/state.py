@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import as_tensor
+from .._checks import as_tensor, replica_count
 from ..models.base import normalize_system, segment_sum
 from . import units
 
@@ -83,10 +83,12 @@ def maxwell_boltzmann(masses, kT, *, batch=None, generator: torch.Generator | No
     n = masses.shape[0]
     if batch is None:
         batch = torch.zeros(n, dtype=torch.int64, device=masses.device)
-    elif batch.shape != (n,) or batch.dtype != torch.int64:
-        raise ValueError(f"batch must be an int64 tensor of shape [n_atoms] = [{n}], got {tuple(batch.shape)} "
-                         f"{batch.dtype}")
-    n_rep = int(batch[-1]) + 1 if n else 0
+    else:
+        batch = as_tensor("batch", batch, device=masses.device)
+        if batch.shape != (n,) or batch.dtype != torch.int64:
+            raise ValueError(f"batch must be an int64 tensor of shape [n_atoms] = [{n}], got {tuple(batch.shape)} "
+                             f"{batch.dtype}")
+    n_rep = replica_count(batch)
     kT_t = _kT_tensor("kT", kT, n_rep, dtype, masses.device)
     z = torch.randn(n, 3, generator=generator, dtype=dtype, device=masses.device)
     v = z * torch.sqrt(kT_t[batch] * units.ACCELERATION / masses).unsqueeze(-1)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._checks import as_int
 from .base import accepts_pairs, n_replicas_of, segment_sum
 
 
@@ -35,6 +36,12 @@ def _cell3(cell, positions: torch.Tensor, n_rep: int):
     return cell
 
 
+def safe_distance(d2: torch.Tensor) -> torch.Tensor:
+    """``sqrt(d2)`` with a zero (not NaN) gradient where ``d2 = 0`` (coincident atoms)."""
+    positive = d2 > 0
+    return torch.sqrt(torch.where(positive, d2, torch.ones_like(d2))) * positive.to(d2.dtype)
+
+
 def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False, pairs=None):
     """The pairs within ``cutoff`` and their vectors and distances, differentiable w.r.t. positions and cell.
 
@@ -46,7 +53,8 @@ def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False,
             are dropped here. None: a list is built with ``bg.neighbor_list``.
 
     Returns:
-        ``(i [P] int64, j [P] int64, vectors [P, 3] Å, distances [P] Å, batch [n_atoms] int64, R)``.
+        ``(i [P] int64, j [P] int64, vectors [P, 3] Å, distances [P] Å, batch [n_atoms] int64, R)``; the distance
+        of two coincident atoms is 0 with a zero gradient (not NaN).
     """
     batch = _batch_of(positions, batch)
     n_rep = n_replicas_of(batch)
@@ -71,7 +79,7 @@ def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False,
     if not bool(keep.all()):
         idx = keep.nonzero().squeeze(1)  # one index for all four (cheaper than four boolean masks)
         i, j, vectors, d2 = i[idx], j[idx], vectors[idx], d2[idx]
-    return i, j, vectors, torch.sqrt(d2), batch, n_rep
+    return i, j, vectors, safe_distance(d2), batch, n_rep
 
 
 def _split_pair_energies(e_pair, i, j, batch, n_atoms, n_rep):
@@ -141,8 +149,10 @@ class PairMLP(nn.Module):
         cutoff = float(cutoff)
         if not (cutoff > 0) or not math.isfinite(cutoff):
             raise ValueError(f"cutoff must be finite and > 0, got {cutoff}")
-        if int(n_basis) < 1:
-            raise ValueError(f"n_basis must be >= 1, got {n_basis}")
+        n_basis = as_int("n_basis", n_basis, minimum=1)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise TypeError(f"hidden must be a list of layer widths (ints >= 1), got {hidden!r}")
+        hidden = [as_int(f"hidden[{k}]", h, minimum=1) for k, h in enumerate(hidden)]
         self.cutoff = cutoff
         self.register_buffer("centers", torch.linspace(0.0, cutoff, int(n_basis)))
         self.width = cutoff / int(n_basis)

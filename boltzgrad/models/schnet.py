@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import as_tensor, check_dim
+from .._checks import as_int, as_tensor, check_dim, positive_float
 from .base import normalize_system
-from .pair import pair_geometry
+from .pair import pair_geometry, safe_distance
 
 __all__ = ["SchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
 
@@ -129,7 +129,7 @@ def _fixed_pair_geometry(positions, cell, batch, pairs, cutoff):
     valid = d2 < cutoff * cutoff
     if pairs.num_pairs is not None:
         valid = valid & pairs.mask
-    d = torch.sqrt(torch.where(valid, d2, torch.ones_like(d2)))
+    d = safe_distance(torch.where(valid, d2, torch.ones_like(d2)))
     return i, j, d, valid.to(positions.dtype)
 
 
@@ -165,15 +165,11 @@ class SchNet(nn.Module):
         neighbor_list: Callable | None = None,
     ):
         super().__init__()
-        for name, v in [("n_features", n_features), ("n_filters", n_filters), ("n_rbf", n_rbf), ("max_z", max_z)]:
-            if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
-        if int(n_interactions) < 0:
-            raise ValueError(f"n_interactions must be >= 0, got {n_interactions}")
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
-        self.cutoff = float(cutoff)
-        self.max_z = int(max_z)
+        n_features, n_filters, n_rbf, max_z = (as_int(name, v, minimum=1) for name, v in (
+            ("n_features", n_features), ("n_filters", n_filters), ("n_rbf", n_rbf), ("max_z", max_z)))
+        n_interactions = as_int("n_interactions", n_interactions, minimum=0)
+        self.cutoff = positive_float("cutoff", cutoff, "Å")
+        self.max_z = max_z
         self.neighbor_list = neighbor_list
         self.embedding = nn.Embedding(self.max_z + 1, n_features)
         self.rbf = GaussianRBF(0.0, self.cutoff, n_rbf)
@@ -204,6 +200,10 @@ class SchNet(nn.Module):
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
         system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=False)
+        dtype = self.embedding.weight.dtype
+        if positions.dtype != dtype:
+            raise ValueError(f"positions have dtype {positions.dtype}, the model's parameters {dtype}: convert one of "
+                             f"them (positions.to({dtype}) or model.to({positions.dtype}))")
         if species.dtype != torch.int64:
             raise ValueError(f"species must be int64 atomic numbers, got dtype {species.dtype}")
         if species.numel() and not torch.compiler.is_compiling():

@@ -11,6 +11,15 @@ from .ops import RunningCovariance
 
 __version__ = "0.1.0.dev0"
 
+
+def __getattr__(name: str):
+    # ``bg.data`` (datasets, loaders; imports ASE) is loaded on first use
+    if name == "data":
+        import importlib
+
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["ops", "compiled_backends", "RunningCovariance", "neighbor_list", "NeighborList", "Pairs", "__version__",
            "observables", "boltzmann_loss", "local_boltzmann_loss", "BoltzmannEstimator", "reweight",
-           "md", "models", "stability", "stable", "baselines"]
+           "md", "models", "stability", "stable", "baselines", "data"]

@@ -76,6 +76,15 @@ def _float_array(name: str, x, dim: int, last: tuple[int, ...] = ()) -> np.ndarr
     return a.astype(np.float64)
 
 
+def _check_finite(name: str, a: np.ndarray, *, missing_ok: bool = False) -> None:
+    """No NaN or inf in ``a`` (``missing_ok``: NaN marks a missing label and is allowed, inf is not)."""
+    bad = np.isinf(a) if missing_ok else ~np.isfinite(a)
+    if bad.any():
+        where = np.argwhere(bad)[0].tolist()
+        raise ValueError(f"{name} has {int(bad.sum())} {'infinite' if missing_ok else 'non-finite'} entries (first at "
+                         f"index {where}: {a[tuple(where)]})" + (" (NaN marks a missing label)" if missing_ok else ""))
+
+
 class AtomsDataset(torch.utils.data.Dataset):
     """Labelled atomic structures: positions, atomic numbers, energies, forces, optional cell and pbc.
 
@@ -127,6 +136,7 @@ class AtomsDataset(torch.utils.data.Dataset):
         else:
             raise ValueError(f"positions must have shape [R, N, 3] or [n_total, 3], got shape {pos.shape}")
         pos = _float_array("positions", pos, 2, (3,))
+        _check_finite("positions", pos)
         n_atoms = np.asarray(n_atoms.cpu().numpy() if isinstance(n_atoms, torch.Tensor) else n_atoms)
         if n_atoms.ndim != 1 or n_atoms.dtype.kind not in "iu" or (n_atoms.size and n_atoms.min() < 1):
             raise ValueError(f"n_atoms must be a 1-D array of positive ints, got {n_atoms!r}")
@@ -134,9 +144,12 @@ class AtomsDataset(torch.utils.data.Dataset):
         R, n_total = n_atoms.shape[0], int(n_atoms.sum())
         if pos.shape[0] != n_total:
             raise ValueError(f"positions must have sum(n_atoms)={n_total} rows, got shape {pos.shape}")
+        if sp.dtype.kind == "f" and sp.size and bool(np.all(np.isfinite(sp) & (sp == np.round(sp)))):
+            sp = sp.astype(np.int64)  # whole-number floats are atomic numbers; 6.5 is not
         if sp.shape != (n_total,) or sp.dtype.kind not in "iu":
-            raise ValueError(f"species must be an int array of shape [{n_total}], got shape {sp.shape} "
-                             f"dtype {sp.dtype}")
+            bad = sp[~(np.isfinite(sp) & (sp == np.round(sp)))][:3].tolist() if sp.dtype.kind == "f" else []
+            raise ValueError(f"species must be an int array of shape [{n_total}] (atomic numbers), got shape "
+                             f"{sp.shape} dtype {sp.dtype}" + (f" with non-integer values {bad}" if bad else ""))
         if n_total and (sp.min() < 1 or sp.max() > 118):
             raise ValueError(f"species must be atomic numbers in [1, 118], got range [{sp.min()}, {sp.max()}]")
 
@@ -144,12 +157,14 @@ class AtomsDataset(torch.utils.data.Dataset):
             e = np.full(R, np.nan)
         else:
             e = _float_array("energy", np.reshape(np.asarray(energy, dtype=np.float64), (-1,)), 1)
+            _check_finite("energy", e, missing_ok=True)
             if e.shape != (R,):
                 raise ValueError(f"energy must have shape [{R}] (one per structure), got shape {np.shape(energy)}")
         if forces is None:
             f = np.full((n_total, 3), np.nan)
         else:
             f = _float_array("forces", forces, 2, (3,))
+            _check_finite("forces", f, missing_ok=True)
             if f.shape != (n_total, 3):
                 raise ValueError(f"forces must have the shape of positions {(n_total, 3)}, got shape {f.shape}")
 
@@ -161,6 +176,7 @@ class AtomsDataset(torch.utils.data.Dataset):
                 c = np.broadcast_to(c, (R, 3, 3)).copy()
             if c.shape != (R, 3, 3):
                 raise ValueError(f"cell must have shape [{R}, 3, 3] or [3, 3], got shape {c.shape}")
+            _check_finite("cell", c)
         if pbc is None:
             p = np.abs(c).sum(axis=2) > 0
         else:

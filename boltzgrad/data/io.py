@@ -7,12 +7,18 @@ Unit conversions (all into eV and Å; constants from ``ase.units``, CODATA 2014)
   keys are converted from the units they name (kcal/mol, kJ/mol, eV, Ha / Å, bohr, nm).
 * boltzgrad's own ``.npz`` (written by ``AtomsDataset.save``, float32 or compact) is already in eV and Å.
 * Files read through ASE: energies and forces as ASE gives them (eV, eV/Å).
+
+Every loader raises :class:`DataFileError` (a ``ValueError``) naming the file and the problem when a file is
+missing, unreadable, truncated or corrupt, or holds invalid values (non-finite positions or cells, atomic
+numbers that are not integers in [1, 118], unknown element symbols, ...); no other exception comes out of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +28,7 @@ from ._codec import decode_fields
 from .dataset import FORMAT, FORMAT_COMPACT, AtomsDataset
 
 __all__ = ["load", "load_npz", "load_ase", "load_directory", "load_reference", "npz_frame_count", "DATA_DIR",
-           "KCAL_PER_MOL", "ENERGY_UNITS", "LENGTH_UNITS"]
+           "KCAL_PER_MOL", "ENERGY_UNITS", "LENGTH_UNITS", "DataFileError"]
 
 KCAL_PER_MOL = units.kcal / units.mol
 """1 kcal/mol in eV."""
@@ -36,6 +42,69 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 LENGTH_UNITS = {"ang": 1.0, "angstrom": 1.0, "a": 1.0, "bohr": units.Bohr, "au": units.Bohr, "nm": 10.0}
 """Length units known to the npz loader, in Å."""
+
+
+class DataFileError(ValueError):
+    """A data file is missing, unreadable, truncated or corrupt, or holds invalid values. The message names the
+    file and the problem; the original exception, if any, is the ``__cause__``."""
+
+
+# how a failure while reading a file is reported (first match), after the file's name
+_PROBLEMS = (
+    (FileNotFoundError, "does not exist"),
+    (IsADirectoryError, "is a directory"),
+    (PermissionError, "cannot be read: permission denied"),
+    (UnicodeDecodeError, "is not text ({err}): wrong format or a damaged file"),
+    ((EOFError, zipfile.BadZipFile), "is truncated or damaged ({kind}: {err})"),
+    (KeyError, "holds an unknown name or lacks an entry: {err} (KeyError)"),
+    (MemoryError, "claims more data than fits in memory (a damaged file?)"),
+    (ValueError, ": {err}"),
+    (Exception, "cannot be read: {kind}: {err}"),
+)
+
+
+@contextlib.contextmanager
+def _reading(path, what: str = "data file"):
+    """Turns any failure while reading ``path`` into a :class:`DataFileError` naming it (the original exception is
+    its ``__cause__``): parsers raise anything on damaged input, and it is reported the same way."""
+    try:
+        yield
+    except DataFileError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        text = next(t for kind, t in _PROBLEMS if isinstance(err, kind))
+        sep = "" if text.startswith(":") else " "
+        raise DataFileError(f"{what} {str(path)!r}{sep}{text.format(err=err, kind=type(err).__name__)}") from err
+
+
+def _check_npz_members(z, path) -> None:
+    """Each ``.npy`` member's header (shape x dtype) must fit in the bytes the member holds, so that a damaged
+    header cannot make NumPy allocate more than the file contains."""
+    for info in z.zip.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with z.zip.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                continue  # NumPy reports other versions itself
+            shape, _, dtype = read[version](fh)
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > info.file_size:
+            raise DataFileError(f"npz file {str(path)!r}: member {info.filename!r} claims shape {shape} of {dtype} "
+                                f"({need} bytes) but holds {info.file_size} bytes (truncated or damaged)")
+
+
+def _integral(name: str, a, path) -> np.ndarray:
+    """Float atomic numbers as int64, a DataFileError if any is not an integer (6.5 is not 6)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return a
+    bad = ~np.isfinite(a) | (a != np.round(a))
+    if bad.any():
+        raise DataFileError(f"data file {str(path)!r}: {name} must be integer atomic numbers, got values such as "
+                            f"{a[bad][:3].tolist()}")
+    return a.astype(np.int64)
 
 
 def _unit(table: dict, name, what: str) -> float:
@@ -69,7 +138,13 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
         ``AtomsDataset`` in eV and Å, with ``info["source"]`` naming the file and its layout.
     """
     path = Path(path)
+    with _reading(path, "npz file"):
+        return _load_npz(path, energy_unit, length_unit)
+
+
+def _load_npz(path: Path, energy_unit, length_unit) -> AtomsDataset:
     with np.load(path, allow_pickle=False) as z:
+        _check_npz_members(z, path)
         keys = set(z.files)
         if "format" in keys and str(z["format"]) in (FORMAT, FORMAT_COMPACT):
             info = json.loads(str(z["info"])) if "info" in keys else {}
@@ -77,7 +152,8 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
             a = z if str(z["format"]) == FORMAT else decode_fields(z)
             n_atoms = np.asarray(a["n_atoms"])
             pos, frc = np.asarray(a["positions"]), np.asarray(a["forces"])
-            return AtomsDataset(pos.reshape(-1, 3), a["species"], n_atoms=n_atoms, energy=a["energy"],
+            return AtomsDataset(pos.reshape(-1, 3), _integral("species", a["species"], path), n_atoms=n_atoms,
+                                energy=a["energy"],
                                 forces=frc.reshape(-1, 3), cell=a["cell"], pbc=a["pbc"], info=info)
         if {"R", "z"} <= keys:
             layout, pos_k, e_k, f_k, z_k = "md17", "R", "E", "F", "z"
@@ -103,13 +179,14 @@ def load_npz(path: str | os.PathLike, *, energy_unit: str | None = None, length_
         for k in ("name", "theory"):
             if k in keys and z[k].dtype.kind in "US":
                 info[k] = str(z[k])
-        return AtomsDataset(pos, np.asarray(z[z_k]).astype(np.int64), energy=energy, forces=forces, cell=cell,
+        return AtomsDataset(pos, _integral(z_k, z[z_k], path), energy=energy, forces=forces, cell=cell,
                             pbc=pbc, info=info)
 
 
 def npz_frame_count(path: str | os.PathLike) -> int:
     """Number of structures in a boltzgrad ``.npz`` file (either format), without decoding its arrays."""
-    with np.load(path, allow_pickle=False) as z:
+    with _reading(path, "npz file"), np.load(path, allow_pickle=False) as z:
+        _check_npz_members(z, path)
         if "encoding" in z.files:
             return int(json.loads(str(z["encoding"]))["n_atoms"]["shape"][0])
         return int(z["n_atoms"].shape[0])
@@ -132,11 +209,60 @@ def load_ase(path: str | os.PathLike, *, index: str | int | slice = ":", format:
     """
     import ase.io
 
-    frames = ase.io.read(os.fspath(path), index=index, format=format)
-    if not isinstance(frames, list):
-        frames = [frames]
-    return from_atoms(frames, energy_key=energy_key, forces_key=forces_key,
-                      info={"source": {"path": str(path), "layout": format or "ase"}})
+    with _reading(path, f"{format or 'ASE'} file"):
+        if _is_xyz(path, format):
+            _check_xyz(path)
+        frames = ase.io.read(os.fspath(path), index=index, format=format)
+        if not isinstance(frames, list):
+            frames = [frames]
+        return from_atoms(frames, energy_key=energy_key, forces_key=forces_key,
+                          info={"source": {"path": str(path), "layout": format or "ase"}})
+
+
+def _is_xyz(path, format) -> bool:
+    return format in ("xyz", "extxyz") or (format is None and Path(path).suffix.lower() in (".xyz", ".extxyz"))
+
+
+def _check_xyz(path) -> None:
+    """Frame headers of an (extended) XYZ file, checked before ASE reads it: every atom count is an integer that
+    the lines after it can hold (ASE would otherwise read ``999999999999`` lines past the end), and a ``Z``
+    column of reals holds integers (ASE would truncate 6.5 to 6)."""
+    from ase.io.extxyz import key_val_str_to_dict
+
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()  # the end of the last line
+    pos = frame = 0
+    while pos < len(lines):
+        text = lines[pos].strip()
+        try:
+            n = int(text)
+        except ValueError:
+            raise DataFileError(f"XYZ file {str(path)!r}, line {pos + 1}: expected the atom count of frame {frame}, "
+                                f"got {text[:40].decode(errors='replace')!r}") from None
+        left = len(lines) - pos - 2
+        if n < 0 or n > left:
+            raise DataFileError(f"XYZ file {str(path)!r}, line {pos + 1}: frame {frame} claims {n} atoms, but "
+                                f"{max(left, 0)} lines follow (truncated or damaged file)")
+        props = key_val_str_to_dict(lines[pos + 1].decode(errors="replace")).get("Properties", "")
+        fields = str(props).split(":") if isinstance(props, str) else []
+        column = 0
+        for name, kind, cols in zip(fields[0::3], fields[1::3], fields[2::3], strict=False):
+            if name == "Z" and kind == "R":
+                for k, line in enumerate(lines[pos + 2: pos + 2 + n]):
+                    parts = line.decode(errors="replace").split()
+                    text = parts[column] if len(parts) > column else "(nothing)"
+                    try:
+                        whole = float(text).is_integer()
+                    except ValueError:
+                        whole = False
+                    if not whole:
+                        raise DataFileError(f"XYZ file {str(path)!r}, line {pos + 3 + k}: atomic number (column Z) "
+                                            f"must be an integer, got {text!r}")
+            column += int(cols) if cols.isdigit() else 1
+        pos += n + 2
+        frame += 1
 
 
 def from_atoms(frames, *, energy_key: str | None = None, forces_key: str | None = None,
@@ -174,15 +300,29 @@ def load_directory(path: str | os.PathLike) -> AtomsDataset:
     The files are concatenated in the order of ``provenance["files"]``; ``info`` is the provenance.
     """
     path = Path(path)
+    prov = _provenance(path)
+    parts = [load_npz(path / f) for f in _listed(prov, path, "files")]
+    return AtomsDataset.concatenate(parts, info=prov)
+
+
+def _provenance(path: Path) -> dict:
+    """The ``provenance.json`` of a dataset directory, checked to be a JSON object."""
     prov_path = path / "provenance.json"
     if not prov_path.is_file():
-        raise ValueError(f"{path} has no provenance.json; not a boltzgrad dataset directory")
-    prov = json.loads(prov_path.read_text())
-    files = prov.get("files")
-    if not files:
-        raise ValueError(f"{prov_path} lists no data files (key 'files')")
-    parts = [load_npz(path / f) for f in files]
-    return AtomsDataset.concatenate(parts, info=prov)
+        raise DataFileError(f"{str(path)!r} has no provenance.json; not a boltzgrad dataset directory")
+    with _reading(prov_path, "provenance file"):
+        prov = json.loads(prov_path.read_text())
+    if not isinstance(prov, dict):
+        raise DataFileError(f"provenance file {str(prov_path)!r} must hold a JSON object, got {type(prov).__name__}")
+    return prov
+
+
+def _listed(prov: dict, path: Path, key: str) -> list[str]:
+    files = prov.get(key)
+    if not files or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise DataFileError(f"provenance file {str(path / 'provenance.json')!r} lists no data files under {key!r} "
+                            f"(a list of file names), got {files!r}")
+    return files
 
 
 def load(path: str | os.PathLike, **kwargs) -> AtomsDataset:
@@ -191,7 +331,7 @@ def load(path: str | os.PathLike, **kwargs) -> AtomsDataset:
     """
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"path {str(p)!r} does not exist")
+        raise DataFileError(f"path {str(p)!r} does not exist")
     if p.is_dir():
         return load_directory(p, **kwargs)
     if p.suffix == ".npz":
@@ -211,11 +351,11 @@ def load_reference(name: str, *, heldout: bool = False, data_dir: str | os.PathL
     path = path / name
     if not (path / "provenance.json").is_file():
         known = sorted(p.parent.name for p in path.parent.glob("*/provenance.json"))
-        raise ValueError(f"no dataset {name!r} under {path.parent} (found {known}); "
-                         "generate it with `boltzgrad make-data`")
+        raise DataFileError(f"no dataset {name!r} under {path.parent} (found {known}); "
+                            "generate it with `boltzgrad make-data`")
     if not heldout:
         return load_directory(path)
-    prov = json.loads((path / "provenance.json").read_text())
+    prov = _provenance(path)
     if not prov.get("heldout_files"):
-        raise ValueError(f"dataset {name!r} has no held-out trajectories")
-    return AtomsDataset.concatenate([load_npz(path / f) for f in prov["heldout_files"]], info=prov)
+        raise DataFileError(f"dataset {name!r} has no held-out trajectories")
+    return AtomsDataset.concatenate([load_npz(path / f) for f in _listed(prov, path, "heldout_files")], info=prov)

@@ -164,14 +164,14 @@ def load_reference_observables(name: str, *, data_dir: str | os.PathLike | None 
 
     Returns ``{"pool": {key: array}, "heldout": {...}, "settings": dict}`` (``heldout`` only if present).
     """
-    from .io import DATA_DIR
+    from .io import DATA_DIR, DataFileError, _reading
 
     path = (Path(data_dir) if data_dir is not None else DATA_DIR) / name / REFERENCE_OBSERVABLES_FILE
     if not path.is_file():
-        raise ValueError(f"no reference observables for dataset {name!r} ({path} missing); "
-                         "write them with boltzgrad.data.write_reference_observables")
+        raise DataFileError(f"no reference observables for dataset {name!r} ({path} missing); "
+                            "write them with boltzgrad.data.write_reference_observables")
     out: dict = {}
-    with np.load(path, allow_pickle=False) as z:
+    with _reading(path, "reference observables file"), np.load(path, allow_pickle=False) as z:
         for k in z.files:
             if k == "settings":
                 out["settings"] = json.loads(str(z[k]))

@@ -17,6 +17,9 @@ Commands here:
 These four take ``--config RUN.yaml``, a run configuration with sections (``data``, ``model``, ``pretrain``,
 ``train``, ``evaluate``, ``simulate``; see ``boltzgrad.stable.systems`` and ``configs/``), and
 ``--set section.field=value`` to override single fields (the value is read as YAML).
+
+An error stops a command with one line, ``boltzgrad <command>: error: <what went wrong>``, and exit status 1
+(2 for a command line argparse rejects); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 __all__ = ["COMMANDS", "register", "build_parser", "main"]
@@ -86,19 +90,43 @@ def _load_run(args: argparse.Namespace) -> dict:
             if not isinstance(target.get(part, {}), dict):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
             target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(text)
+        try:
+            target[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value {text!r} is not valid YAML ({problem})") from err
     if args.out_dir is not None:
         cfg["out_dir"] = args.out_dir
+    if not isinstance(cfg["out_dir"], str):
+        raise ValueError(f"config field 'out_dir' must be a path string, got {cfg['out_dir']!r}")
+    check_writable_dir(cfg["out_dir"], "--out-dir" if args.out_dir is not None else "config field 'out_dir'")
     return cfg
 
 
+def check_writable_dir(path: str, what: str) -> None:
+    """``path`` is a directory this process may write into, or can be created as one: ValueError naming ``what``
+    otherwise (checked before any work, so that a run does not fail at its first write)."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{what} {path!r} is a file, not a directory")
+    parent = p
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path!r} cannot be created: {parent!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path!r} is not writable (no write permission in {parent!r})")
+
+
 def _model_for(cfg: dict, path: str | None):
-    """(model, label): the model file ``path`` (default ``model.checkpoint``), or a parameter-free model."""
-    from .stable.systems import build_model, load_model
+    """(model, label): the model file ``path`` (default ``model.checkpoint``), which must be the model the
+    config's ``model`` section describes, or a parameter-free model."""
+    from .stable.systems import build_model, check_model_spec, load_model
 
     path = path or cfg["model"].get("checkpoint")
     if path:
-        model, _ = load_model(path)
+        model, blob = load_model(path)
+        check_model_spec(cfg["model"], path, blob["spec"])
         return model, os.path.splitext(os.path.basename(str(path)))[0]
     model = build_model(cfg["model"])
     if any(True for _ in model.parameters()):
@@ -141,6 +169,8 @@ def _pretrain(args: argparse.Namespace) -> dict:
     output = args.output or cfg["model"].get("checkpoint")
     if not output:
         raise ValueError("config field 'model.checkpoint' (or --output) must name the model file to write")
+    check_writable_dir(os.path.dirname(os.path.abspath(str(output))), "--output" if args.output else
+                       "the directory of config field 'model.checkpoint'")
     data = load_data(cfg["data"])
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"])
@@ -231,6 +261,8 @@ def _simulate(args: argparse.Namespace):
     from .stable import run as stable_run
 
     cfg, model = _prepare(args, stable_run.simulate_settings)
+    if args.output:
+        check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "the directory of --output")
     return stable_run.simulate(model, cfg, output=args.output)
 
 
@@ -247,9 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``boltzgrad`` argument parser with every registered command."""
     parser = argparse.ArgumentParser(prog="boltzgrad", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (text, add_arguments, run) in COMMANDS.items():
         p = commands.add_parser(name, help=text, description=text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error (default: one line)")
         add_arguments(p)
         if not p._subparsers and not p.get_default("_run_config"):  # sub-commands add --config to each leaf
             _add_config(p)
@@ -264,32 +299,56 @@ def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh) or {}
     if not isinstance(cfg, dict):
-        raise SystemExit(f"--config {args.config}: expected a YAML mapping of option names to values")
+        raise ValueError(f"--config {args.config}: expected a YAML mapping of option names to values")
     parser: argparse.ArgumentParser = args._parser
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     actions = {a.dest: a for a in parser._actions}
     for key, value in cfg.items():
         dest = str(key).replace("-", "_")
         if dest not in actions or dest in ("help", "config"):
-            raise SystemExit(f"--config {args.config}: unknown option {key!r} for this command; "
+            raise ValueError(f"--config {args.config}: unknown option {key!r} for this command; "
                              f"known: {sorted(d for d in actions if d not in ('help', 'config'))}")
         if not any(opt in given for opt in actions[dest].option_strings):
             setattr(args, dest, value)
 
 
+def describe_error(err: BaseException) -> str:
+    """One line saying what went wrong: the message of a ValueError/TypeError (they name the argument or field),
+    otherwise also the kind of error; out-of-memory errors say so."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or repr(err)
+    if isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+        return f"out of memory ({type(err).__name__}: {text}); use fewer replicas or smaller systems"
+    if isinstance(err, (ValueError, TypeError)):
+        return text
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: {err.filename!r}"
+    return f"{type(err).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``boltzgrad``: parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
+    """Entry point of ``boltzgrad``: parse ``argv`` (default ``sys.argv[1:]``) and run the command.
+
+    An error ends the command with one line on stderr (``SystemExit`` with the message, exit status 1); with
+    ``--debug`` the exception propagates with its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if getattr(args, "config", None) and not getattr(args, "_run_config", False):
-        _apply_config(args, argv)
-    if not getattr(args, "_run_config", False):
-        args._command_run(args)
-        return 0
-    try:
-        args._command_run(args)
-    except ValueError as err:  # bad configuration or input: one clear line, no traceback
-        raise SystemExit(f"boltzgrad {args.command}: error: {err}") from err
+    debug = getattr(args, "debug", False)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"boltzgrad {args.command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = show_warning  # one line per warning, without the source line
+        try:
+            if getattr(args, "config", None) and not getattr(args, "_run_config", False):
+                _apply_config(args, argv)
+            args._command_run(args)
+        except Exception as err:  # noqa: BLE001 - one clear line, no traceback (unless --debug)
+            if debug:
+                raise
+            raise SystemExit(f"boltzgrad {args.command}: error: {describe_error(err)}") from err
     return 0
 
 

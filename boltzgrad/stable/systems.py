@@ -33,7 +33,7 @@ from ..data import AtomsDataset
 from ..data.io import DATA_DIR, load, load_reference
 
 __all__ = ["SECTIONS", "load_run_config", "resolve_path", "model_dtype", "build_model", "save_model", "load_model",
-           "load_data", "lennard_jones_reference", "LJ_ARGON"]
+           "check_model_spec", "load_data", "lennard_jones_reference", "LJ_ARGON"]
 
 SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate")
 REPO_ROOT = Path(DATA_DIR).parent
@@ -109,26 +109,62 @@ def model_dtype(spec: dict) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _parse_spec(spec: dict, where: str = "config field") -> tuple[str, torch.dtype, dict]:
+    """``(kind, dtype, constructor arguments)`` of a ``model`` section; ValueError naming an unknown kind or field."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} 'model' must be a mapping, got {type(spec).__name__}")
+    dtype = model_dtype(spec)
+    args = {k: v for k, v in spec.items() if k not in ("checkpoint", "dtype")}
+    kind = args.pop("kind", None)
+    if kind not in _MODEL_KINDS:
+        raise ValueError(f"{where} 'model.kind' must be one of {sorted(_MODEL_KINDS)}, got {kind!r}")
+    cls_name, allowed = _MODEL_KINDS[kind]
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ValueError(f"{where}(s) {['model.' + k for k in unknown]} are not arguments of {cls_name}; "
+                         f"known: {sorted(allowed)}")
+    return kind, dtype, args
+
+
 def build_model(spec: dict) -> torch.nn.Module:
     """A fresh model from the ``model`` section (``kind``, ``dtype`` and constructor arguments; ``checkpoint``
     is ignored here)."""
     from .. import models
 
-    dtype = model_dtype(spec)
-    spec = {k: v for k, v in dict(spec).items() if k not in ("checkpoint", "dtype")}
-    kind = spec.pop("kind", None)
-    if kind not in _MODEL_KINDS:
-        raise ValueError(f"config field 'model.kind' must be one of {sorted(_MODEL_KINDS)}, got {kind!r}")
-    cls_name, allowed = _MODEL_KINDS[kind]
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"config field(s) {['model.' + k for k in unknown]} are not arguments of {cls_name}; "
-                         f"known: {sorted(allowed)}")
+    kind, dtype, args = _parse_spec(spec)
+    cls_name = _MODEL_KINDS[kind][0]
     try:
-        model = getattr(models, cls_name)(**spec)
+        model = getattr(models, cls_name)(**args)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config section 'model' ({cls_name}): {err}") from err
     return model.to(dtype)
+
+
+def _full_spec(spec: dict, where: str) -> dict:
+    """A ``model`` section with every constructor argument (defaults filled in), for comparisons."""
+    import inspect
+
+    from .. import models
+
+    kind, dtype, args = _parse_spec(spec, where)
+    cls_name, allowed = _MODEL_KINDS[kind]
+    params = inspect.signature(getattr(models, cls_name)).parameters
+    full = {k: p.default for k, p in params.items() if k in allowed}
+    full.update(args)
+    full = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
+    return {"kind": kind, "dtype": str(dtype).removeprefix("torch."), **full}
+
+
+def check_model_spec(spec: dict, path: str | os.PathLike, file_spec: dict) -> None:
+    """The model file ``path`` (whose spec is ``file_spec``) must be the model the ``model`` section describes:
+    ValueError naming every field that differs (e.g. ``model.kind: pair_mlp`` with a SchNet file)."""
+    want = _full_spec(spec, "config field")
+    have = _full_spec(file_spec, f"model file {str(path)!r}: field")
+    keys = sorted(set(want) | set(have)) if want["kind"] == have["kind"] else ["kind"]  # other kinds, other fields
+    diff = [f"model.{k}: config {want.get(k)!r}, file {have.get(k)!r}" for k in keys if want.get(k) != have.get(k)]
+    if diff:
+        raise ValueError(f"model file {str(path)!r} does not match the config's model section ({'; '.join(diff)}); "
+                         "set the model section to the file's model, or use another file")
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict, **extra) -> None:
@@ -142,7 +178,8 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict, **ex
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Rebuild a model written by :func:`save_model` (or a StABlE checkpoint holding ``model``/``spec``).
 
-    Returns ``(model, file contents)``.
+    Returns ``(model, file contents)``. Raises ValueError naming the file when it cannot be read, is not a model
+    file, or holds weights that do not fit its spec.
     """
     p = resolve_path(path)
     try:
@@ -151,8 +188,16 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         raise ValueError(f"model file {str(p)!r} cannot be read: {err}") from err
     if not isinstance(blob, dict) or "spec" not in blob or not ({"state_dict", "model"} & set(blob)):
         raise ValueError(f"model file {str(p)!r} is not a boltzgrad model file (needs 'spec' and 'state_dict')")
-    model = build_model(blob["spec"])
-    model.load_state_dict(blob["state_dict"] if "state_dict" in blob else blob["model"])
+    try:
+        model = build_model(blob["spec"])
+    except ValueError as err:
+        raise ValueError(f"model file {str(p)!r} holds an invalid spec {blob['spec']!r}: {err}") from err
+    try:
+        model.load_state_dict(blob["state_dict"] if "state_dict" in blob else blob["model"])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"model file {str(p)!r}: its weights do not fit its spec {blob['spec']!r} "
+                         f"({' '.join(line.strip() for line in first[:3])})") from err
     model.eval()
     return model, blob
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
 
@@ -17,6 +18,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}{suffix}")
     try:
         write(tmp)
@@ -30,6 +32,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     if durable:
         _fsync_directory(directory)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: leave its files alone
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of :func:`atomic_write` for ``path`` (``.<name>.tmp.<pid>...``) left behind by
+    processes that were killed while writing (their pid is no longer running). Returns the removed paths."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.tmp.") + r"(\d+)")
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except OSError:
+                pass  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> str:

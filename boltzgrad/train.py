@@ -23,9 +23,25 @@ import torch
 from ._files import atomic_write, atomic_write_text
 from .models.base import energy_and_forces
 
-__all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult"]
+__all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult", "NonFiniteLossError",
+           "check_finite_parameters"]
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss or its gradient became NaN or infinite: training stops (the last checkpoint is kept)
+    rather than take optimizer steps that would turn every weight into NaN."""
+
+
+def check_finite_parameters(model: torch.nn.Module, what: str = "model") -> None:
+    """ValueError naming the first parameter or buffer of ``model`` with NaN or infinite entries."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{what} {'parameter' if isinstance(t, torch.nn.Parameter) else 'buffer'} {name!r} has "
+                             f"{bad} non-finite entries (NaN or inf) of {t.numel()}; a model file damaged or trained "
+                             "into NaN cannot be trained further")
 
 
 def _model_dtype_device(model: torch.nn.Module):
@@ -223,6 +239,7 @@ def fit_energy_forces(
         raise ValueError(f"lr must be > 0, got {lr}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where last.pt was written)")
+    check_finite_parameters(model)
 
     if val_dataset is None:
         if not 0 < val_fraction < 1:
@@ -286,6 +303,10 @@ def fit_energy_forces(
                                    device=device):
             optimizer.zero_grad(set_to_none=True)
             loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
+            if not bool(torch.isfinite(loss.detach())):
+                raise NonFiniteLossError(f"epoch {epoch}: the training loss is {float(loss)}: training stopped before "
+                                         "an optimizer step on it (the files of the last finished epoch are intact; "
+                                         "check the data labels and lower lr)")
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)

@@ -15,8 +15,8 @@ from ..stability import (
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import StableConfig
 from .evaluate import EvaluateConfig, EvaluationResult, evaluate
-from .trainer import StableResult, StableTrainer, bonded_molecules, cycle_summary
+from .trainer import NonFiniteLossError, StableResult, StableTrainer, bonded_molecules, cycle_summary
 
 __all__ = ["BondLengthCriterion", "MinDistanceCriterion", "RDFCriterion", "NonFinite", "StabilityMonitor",
            "StableConfig", "StableTrainer", "StableResult", "bonded_molecules", "cycle_summary", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "evaluate", "EvaluateConfig", "EvaluationResult"]
+           "save_checkpoint", "load_checkpoint", "evaluate", "EvaluateConfig", "EvaluationResult", "NonFiniteLossError"]

@@ -31,24 +31,27 @@ continues exactly as an uninterrupted run with the same seed would.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import observables as obs_mod
+from .._files import remove_stale_temporaries
 from ..estimators import boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
 from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..stability import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
-from ..train import qm_loss
+from ..train import NonFiniteLossError, check_finite_parameters, qm_loss
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -59,16 +62,29 @@ from .checkpoint import (
 )
 from .config import StableConfig
 
-__all__ = ["StableTrainer", "StableResult", "bonded_molecules", "cycle_summary"]
+__all__ = ["StableTrainer", "StableResult", "NonFiniteLossError", "bonded_molecules", "cycle_summary",
+           "check_finite_parameters"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+_CHECKPOINT_KEYS = {"config", "fingerprint", "model", "optimizer", "scheduler", "trainer", "state", "anchor", "ring",
+                    "first_unstable_step", "learn_start", "criteria", "rng", "target", "history"}
 HISTORY_JSON = "history.json"
 LOG_CSV = "log.csv"
 MODEL_FILE = "model.pt"
 _CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "n_samples",
                "learning_step", "event", "seconds")
+
+
+def _digest(tensors) -> str:
+    """sha256 of tensors' dtypes, shapes and values (run identities in checkpoints)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass
@@ -245,6 +261,7 @@ class StableTrainer:
         elif not isinstance(config, StableConfig):
             raise TypeError(f"config must be a StableConfig, a dict or a YAML path, got {type(config).__name__}")
         config.validate()
+        check_finite_parameters(model)
         self.config = cfg = config
         self.model = model
         self.dataset = dataset
@@ -316,6 +333,11 @@ class StableTrainer:
         self.md_generator.manual_seed(cfg.seed * 2 + 1)
         self._tb = None
         self._bar = None
+        # the run's identity (checkpoints of another run are refused): the training data and the starting model
+        d = dataset
+        self._data_digest = _digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
+        self._model_identity = {"class": type(model).__name__, "cutoff": getattr(model, "cutoff", None),
+                                "weights": _digest(model.state_dict().values())}
         self._init_run_state()
 
     # ------------------------------------------------------------------ setup
@@ -576,6 +598,7 @@ class StableTrainer:
                 p, b = self._flat(samples[sl])
                 kw = {"cell": cells[sl], "pbc": True} if cells is not None else {}
                 out = self.model(p, self.species1.repeat(len(sl)), batch=b, **kw)
+                self._check_finite("the model's energies of the samples", out["atom_energies"])
                 o = obs_all.view(M, per, -1)[sl].reshape(len(sl) * per, -1)
                 if per_frame:
                     nb = molecule_neighborhoods(self.molecule.to(self.device).repeat(len(sl)), batch=b)
@@ -591,8 +614,12 @@ class StableTrainer:
             idx = torch.randperm(len(self.dataset), generator=g)[:cfg.qm_batch_size]
             b = self.dataset.collate(idx, dtype=self.dtype, device=self.device)
             q, _, _ = qm_loss(self.model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
+            self._check_finite("the QM loss", q)
             (cfg.qm_weight * q).backward()
             q_value = float(q.detach())
+        grads = [p.grad for p in self.params if p.grad is not None]
+        self._check_finite("the gradient", torch.stack([torch.linalg.vector_norm(g) for g in grads]) if grads
+                           else torch.zeros(0))
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
@@ -601,6 +628,15 @@ class StableTrainer:
         if math.isfinite(obs_value):
             self.scheduler.step(obs_value)
         return obs_value, q_value, M
+
+    def _check_finite(self, what: str, t: torch.Tensor) -> None:
+        """Stop training (NonFiniteLossError) before an optimizer step on a NaN or infinite loss or gradient."""
+        if t.numel() and not bool(torch.isfinite(t.detach()).all()):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"learning step {self.learning_steps + 1} (cycle {self.cycle}, unit {self.unit}): {what} is NaN or "
+                "infinite, so training stopped before taking an optimizer step with it; the last checkpoint is intact "
+                "(check the model file and the learning rate)")
 
     def _flat(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = samples.shape[0]
@@ -638,11 +674,13 @@ class StableTrainer:
             "rng": {"torch": torch.get_rng_state(), "md": self.md_generator.get_state()},
             "target": self.target,
             "history": self.history,
+            "threads": torch.get_num_threads(),
         }
 
     def _fingerprint(self) -> dict:
         return {"n_atoms": self.n, "species": self.species1.tolist(), "n_structures": len(self.dataset),
-                "n_replicas": self.config.n_replicas, "periodic": self.periodic}
+                "n_replicas": self.config.n_replicas, "periodic": self.periodic, "data": self._data_digest,
+                "reference": _digest([self.target]), "model": self._model_identity}
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
         """Write the full training state atomically (default ``out_dir/checkpoint.pt``); returns the path."""
@@ -663,24 +701,41 @@ class StableTrainer:
         path = os.fspath(path)
         if ck.get("format") != "boltzgrad-stable-trainer":
             raise CheckpointError(f"checkpoint {path!r} was not written by StableTrainer")
+        missing = sorted(_CHECKPOINT_KEYS - set(ck))
+        if missing:
+            raise CheckpointError(f"checkpoint {path!r} lacks {missing} (written by another program or version)")
         try:
             saved = StableConfig.from_dict(ck["config"])
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint {path!r} holds an invalid config: {err}") from err
         diff = saved.differences(self.config)
         if diff:
             text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in
                              ((k, *v) for k, v in sorted(diff.items())))
             raise CheckpointError(f"checkpoint {path!r} was written with a different config ({text})")
-        if ck["fingerprint"] != self._fingerprint():
-            raise CheckpointError(f"checkpoint {path!r} belongs to another dataset/system: {ck['fingerprint']} vs "
-                                  f"{self._fingerprint()}")
+        self._check_identity(ck["fingerprint"], path)
+        threads = ck.get("threads")
+        if threads is not None and threads != torch.get_num_threads():
+            warnings.warn(f"checkpoint {path!r} was written with {threads} torch thread(s), this run uses "
+                          f"{torch.get_num_threads()}: it continues, but no longer bit-identical to an "
+                          f"uninterrupted run (use --threads {threads} for that)", RuntimeWarning, stacklevel=2)
         try:
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as err:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
             raise CheckpointError(f"checkpoint {path!r} does not fit this model/optimizer: {err}") from err
+        if len(ck["criteria"]) != len(self.criteria):
+            raise CheckpointError(f"checkpoint {path!r} has {len(ck['criteria'])} criteria, this trainer "
+                                  f"{len(self.criteria)}")
+        try:
+            self._restore(ck)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {path!r} has a damaged or missing entry ({type(err).__name__}: "
+                                  f"{err})") from err
+
+    def _restore(self, ck: dict) -> None:
+        """The training state of a checkpoint whose identity was checked (:meth:`load_checkpoint`)."""
         t = ck["trainer"]
         self.phase, self.cycle, self.unit = t["phase"], t["cycle"], t["unit"]
         self.md_steps, self.phase_steps, self.learn_iter = t["md_steps"], t["phase_steps"], t["learn_iter"]
@@ -690,15 +745,33 @@ class StableTrainer:
         self.ring = [state_from_dict(r) for r in ck["ring"]]
         self.first_unstable_step = ck["first_unstable_step"]
         self.learn_start = None if ck["learn_start"] is None else state_from_dict(ck["learn_start"])
-        if len(ck["criteria"]) != len(self.criteria):
-            raise CheckpointError(f"checkpoint {path!r} has {len(ck['criteria'])} criteria, this trainer "
-                                  f"{len(self.criteria)}")
         for c, s in zip(self.criteria, ck["criteria"], strict=True):
             c.load_state_dict(s)
         torch.set_rng_state(ck["rng"]["torch"])
         self.md_generator.set_state(ck["rng"]["md"])
         self.target = ck["target"]
         self.history = list(ck["history"])
+
+    def _check_identity(self, saved, path: str) -> None:
+        """The checkpoint's run identity must be this run's: same system, training data (data source, split, seed),
+        reference observable and starting model."""
+        now = self._fingerprint()
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {path!r} has a damaged fingerprint")
+        what = {"data": "the training data differ (another data source, split, stride or data.seed?)",
+                "reference": "the reference observable differs (another reference dataset or observable settings?)",
+                "model": "the starting model differs (another model file, architecture or weights?)"}
+        unknown = [k for k in what if k not in saved]
+        if unknown:  # checkpoints of boltzgrad before these entries
+            warnings.warn(f"checkpoint {path!r} does not record {unknown}: resuming without checking them",
+                          RuntimeWarning, stacklevel=3)
+        for key in what:
+            if key in saved and saved[key] != now[key]:
+                raise CheckpointError(f"checkpoint {path!r} belongs to another run: {what[key]}")
+        rest = {k: v for k, v in saved.items() if k not in what}
+        if rest != {k: v for k, v in now.items() if k not in what}:
+            raise CheckpointError(f"checkpoint {path!r} belongs to another dataset/system: {rest} vs "
+                                  f"{ {k: v for k, v in now.items() if k not in what} }")
 
     def _write_logs(self) -> None:
         if self.out_dir is None:
@@ -774,6 +847,9 @@ class StableTrainer:
         if resume:
             if ckpt is None:
                 raise ValueError("resume=True needs out_dir (where checkpoint.pt was written)")
+            removed = remove_stale_temporaries(ckpt)
+            if removed:
+                log.info("removed %d temporary file(s) of interrupted checkpoint writes: %s", len(removed), removed)
             if not os.path.isfile(ckpt):
                 raise CheckpointError(f"cannot resume: checkpoint {ckpt!r} does not exist")
             self.load_checkpoint(ckpt)

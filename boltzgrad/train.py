@@ -303,15 +303,16 @@ def fit_energy_forces(
                                    device=device):
             optimizer.zero_grad(set_to_none=True)
             loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
-            if not bool(torch.isfinite(loss.detach())):
-                raise NonFiniteLossError(f"epoch {epoch}: the training loss is {float(loss)}: training stopped before "
-                                         "an optimizer step on it (the files of the last finished epoch are intact; "
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"epoch {epoch}: the training loss is {value}: training stopped before an "
+                                         "optimizer step on it (the files of the last finished epoch are intact; "
                                          "check the data labels and lower lr)")
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
-            total += float(loss.detach()) * b.n_structures
+            total += value * b.n_structures
             count += b.n_structures
         model.eval()
         val = evaluate_energy_forces(model, val_set, batch_size=batch_size, energy_weight=energy_weight,

@@ -337,7 +337,7 @@ class StableTrainer:
         d = dataset
         self._data_digest = _digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
         self._model_identity = {"class": type(model).__name__, "cutoff": getattr(model, "cutoff", None),
-                                "weights": _digest(model.state_dict().values())}
+                                "repr": repr(model), "weights": _digest(model.state_dict().values())}
         self._init_run_state()
 
     # ------------------------------------------------------------------ setup

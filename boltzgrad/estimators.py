@@ -240,9 +240,18 @@ def _loss_and_coefficients(observables, target, kT, energies, split, weights, co
     return _coefficients(obs, tgt, beta, weights=w, split=_split_mask(split, m, obs.device), component_weights=lam)
 
 
-def _attach(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
-    """A scalar whose value is ``value`` and whose gradient is that of ``surrogate``."""
-    return value.to(surrogate.dtype) + (surrogate - surrogate.detach())
+def _attach(value: torch.Tensor, coef: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
+    """A scalar (dtype of ``energies``) whose value is ``value`` and whose gradient is that of ``sum_m coef_m U_m``.
+
+    The gradient term is written ``coef . (U - U.detach())``: its value is exactly 0, so large energies cannot
+    overflow it into a NaN loss.
+    """
+    c, v = coef.to(energies.dtype), value.to(energies.dtype)
+    if not bool(torch.isfinite(c).all() & torch.isfinite(v)):
+        raise ValueError(f"the loss ({float(value):.3g}) or its coefficients (up to {float(coef.abs().max()):.3g}) "
+                         f"overflow the dtype of the energies, {energies.dtype}: rescale the observables and target, "
+                         "or use float64 energies")
+    return v + (c * (energies - energies.detach())).sum()
 
 
 # --------------------------------------------------------------------------- global estimator
@@ -287,8 +296,7 @@ def boltzmann_loss(
     check_float("energies", energies)
     check_dim("energies", energies, 1, "[M]")
     loss, coef = _loss_and_coefficients(observables, target, kT, energies, split, weights, component_weights)
-    surrogate = (coef.to(energies.dtype) * energies).sum()
-    return _attach(loss, surrogate)
+    return _attach(loss, coef, energies)
 
 
 # --------------------------------------------------------------------------- localized estimator
@@ -381,8 +389,7 @@ def local_boltzmann_loss(
     loss, coef = _loss_and_coefficients(local_observables, target, kT, atom_energies, split, weights,
                                         component_weights, n_samples=nb.n, energy_name="atom_energies")
     a = coef.new_zeros(atom_energies.shape[0]).index_add(0, nb.atom, coef[nb.hood])
-    surrogate = (a.to(atom_energies.dtype) * atom_energies).sum()
-    return _attach(loss, surrogate)
+    return _attach(loss, a, atom_energies)
 
 
 def molecule_neighborhoods(molecule: torch.Tensor, *, batch: torch.Tensor | None = None) -> Neighborhoods:

@@ -306,6 +306,8 @@ class RDF(_Reference):
         cell = _check_cell(cell, n_rep, positions, required=True)
         kinds = self.kinds(species)
         n_k = len(kinds)
+        if n_k == 0:  # no atoms, no species pairs
+            return positions.new_zeros(n_rep, 0, self.n_bins)
         pairs = neighbor_list(positions, self.r_max + _WINDOW_SIGMAS * self.sigma, batch=batch, cell=cell, pbc=pbc)
         zi, zj = species[pairs.i], species[pairs.j]
         kind = torch.full_like(zi, -1)
@@ -439,7 +441,7 @@ class BondLengths(_Reference):
         positions, batch, n_rep = _check_positions(positions, batch)
         counts = torch.bincount(batch, minlength=n_rep)
         bonds = self.bonds.to(positions.device)
-        if bonds.numel() and int(bonds.max()) >= int(counts.min()):
+        if bonds.numel() and n_rep and int(bonds.max()) >= int(counts.min()):
             raise ValueError(f"bonds refer to atom {int(bonds.max())}, but a replica has only "
                              f"{int(counts.min())} atoms")
         ptr = torch.cumsum(counts, 0) - counts  # first atom of each replica
@@ -583,6 +585,8 @@ def _check_trajectory(name, x, batch):
     check_float(name, x)
     if x.dim() != 3 or x.shape[2] != 3:
         raise ValueError(f"{name} must be [T, n_atoms, 3], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one frame, got shape {tuple(x.shape)}")
     check_finite(name, x)
     _, batch, n_rep = _check_positions(x[0], batch)
     return x, batch, n_rep
@@ -591,6 +595,8 @@ def _check_trajectory(name, x, batch):
 def _autocorrelation_sums(x: torch.Tensor, n_lags: int) -> torch.Tensor:
     """``S[tau, a] = sum_{t=0}^{T-1-tau} x[t, a] . x[t+tau, a]`` for ``tau < n_lags``: ``[n_lags, n_atoms]``."""
     t = x.shape[0]
+    if x.shape[1] == 0:  # no atoms (FFTs of empty batches are not defined everywhere)
+        return x.new_zeros(n_lags, 0, dtype=torch.float64)
     size = 1 << (2 * t - 1).bit_length()
     f = torch.fft.rfft(x.to(torch.float64), n=size, dim=0)
     corr = torch.fft.irfft(f * f.conj(), n=size, dim=0)[:n_lags]  # [n_lags, n_atoms, 3]

@@ -386,7 +386,7 @@ def test_neighbor_list_pair_estimate(monkeypatch):
 def test_histogram_and_observable_bounds_name_the_argument(monkeypatch):
     v, s = torch.rand(10, dtype=D), torch.zeros(10, dtype=torch.int64)
     centers = torch.linspace(0, 1, 10, dtype=D)
-    with pytest.raises(ValueError, match="n_segments x n_bins = 1000000000000 x 10"):
+    with pytest.raises(ValueError, match="n_segments must be <= 1073741824, got 1000000000000"):
         bg.ops.smeared_histogram(v, s, 10**12, centers, 0.1)
     with pytest.raises(TypeError, match="n_segments must be an int"):
         bg.ops.smeared_histogram(v, s, "many", centers, 0.1)

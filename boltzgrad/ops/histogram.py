@@ -125,7 +125,7 @@ def smeared_histogram(
         raise ValueError(
             f"segment must have the length of values ({values.shape[0]}), got shape {tuple(segment.shape)}"
         )
-    n_segments = as_int("n_segments", n_segments, minimum=0)
+    n_segments = as_int("n_segments", n_segments, minimum=0, maximum=MAX_ENTRIES)
     if segment.dtype != torch.int64:
         raise ValueError(f"segment must be an int64 tensor, got dtype {segment.dtype}")
     check_dim("centers", centers, 1)

@@ -16,8 +16,8 @@ MAX_ENTRIES = 2**30
 
 def _check_entries(k: int, p: int, what: str) -> None:
     if k * p > MAX_ENTRIES:
-        raise ValueError(f"the covariance would have {what} = {k} x {p} entries, more than "
-                         f"boltzgrad.ops.covariance.MAX_ENTRIES = {MAX_ENTRIES}")
+        raise ValueError(f"the covariance would have {what} = {k} x {p} entries, more than MAX_ENTRIES = "
+                         f"{MAX_ENTRIES} (a constant of the module boltzgrad.ops.covariance)")
 
 
 if HAS_CPU_OPS:

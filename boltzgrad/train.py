@@ -11,11 +11,13 @@ of any potential on any labelled dataset.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +44,21 @@ def check_finite_parameters(model: torch.nn.Module, what: str = "model") -> None
             raise ValueError(f"{what} {'parameter' if isinstance(t, torch.nn.Parameter) else 'buffer'} {name!r} has "
                              f"{bad} non-finite entries (NaN or inf) of {t.numel()}; a model file damaged or trained "
                              "into NaN cannot be trained further")
+
+
+def digest(tensors) -> str:
+    """sha256 of tensors' dtypes, shapes and values (run identities in checkpoints)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def dataset_digest(d) -> str:
+    """sha256 of an ``AtomsDataset``'s structures and labels: another split, seed or source gives another one."""
+    return digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
 
 
 def _model_dtype_device(model: torch.nn.Module):
@@ -168,6 +185,22 @@ def _atomic_write_text(text: str, path: str) -> None:
     atomic_write_text(path, text)
 
 
+def _check_run(saved: dict, config: dict, path: str) -> None:
+    """A pre-training checkpoint must belong to this run (same settings, training and validation structures)."""
+    missing = [k for k in config if k not in saved]
+    if missing:  # checkpoints of boltzgrad before these entries
+        warnings.warn(f"checkpoint {path} does not record {missing}: resuming without checking them",
+                      RuntimeWarning, stacklevel=3)
+    differ = [k for k in config if k in saved and saved[k] != config[k]]
+    if differ:
+        data = [k for k in differ if k.endswith("_data")]
+        raise ValueError(f"checkpoint {path} belongs to another run: "
+                         + (f"the {' and '.join(k[:-5] for k in data)} structures differ (another data source, split "
+                            "or data.seed?); " if data else "")
+                         + ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {config[k]!r}" for k in differ
+                                     if k not in data))
+
+
 def _check_positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -258,7 +291,8 @@ def fit_energy_forces(
 
     dtype, device = _model_dtype_device(model)
     config = {"n_train": len(train_set), "n_val": len(val_set), "seed": seed, "batch_size": batch_size,
-              "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr}
+              "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
+              "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set)}
     ckpt_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     if ckpt_dir is not None:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -268,8 +302,7 @@ def fit_energy_forces(
     state = None
     if resume and os.path.exists(last_path):
         state = torch.load(last_path, map_location=device, weights_only=False)
-        if state["config"] != config:
-            raise ValueError(f"checkpoint {last_path} was written with {state['config']}, this run has {config}")
+        _check_run(state["config"], config, last_path)
     elif fit_shift_scale and hasattr(model, "fit_shift_scale") and train_set.has_energy:
         b = train_set.collate(dtype=torch.float64)
         model.fit_shift_scale(b.energy, b.species, b.batch, b.forces if train_set.has_forces else None)

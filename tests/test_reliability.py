@@ -202,6 +202,16 @@ def test_checkpoint_of_another_data_split_or_model_is_refused(toy, tmp_path):
         StableTrainer(weak_model(eps=0.03), data, cfg).load_checkpoint(path)
 
 
+def test_pretraining_checkpoint_of_another_data_split_is_refused(toy, tmp_path):
+    data, weak_model, _ = toy
+    kw = dict(epochs=1, batch_size=40, progress=False, checkpoint_dir=tmp_path, fit_shift_scale=False)
+    bg.train.fit_energy_forces(weak_model(), data, **kw)
+    bg.train.fit_energy_forces(weak_model(), data, resume=True, **kw)  # the same run resumes
+    other = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(1))]
+    with pytest.raises(ValueError, match="belongs to another run: the train and val structures differ"):
+        bg.train.fit_energy_forces(weak_model(), other, resume=True, **kw)
+
+
 def test_model_file_of_another_kind_or_with_unknown_fields_is_refused(tmp_path):
     schnet = ROOT / "data" / "models" / "aspirin_schnet_small.pt"
     with pytest.raises(SystemExit, match="model.kind: config 'pair_mlp', file 'schnet'"):

@@ -31,7 +31,6 @@ continues exactly as an uninterrupted run with the same seed would.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -51,7 +50,7 @@ from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..stability import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
-from ..train import NonFiniteLossError, check_finite_parameters, qm_loss
+from ..train import NonFiniteLossError, check_finite_parameters, dataset_digest, digest, qm_loss
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -75,16 +74,6 @@ LOG_CSV = "log.csv"
 MODEL_FILE = "model.pt"
 _CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "n_samples",
                "learning_step", "event", "seconds")
-
-
-def _digest(tensors) -> str:
-    """sha256 of tensors' dtypes, shapes and values (run identities in checkpoints)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass
@@ -334,10 +323,9 @@ class StableTrainer:
         self._tb = None
         self._bar = None
         # the run's identity (checkpoints of another run are refused): the training data and the starting model
-        d = dataset
-        self._data_digest = _digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
+        self._data_digest = dataset_digest(dataset)
         self._model_identity = {"class": type(model).__name__, "cutoff": getattr(model, "cutoff", None),
-                                "repr": repr(model), "weights": _digest(model.state_dict().values())}
+                                "repr": repr(model), "weights": digest(model.state_dict().values())}
         self._init_run_state()
 
     # ------------------------------------------------------------------ setup
@@ -680,7 +668,7 @@ class StableTrainer:
     def _fingerprint(self) -> dict:
         return {"n_atoms": self.n, "species": self.species1.tolist(), "n_structures": len(self.dataset),
                 "n_replicas": self.config.n_replicas, "periodic": self.periodic, "data": self._data_digest,
-                "reference": _digest([self.target]), "model": self._model_identity}
+                "reference": digest([self.target]), "model": self._model_identity}
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
         """Write the full training state atomically (default ``out_dir/checkpoint.pt``); returns the path."""

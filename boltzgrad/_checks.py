@@ -100,8 +100,8 @@ def replica_count(batch: torch.Tensor, name: str = "batch") -> int:
     if unsorted:
         raise ValueError(f"{name} must be sorted (non-decreasing replica indices)")
     if last >= MAX_REPLICAS:
-        raise ValueError(f"{name} has replica index {last}; at most 2**24 = {MAX_REPLICAS} replicas are supported "
-                         "(buffers are sized by the largest index)")
+        raise ValueError(f"{name} has replica index {last}; at most MAX_REPLICAS = {MAX_REPLICAS} replicas are "
+                         "supported (buffers are sized by the largest index)")
     return last + 1
 
 

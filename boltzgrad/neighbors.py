@@ -132,7 +132,7 @@ def _prepare(positions, cutoff, batch, cell, pbc):
                 f"cell must be [R, 3, 3] with R >= number of replicas in batch ({n_rep}), got shape {tuple(cell.shape)}"
             )
         if cell.shape[0] > MAX_REPLICAS:
-            raise ValueError(f"cell has {cell.shape[0]} replicas; at most 2**24 = {MAX_REPLICAS} are supported")
+            raise ValueError(f"cell has {cell.shape[0]} replicas; at most MAX_REPLICAS = {MAX_REPLICAS} are supported")
         n_rep = cell.shape[0]
         check_finite("cell", cell)
 
@@ -151,7 +151,7 @@ def _prepare(positions, cutoff, batch, cell, pbc):
         elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] > n_rep and cell is None:
             n_rep = pbc_t.shape[0]
             if n_rep > MAX_REPLICAS:
-                raise ValueError(f"pbc has {n_rep} replicas; at most 2**24 = {MAX_REPLICAS} are supported")
+                raise ValueError(f"pbc has {n_rep} replicas; at most MAX_REPLICAS = {MAX_REPLICAS} are supported")
         else:
             raise ValueError(f"pbc must be a bool, [3] or [R, 3] with R = {n_rep}, got shape {tuple(pbc_t.shape)}")
         pbc_t = pbc_t.to(device)

@@ -25,7 +25,14 @@ Training stops after ``max_cycles`` cycles, ``max_steps`` MD steps, or when a si
 horizon). After every ``checkpoint_every`` units (and at the end of each cycle) everything needed to
 continue -- model, optimizer, scheduler, replica states, anchors and recent states, RNG states, the
 phase and the counters -- is written atomically to ``out_dir/checkpoint.pt``; ``fit(resume=True)``
-continues exactly as an uninterrupted run with the same seed would.
+continues exactly as an uninterrupted run with the same seed would (with the same number of torch threads; another
+number is accepted with a warning). The checkpoint records the run's identity -- digests of the training data
+(source, split, seed), of the reference observable and of the starting model -- and a checkpoint of another run
+is refused.
+
+A NaN or infinite loss or gradient stops training with :class:`~boltzgrad.train.NonFiniteLossError` before the
+optimizer step (the choice of issue 18: stop rather than skip, since a model that produces NaN once keeps doing
+so); the last checkpoint stays intact. A model with non-finite weights is refused at construction.
 """
 
 from __future__ import annotations

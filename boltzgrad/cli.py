@@ -171,6 +171,7 @@ def _pretrain(args: argparse.Namespace) -> dict:
         raise ValueError("config field 'model.checkpoint' (or --output) must name the model file to write")
     check_writable_dir(os.path.dirname(os.path.abspath(str(output))), "--output" if args.output else
                        "the directory of config field 'model.checkpoint'")
+    build_model(cfg["model"])  # a bad model section fails before the data are loaded (the seeded model comes below)
     data = load_data(cfg["data"])
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"])

@@ -125,7 +125,8 @@ TINY_SETTINGS = {
     "train.n_replicas": 2, "train.tau": 20, "train.check_every": 10, "train.n_dump": 5, "train.max_cycles": 1,
     "train.max_simulation_steps": 40, "train.max_learning_steps": 2, "train.minibatch": 4,
     "train.qm_batch_size": 4, "train.progress": "false",
-    "experiment": "{seeds: [0, 1], bootstrap: 200, arms: [pretrained, qm_only, stable, obs_only]}",
+    "experiment": "{seeds: [0, 1], bootstrap: 200, arms: [pretrained, qm_only, stable, obs_only], "
+                  "generalization: {temperatures: [350, 700], timesteps: [1.0], replicas: 2}}",
 }
 TINY = [arg for key, value in TINY_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
 
@@ -156,6 +157,15 @@ def test_experiment_command_runs_every_arm_resumes_and_writes_the_summary(tmp_pa
     e = {(a, s): json.loads((out / "eval" / f"{a}_s{s}.json").read_text())["eval_seed"]
          for a in summary["arms"] for s in (0, 1)}
     assert e[("stable", 0)] == e[("qm_only", 0)] == e[("pretrained", 0)] != e[("stable", 1)]
+    # generalization: pre-trained and StABlE models of seed 0 at 350 K and 700 K (reweighted reference) and 1 fs
+    gen = summary["generalization"]
+    assert [(r["arm"], r["condition"]) for r in gen] == [
+        ("pretrained", "T = 350 K"), ("pretrained", "T = 700 K"), ("pretrained", "dt = 1 fs"),
+        ("stable", "T = 350 K"), ("stable", "T = 700 K"), ("stable", "dt = 1 fs")]
+    for r in gen[:2]:
+        assert 1.0 <= r["ess"] < r["n_reference"] == 40  # the reference pool: 10 frames of each of 4 chains
+    assert json.loads((out / "eval" / "stable_s0_dt1.json").read_text())["dt"] == 1.0
+    assert "T = 700 K" in (out / "summary.md").read_text()
     # resumable: a second call reuses every model and evaluation on disk
     stamp = {p: p.stat().st_mtime_ns for p in (out / "eval").iterdir()}
     main(["experiment", *args])

@@ -17,6 +17,10 @@ these evaluation seeds too. Per arm the table gives the median stable time with 
 interval (seeds, then replicas), the fraction of replicas stable to the end, force and energy MAE on the test
 split and the h(r) error (mean ± sd over seeds); between arms, a log-rank test stratified by training seed.
 
+``generalization`` (optional) evaluates some arms (default: pre-trained and StABlE, first seed) at other
+temperatures, against the reference h(r) Boltzmann-reweighted from the data's temperature (the effective
+sample size of the weights is reported), and at other time steps (checks and samples at the same times in fs).
+
 Everything is resumable: a trained model, a control or an evaluation already on disk is reused; a StABlE run
 interrupted midway continues from its checkpoint. Outputs under ``<out_dir>/experiment``: ``<arm>_s<seed>/``
 (training runs and model files), ``eval/<arm>_s<seed>.json``, ``summary.json``, ``summary.md``,
@@ -42,7 +46,11 @@ __all__ = ["ARMS", "EXPERIMENT_FIELDS", "experiment_settings", "run_experiment",
 
 ARMS = ("pretrained", "qm_only", "stable", "obs_only")
 EXPERIMENT_FIELDS = {"seeds": [0, 1, 2], "arms": ["pretrained", "qm_only", "stable"], "train": {}, "evaluate": {},
-                     "bootstrap": 2000}
+                     "bootstrap": 2000, "generalization": {}}
+#: Evaluation away from the training conditions (paper 4.2, A.9, A.12): other temperatures, with the reference
+#: h(r) Boltzmann-reweighted from the data's temperature, and other time steps; fewer replicas.
+GENERALIZATION_FIELDS = {"temperatures": [], "timesteps": [], "replicas": 16, "arms": ["pretrained", "stable"],
+                         "seeds": None}
 
 
 def experiment_settings(cfg: dict) -> dict:
@@ -70,7 +78,34 @@ def experiment_settings(cfg: dict) -> dict:
     b = s["bootstrap"]
     if isinstance(b, bool) or not isinstance(b, int) or b < 100:
         raise ValueError(f"config field 'experiment.bootstrap' must be an int >= 100, got {b!r}")
+    s["generalization"] = _generalization_settings(s["generalization"], s)
     return s
+
+
+def _generalization_settings(section, s: dict) -> dict:
+    if not isinstance(section, dict):
+        raise ValueError(f"config field 'experiment.generalization' must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(GENERALIZATION_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {['experiment.generalization.' + k for k in unknown]}; "
+                         f"known: {list(GENERALIZATION_FIELDS)}")
+    g = {**copy.deepcopy(GENERALIZATION_FIELDS), **section}
+    for key in ("temperatures", "timesteps"):
+        v = g[key]
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0
+                                          for x in v):
+            raise ValueError(f"config field 'experiment.generalization.{key}' must be a list of numbers > 0, got {v!r}")
+    r = g["replicas"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"config field 'experiment.generalization.replicas' must be an int >= 1, got {r!r}")
+    if any(a not in s["arms"] for a in g["arms"]):
+        raise ValueError(f"config field 'experiment.generalization.arms' must be arms of experiment.arms "
+                         f"{s['arms']}, got {g['arms']!r}")
+    g["seeds"] = s["seeds"][:1] if g["seeds"] is None else g["seeds"]
+    if not isinstance(g["seeds"], list) or any(x not in s["seeds"] for x in g["seeds"]):
+        raise ValueError(f"config field 'experiment.generalization.seeds' must be seeds of experiment.seeds "
+                         f"{s['seeds']}, got {g['seeds']!r}")
+    return g
 
 
 def _write_json(path: str, obj) -> None:
@@ -125,20 +160,22 @@ def _qm_only(pretrained, cfg, out, seed, overrides, stable_history, data, verbos
     return model
 
 
-def _evaluate(model, cfg, out, arm, seed, settings, data, verbose) -> dict:
+def _evaluate(model, cfg, out, arm, seed, overrides, data, verbose, tag: str = "") -> dict:
     from .evaluate import evaluate
     from .run import evaluate_config
 
-    path = os.path.join(out, "eval", f"{arm}_s{seed}.json")
+    name = f"{arm}_s{seed}{tag}"
+    path = os.path.join(out, "eval", f"{name}.json")
     if os.path.isfile(path):
         return _read_json(path)
-    base = evaluate_config(cfg, settings["evaluate"])
-    config = evaluate_config(cfg, {**settings["evaluate"], "seed": base.seed + seed})
+    base = evaluate_config(cfg, overrides)
+    config = evaluate_config(cfg, {**overrides, "seed": base.seed + seed})
     if verbose:
-        print(f"experiment: evaluate {arm} seed {seed}: {config.replicas} replicas x "
-              f"{config.max_time / 1000:.4g} ps", flush=True)
+        print(f"experiment: evaluate {name}: {config.replicas} replicas x {config.max_time / 1000:.4g} ps at "
+              f"{config.temperature:g} K, dt {config.dt:g} fs", flush=True)
     r = evaluate(model, config, data["starts"], reference=data["reference"], test_set=data["test"])
     rec = {"arm": arm, "seed": seed, "eval_seed": config.seed, "max_time": r.max_time,
+           "temperature": config.temperature, "dt": config.dt,
            "stable_time": r.stable_time.tolist(), "unstable": r.unstable.tolist(),
            "median_stable_time": r.median_stable_time, "r": r.r.tolist(), "kinds": [list(k) for k in r.kinds],
            "model_structure": np.asarray(r.model_structure).tolist(),
@@ -148,9 +185,72 @@ def _evaluate(model, cfg, out, arm, seed, settings, data, verbose) -> dict:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_json(path, rec)
     if verbose:
-        print(f"experiment: {arm} seed {seed}: median stable time {r.median_stable_time / 1000:.3g} ps, "
+        print(f"experiment: {name}: median stable time {r.median_stable_time / 1000:.3g} ps, "
               f"{int((~r.unstable).sum())}/{len(r.unstable)} stable to the end ({r.seconds:.0f} s)", flush=True)
     return rec
+
+
+def _reweighted_reference(cfg, data, overrides, temperature, data_temperature):
+    """The reference h(r) at ``temperature`` from the data at ``data_temperature`` (Boltzmann reweighting of the
+    reference pool with its potential energies) and the effective sample size of the weights."""
+    import torch
+
+    from ..estimators import reweight
+    from ..md import units
+    from .evaluate import structure_observable
+    from .run import evaluate_config
+
+    config = evaluate_config(cfg, overrides)
+    ref = data["reference"]
+    if not ref.has_energy:
+        raise ValueError("temperature generalization needs the reference data's potential energies")
+    structure = structure_observable(config, bool(ref.pbc.any()))
+    w, ess = reweight(ref.energy.double(), units.kT(data_temperature), units.kT(temperature))
+    rows = []
+    for idx in torch.arange(len(ref)).split(256):
+        b = ref.collate(idx, dtype=torch.float64)
+        rows.append(structure(b.positions, batch=b.batch).reshape(len(idx), -1))
+    h = torch.cat(rows)
+    return (w[:, None] * h).sum(0).numpy(), float(ess), float(structure.bin_width)
+
+
+def _generalization(models, cfg, out, settings, data, verbose) -> list[dict]:
+    """Evaluations at other temperatures (reweighted reference) and time steps; one row per arm, seed, condition."""
+    from .run import evaluate_config, stable_config
+
+    g = settings["generalization"]
+    base = evaluate_config(cfg, settings["evaluate"])
+    data_t = stable_config(cfg, settings["train"]).temperature
+    rows = []
+    for seed in g["seeds"]:
+        for arm in g["arms"]:
+            model = models[(arm, seed)]
+            for t in g["temperatures"]:
+                ov = {**settings["evaluate"], "replicas": g["replicas"], "temperature": float(t)}
+                rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_T{t:g}")
+                ref, ess, dr = _reweighted_reference(cfg, data, ov, float(t), data_t)
+                model_h = np.asarray(rec["model_structure"], dtype=float).reshape(-1)
+                err = float(np.abs(model_h - ref).sum() * dr) if np.isfinite(model_h).all() else None
+                rows.append({"arm": arm, "seed": seed, "condition": f"T = {t:g} K", "temperature": float(t),
+                             "dt": base.dt, "ess": ess, "n_reference": len(data["reference"]),
+                             **_survival_row(rec), "hr_error_reweighted": err})
+            for dt in g["timesteps"]:
+                scale = base.dt / float(dt)  # the same checks and samples per fs as the main evaluation
+                check = max(1, round(base.check_every * scale))
+                ov = {**settings["evaluate"], "replicas": g["replicas"], "dt": float(dt), "check_every": check,
+                      "sample_every": max(1, round(base.sample_every * scale)),
+                      "vacf_window": max(1, min(base.vacf_window, check // base.vacf_every))}
+                rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_dt{dt:g}")
+                rows.append({"arm": arm, "seed": seed, "condition": f"dt = {dt:g} fs", "temperature": base.temperature,
+                             "dt": float(dt), **_survival_row(rec), "hr_error": rec["structure_error"]})
+    return rows
+
+
+def _survival_row(rec: dict) -> dict:
+    unstable = np.asarray(rec["unstable"], dtype=bool)
+    return {"replicas": int(unstable.size), "max_time_fs": rec["max_time"],
+            "median_stable_time_fs": float(np.median(rec["stable_time"])),
+            "stable_to_end": int((~unstable).sum())}
 
 
 def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True) -> dict:
@@ -178,22 +278,24 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
     arms, seeds = settings["arms"], settings["seeds"]
     records: dict[str, list[dict]] = {a: [] for a in arms}
     histories: dict[int, list] = {}
+    models = {}
     for seed in seeds:
-        models = {}
         if "stable" in arms or "qm_only" in arms:
-            models["stable"], histories[seed] = _train_stable(pretrained, cfg, out, "stable", seed,
-                                                              settings["train"], data, verbose)
+            models[("stable", seed)], histories[seed] = _train_stable(pretrained, cfg, out, "stable", seed,
+                                                                      settings["train"], data, verbose)
         if "qm_only" in arms:
-            models["qm_only"] = _qm_only(pretrained, cfg, out, seed, settings["train"], histories[seed], data,
-                                         verbose)
+            models[("qm_only", seed)] = _qm_only(pretrained, cfg, out, seed, settings["train"], histories[seed],
+                                                 data, verbose)
         if "obs_only" in arms:
-            models["obs_only"], _ = _train_stable(pretrained, cfg, out, "obs_only", seed,
-                                                  {**settings["train"], "qm_weight": 0.0}, data, verbose)
+            models[("obs_only", seed)], _ = _train_stable(pretrained, cfg, out, "obs_only", seed,
+                                                          {**settings["train"], "qm_weight": 0.0}, data, verbose)
         if "pretrained" in arms:
-            models["pretrained"] = pretrained
+            models[("pretrained", seed)] = pretrained
         for arm in arms:
-            records[arm].append(_evaluate(models[arm], cfg, out, arm, seed, settings, data, verbose))
+            records[arm].append(_evaluate(models[(arm, seed)], cfg, out, arm, seed, settings["evaluate"], data,
+                                          verbose))
     summary = summarize(records, n_boot=settings["bootstrap"])
+    summary["generalization"] = _generalization(models, cfg, out, settings, data, verbose)
     summary["settings"] = {"experiment": settings, "train": stable_config(cfg, settings["train"]).to_dict(),
                            "evaluate": dataclasses.asdict(evaluate_config(cfg, settings["evaluate"])),
                            "model": cfg["model"], "data": cfg["data"]}
@@ -278,6 +380,17 @@ def format_markdown(summary: dict) -> str:
         lines.append(f"- {name}: log-rank (stratified by seed) chi2 = {t['chi2']:.2f}, p = {t['p']:.2g}; "
                      f"median ratio {ratio}; instabilities observed {t['observed_a']:.0f} vs "
                      f"{t['expected_a']:.1f} expected under equal survival")
+    if summary.get("generalization"):
+        lines += ["", "Away from the training conditions (one seed per arm; h(r) error against the reference "
+                  "Boltzmann-reweighted to the temperature, with its effective sample size):", "",
+                  "| arm | seed | condition | replicas | median stable time (ps) | stable to the end | h(r) error | "
+                  "reference ESS |", "|---|---|---|---|---|---|---|---|"]
+        for row in summary["generalization"]:
+            err = row.get("hr_error_reweighted", row.get("hr_error"))
+            ess = f"{row['ess']:.0f} of {row['n_reference']}" if "ess" in row else "-"
+            lines.append(f"| {row['arm']} | {row['seed']} | {row['condition']} | {row['replicas']} | "
+                         f"{row['median_stable_time_fs'] / 1000:.3g} | {row['stable_to_end']}/{row['replicas']} | "
+                         f"{'n/a' if err is None else format(err, '.4f')} | {ess} |")
     return "\n".join(lines) + "\n"
 
 

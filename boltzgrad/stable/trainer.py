@@ -68,7 +68,7 @@ HISTORY_JSON = "history.json"
 LOG_CSV = "log.csv"
 MODEL_FILE = "model.pt"
 _CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "step_lr",
-               "n_samples", "learning_step", "event", "seconds")
+               "obs_grad_norm", "qm_grad_norm", "n_samples", "learning_step", "event", "seconds")
 
 
 @dataclass
@@ -200,6 +200,10 @@ class _Window:
             self.valid.append(~state.frozen.clone())
             if self.periodic:
                 self.cells.append(state.cell.detach().clone())
+
+
+def _norm(tensors) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
 
 
 def _make_optimizer(params, cfg: StableConfig) -> torch.optim.Optimizer:
@@ -584,7 +588,7 @@ class StableTrainer:
         if not done:
             step_lr = self.optimizer.param_groups[0]["lr"]
             obs_loss, q_loss, m = self._learning_step(window)
-            row.update(obs_loss=obs_loss, qm_loss=q_loss, n_samples=m, step_lr=step_lr)
+            row.update(obs_loss=obs_loss, qm_loss=q_loss, n_samples=m, step_lr=step_lr, **self.last_grad_norms)
             self.learn_iter += 1
             lr = self.optimizer.param_groups[0]["lr"]
             done = lr <= cfg.min_lr * (1 + 1e-9) or self.learn_iter >= cfg.max_learning_steps
@@ -650,9 +654,15 @@ class StableTrainer:
                 (loss / len(chunks)).backward()
         else:
             log.warning("learning window gave %d samples (< 2): no observable gradient this step", M)
+        # the size of each part of the update, for the history (is the observable term felt next to λ × QM?)
+        obs_grad = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params]
+        self.last_grad_norms = {"obs_grad_norm": _norm(obs_grad), "qm_grad_norm": math.nan}
         q_value = math.nan
         if cfg.qm_weight > 0:
             q_value = _qm_backward(self.model, self.dataset, cfg, self.learning_steps, self.dtype, self.device)
+            self.last_grad_norms["qm_grad_norm"] = _norm(
+                [(torch.zeros_like(o) if p.grad is None else p.grad.detach()) - o for p, o in zip(self.params, obs_grad,
+                                                                                               strict=True)])
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()

@@ -175,7 +175,7 @@ def test_shipped_aspirin_model_reproduces_its_recorded_test_errors():
     assert (ROOT / cfg["model"]["checkpoint"]).stat().st_size < 1_000_000
     assert blob["spec"] == {k: v for k, v in cfg["model"].items() if k != "checkpoint"}
     data = load_data(cfg["data"])
-    assert len(data["train"]) == blob["n_train"] == 1000
+    assert len(data["train"]) == blob["n_train"] == 200
     metrics = evaluate_energy_forces(model, data["test"], batch_size=100)
     assert metrics["force_mae"] == pytest.approx(blob["test_metrics"]["force_mae"], rel=1e-4)
     assert metrics["energy_mae"] == pytest.approx(blob["test_metrics"]["energy_mae"], rel=1e-3)

@@ -12,7 +12,9 @@ Commands here:
   the model file ``model.checkpoint``;
 * ``train``: StABlE training of the pre-trained model (``--resume`` continues from the last checkpoint);
 * ``evaluate``: first-passage stable times and observables of a model's MD (``bg.stable.evaluate``), with plots;
-* ``simulate``: Langevin MD of a model from the run's starting structures, written as extended XYZ.
+* ``simulate``: Langevin MD of a model from the run's starting structures, written as extended XYZ;
+* ``experiment``: StABlE against a QM-only control that differs from it only by the observable term, over
+  several training seeds, with survival statistics and plots (``boltzgrad.stable.experiment``).
 
 These four take ``--config RUN.yaml``, a run configuration with sections (``data``, ``model``, ``pretrain``,
 ``train``, ``evaluate``, ``simulate``; see ``boltzgrad.stable.systems`` and ``configs/``), and
@@ -77,6 +79,7 @@ def _load_run(args: argparse.Namespace) -> dict:
     """The run configuration of ``args.config`` with the ``--set`` overrides applied."""
     import yaml
 
+    from ._yaml import load as yaml_load
     from .stable.systems import SECTIONS, load_run_config
 
     cfg = load_run_config(args.config)
@@ -91,7 +94,7 @@ def _load_run(args: argparse.Namespace) -> dict:
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
             target = target.setdefault(part, {})
         try:
-            target[parts[-1]] = yaml.safe_load(text)
+            target[parts[-1]] = yaml_load(text)
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ValueError(f"--set {item!r}: the value {text!r} is not valid YAML ({problem})") from err
@@ -271,6 +274,23 @@ register("simulate", "Langevin MD of a model from the run's starting structures 
          _simulate_arguments, _simulate)
 
 
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+
+
+def _experiment(args: argparse.Namespace):
+    from .stable.experiment import experiment_settings, run_experiment
+
+    _set_threads(args)
+    cfg = _load_run(args)
+    experiment_settings(cfg)
+    return run_experiment(cfg)
+
+
+register("experiment", "StABlE vs a QM-only control (and the pre-trained model): seeds, evaluation, statistics, plots",
+         _experiment_arguments, _experiment)
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="CONFIG.yaml",
                         help="YAML mapping of option names to values (command-line options win)")
@@ -295,10 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
-    import yaml
+    from ._yaml import load as yaml_load
 
     with open(args.config) as fh:
-        cfg = yaml.safe_load(fh) or {}
+        cfg = yaml_load(fh) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"--config {args.config}: expected a YAML mapping of option names to values")
     parser: argparse.ArgumentParser = args._parser

@@ -1,4 +1,4 @@
-"""`make demo`: StABlE training of a small pre-trained SchNet for aspirin, evaluated before vs after.
+"""`make demo`: StABlE training of a small pre-trained SchNet for aspirin, against a QM-only control.
 
 The model ``data/models/aspirin_schnet_small.pt`` was pre-trained on energies and forces of the repository's
 GFN2-xTB aspirin data with ``boltzgrad pretrain --config configs/aspirin_schnet.yaml``. The demo runs the
@@ -16,7 +16,6 @@ Options: ``--out-dir`` (default ``runs/demo``), ``--threads`` (torch threads, de
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import time
@@ -39,45 +38,42 @@ EVALUATE = {"replicas": 16, "max_time": 5000.0, "check_every": 200, "sample_ever
 
 
 def run_demo(config: str = CONFIG, out_dir: str = OUT_DIR, *, train: dict | None = None,
-             evaluate: dict | None = None, overrides: dict | None = None) -> dict:
-    """Train the configuration's pre-trained model with StABlE and evaluate it before and after.
+             evaluate: dict | None = None, overrides: dict | None = None, seed: int = 0) -> dict:
+    """StABlE-train the configuration's pre-trained model, replay the same optimizer steps without the
+    observable (the QM-only control), and evaluate the pre-trained model, the control and the StABlE model.
+
+    This is ``boltzgrad experiment`` with one training seed (:mod:`boltzgrad.stable.experiment`).
 
     Args:
         config: run configuration (its ``model.checkpoint`` is the pre-trained model).
-        out_dir: output directory (its ``train/`` is started afresh).
+        out_dir: output directory (its ``experiment/`` is started afresh).
         train, evaluate: fields replacing those of the configuration's ``train`` / ``evaluate`` sections.
         overrides: top-level sections to replace (e.g. ``{"data": {...}}``).
+        seed: the training seed.
     Returns:
-        ``{"before": EvaluationResult, "after": EvaluationResult, "train": StableResult, "seconds": float}``.
+        the experiment summary (``summary["arms"][arm]``, ``summary["tests"]``) plus ``"seconds"``.
     """
-    from .stable import run
-    from .stable.systems import load_data, load_model, load_run_config
+    from .stable.experiment import run_experiment
+    from .stable.systems import load_model, load_run_config
 
     t0 = time.perf_counter()
     cfg = load_run_config(config)
     cfg.update(overrides or {})
     cfg["out_dir"] = out_dir
-    train = dict(TRAIN if train is None else train)
-    evaluate = dict(EVALUATE if evaluate is None else evaluate)
-    run.stable_config(cfg, train)
-    run.evaluate_config(cfg, evaluate)
+    cfg["experiment"] = {"seeds": [seed], "arms": ["pretrained", "qm_only", "stable"], "bootstrap": 1000,
+                         "train": dict(TRAIN if train is None else train),
+                         "evaluate": dict(EVALUATE if evaluate is None else evaluate)}
     pretrained, blob = load_model(cfg["model"]["checkpoint"])
     metrics = blob.get("test_metrics") or {}
     print(f"pre-trained model: {cfg['model']['checkpoint']} ({type(pretrained).__name__}, "
           f"{sum(p.numel() for p in pretrained.parameters())} parameters, trained on {blob.get('n_train', '?')} "
           f"structures; test force MAE {metrics.get('force_mae', float('nan')):.4f} eV/A)", flush=True)
-    data = load_data(cfg["data"])
-    shutil.rmtree(os.path.join(out_dir, "train"), ignore_errors=True)
-    model = copy.deepcopy(pretrained)
-    result = run.train(model, cfg, data=data, train_overrides=train)
-    results = run.evaluate_models([("before", pretrained), ("after", model)], cfg, data=data,
-                                  evaluate_overrides=evaluate)
-    seconds = time.perf_counter() - t0
-    plot = os.path.join(out_dir, "train", "unstable_fraction.png")
-    print(f"\nStABlE demo finished in {seconds / 60:.1f} min. Plots: {plot} (unstable fraction over training), "
-          f"{os.path.join(out_dir, 'evaluate', 'stable_times.png')} (stable times before vs after), "
-          f"{os.path.join(out_dir, 'evaluate', 'structure.png')} (h(r) vs reference).")
-    return {"before": results["before"], "after": results["after"], "train": result, "seconds": seconds}
+    shutil.rmtree(os.path.join(out_dir, "experiment"), ignore_errors=True)
+    summary = run_experiment(cfg)
+    summary["seconds"] = time.perf_counter() - t0
+    print(f"\nStABlE demo finished in {summary['seconds'] / 60:.1f} min: StABlE (observable + lambda x QM loss) next "
+          "to the QM-only control (the same optimizer steps without the observable) and the pre-trained model.")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

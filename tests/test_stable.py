@@ -330,8 +330,12 @@ def _sgd_delta(trainer, window) -> tuple[list[torch.Tensor], float, int]:
     return [b - p.detach() for b, p in zip(before, trainer.params, strict=True)], obs_loss, m
 
 
-def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data):
-    cfg = _config(n_replicas=4, optimizer="sgd", lr=1.0, min_lr=0.0, grad_clip=None, minibatch=100)
+@pytest.mark.parametrize("minibatch,pooled", [(100, False), (3, True)])
+def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data, minibatch, pooled):
+    # one minibatch holding every sample, or minibatches of 3 with the pooled mean: both are the estimator
+    # over all valid samples of the window
+    cfg = _config(n_replicas=4, optimizer="sgd", lr=1.0, min_lr=0.0, grad_clip=None, minibatch=minibatch,
+                  pooled_mean=pooled)
     model = _weak_model()
     with torch.no_grad():  # a non-trivial correction so every parameter gets a gradient
         model.correction.mlp[-1].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))

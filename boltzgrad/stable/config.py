@@ -70,10 +70,22 @@ class StableConfig:
         r_max, n_bins, sigma: histogram range (Å), bins and Gaussian width (Å) of h(r) / RDF
             (10.0, 500, 0.01 as the paper's aspirin h(r)).
         split_halves: use independent halves of the samples for ``Obar - target`` and the covariance.
+        pooled_mean: global estimator only. False (default): every minibatch of ``minibatch`` samples is an
+            estimator of its own, with its own means, and the gradient is their average (the reference code's
+            scheme; its O(1/minibatch) bias is about +18% at 40 samples). True: one estimator over all samples
+            of the learning window (means and covariance of all M samples, bias O(1/M)), backpropagated
+            minibatch by minibatch with the coefficients of all samples, so memory stays that of one minibatch.
 
     Learning:
         optimizer: ``"sgd"`` (paper) or ``"adam"``. lr: learning rate (1e-3). momentum: SGD momentum (0).
         qm_weight: λ of Eq. 6 (10). energy_weight, force_weight: w_E, w_F of Eq. 1 (1, 100).
+
+        Units of the observable gradient (read before reusing published lr / λ): boltzgrad's estimator is
+        ``-(1/kT) Cov(O, dU/dθ)`` with the unbiased 1/(M-1) covariance, and its h(r) is normalised to unit
+        area. The StABlE authors' reference code leaves 1/kT out (23x smaller at 500 K) and its h(r) sums
+        to 100 over 500 bins (its loss is 4x larger), so boltzgrad's observable gradient is about 6x theirs
+        at 500 K. The paper's update (lr = 1e-3, λ = 10) corresponds here to lr ≈ 1.7e-4 with λ ≈ 60
+        (before gradient clipping, which then acts on a different norm).
         qm_batch_size: training structures per QM-loss minibatch (32).
         minibatch: samples per Boltzmann-estimator minibatch; the gradient is the mean over minibatches (40).
         grad_clip: max gradient norm (1.0; None: no clipping).
@@ -113,6 +125,7 @@ class StableConfig:
     n_bins: int = 500
     sigma: float = 0.01
     split_halves: bool = False
+    pooled_mean: bool = False
     optimizer: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.0
@@ -153,7 +166,7 @@ class StableConfig:
                     raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
             elif f.name in _CHOICES and v not in _CHOICES[f.name]:
                 raise ValueError(f"{f.name} must be one of {list(_CHOICES[f.name])}, got {v!r}")
-        for name in ("split_halves", "progress", "tensorboard"):
+        for name in ("split_halves", "pooled_mean", "progress", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -218,12 +231,14 @@ class StableConfig:
         """Read a YAML file holding a mapping of field names to values (a ``train:`` section is also accepted)."""
         import yaml
 
+        from .._yaml import load as yaml_load
+
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"config file {path!r} does not exist")
         with open(path) as fh:
             try:
-                data = yaml.safe_load(fh)
+                data = yaml_load(fh)
             except yaml.YAMLError as err:
                 raise ValueError(f"config file {path!r} is not valid YAML: {err}") from err
         if data is None:

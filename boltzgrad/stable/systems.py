@@ -35,7 +35,7 @@ from ..data.io import DATA_DIR, load, load_reference
 __all__ = ["SECTIONS", "load_run_config", "resolve_path", "model_dtype", "build_model", "save_model", "load_model",
            "check_model_spec", "load_data", "lennard_jones_reference", "LJ_ARGON"]
 
-SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate")
+SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate", "experiment")
 REPO_ROOT = Path(DATA_DIR).parent
 
 #: Argon: ε (eV), σ (Å), mass (amu).
@@ -66,10 +66,12 @@ def load_run_config(path: str | os.PathLike) -> dict:
     """
     import yaml
 
+    from .._yaml import load as yaml_load
+
     p = resolve_path(path)
     try:
         with open(p) as fh:
-            cfg = yaml.safe_load(fh) or {}
+            cfg = yaml_load(fh) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"config {str(p)!r} is not valid YAML: {err}") from err
     if not isinstance(cfg, dict):

@@ -51,7 +51,7 @@ import torch
 
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
-from ..estimators import boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
+from ..estimators import _loss_and_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
 from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
@@ -69,7 +69,7 @@ from .checkpoint import (
 from .config import StableConfig
 
 __all__ = ["StableTrainer", "StableResult", "NonFiniteLossError", "bonded_molecules", "cycle_summary",
-           "check_finite_parameters"]
+           "check_finite_parameters", "qm_only_control"]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ _CHECKPOINT_KEYS = {"config", "fingerprint", "model", "optimizer", "scheduler", 
 HISTORY_JSON = "history.json"
 LOG_CSV = "log.csv"
 MODEL_FILE = "model.pt"
-_CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "n_samples",
-               "learning_step", "event", "seconds")
+_CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "step_lr",
+               "obs_grad_norm", "qm_grad_norm", "n_samples", "learning_step", "event", "seconds")
 
 
 @dataclass
@@ -214,6 +214,74 @@ class _Window:
                 self.cells.append(state.cell.detach().clone())
 
 
+def _norm(tensors) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+
+
+def _make_optimizer(params, cfg: StableConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def _qm_backward(model, dataset, cfg: StableConfig, step: int, dtype, device) -> float:
+    """λ × the QM loss (Eq. 1) of optimizer step ``step``'s minibatch, backpropagated; returns the QM loss.
+
+    The minibatch depends only on ``cfg.seed`` and ``step``, so a StABlE run and its QM-only control
+    (:func:`qm_only_control`) draw the same structures at every step."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    idx = torch.randperm(len(dataset), generator=g)[:cfg.qm_batch_size]
+    b = dataset.collate(idx, dtype=dtype, device=device)
+    q, _, _ = qm_loss(model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
+    value = float(q.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"optimizer step {step + 1}: the QM loss is {value} (NaN or infinite), so training "
+                                 "stopped before taking an optimizer step with it; the last checkpoint is intact "
+                                 "(check the model file and the learning rate)")
+    (cfg.qm_weight * q).backward()
+    return value
+
+
+def qm_only_control(model: torch.nn.Module, dataset, config: StableConfig | dict, step_lrs) -> list[float]:
+    """The QM-only control of a StABlE run: its optimizer steps with the observable term removed.
+
+    Step k uses the learning rate the StABlE run used at its step k (``step_lrs``, e.g. the ``step_lr`` of the
+    learning rows of its history; each learning phase restarts at ``lr`` and the plateau schedule lowers it),
+    the same optimizer, λ, loss weights, gradient clipping and QM minibatch (:func:`_qm_backward`). So the
+    control and the StABlE run differ in one thing only: the Boltzmann-estimator gradient of the observable loss.
+    Like the trainer, it keeps the optimizer's state (SGD momentum, Adam moments) across learning phases.
+
+    Args:
+        model: the pre-trained potential (trained in place).
+        dataset: the labelled training set of the StABlE run.
+        config: the StABlE run's :class:`StableConfig` (``qm_weight`` must be > 0).
+        step_lrs: learning rate of every optimizer step, in order.
+    Returns:
+        the QM loss of every step.
+    """
+    cfg = StableConfig.from_dict(config) if isinstance(config, dict) else config
+    if not cfg.qm_weight > 0:
+        raise ValueError(f"qm_only_control needs qm_weight > 0 (the QM loss is all it trains on), got {cfg.qm_weight}")
+    dtype, device = _model_dtype_device(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, cfg)
+    losses = []
+    model.eval()
+    for k, lr in enumerate(step_lrs):
+        lr = float(lr)
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"step_lrs[{k}] must be a finite learning rate > 0, got {lr}")
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(_qm_backward(model, dataset, cfg, k, dtype, device))
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
 class StableTrainer:
     """StABlE training of a pre-trained potential (see the module docstring for the procedure).
 
@@ -320,10 +388,7 @@ class StableTrainer:
         if not params:
             raise ValueError("model has no trainable parameters")
         self.params = params
-        if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.optimizer = _make_optimizer(params, cfg)
         self.scheduler = self._new_scheduler()
         self.md_generator = torch.Generator(device=self.device)
         self.md_generator.manual_seed(cfg.seed * 2 + 1)
@@ -543,8 +608,9 @@ class StableTrainer:
                "n_samples": 0, "event": ""}
         done = frac < cfg.lower_threshold
         if not done:
+            step_lr = self.optimizer.param_groups[0]["lr"]
             obs_loss, q_loss, m = self._learning_step(window)
-            row.update(obs_loss=obs_loss, qm_loss=q_loss, n_samples=m)
+            row.update(obs_loss=obs_loss, qm_loss=q_loss, n_samples=m, step_lr=step_lr, **self.last_grad_norms)
             self.learn_iter += 1
             lr = self.optimizer.param_groups[0]["lr"]
             done = lr <= cfg.min_lr * (1 + 1e-9) or self.learn_iter >= cfg.max_learning_steps
@@ -589,12 +655,20 @@ class StableTrainer:
             tgt = self.target.to(obs_all)
             obs_value = float(((obs_all.mean(0) - tgt) ** 2).sum())
             chunks = torch.arange(M).tensor_split(max(1, M // cfg.minibatch))
+            coef = None
+            if cfg.pooled_mean and not per_frame:
+                # one estimator over all M samples: its per-sample coefficients, then chunked backward passes
+                _, coef = _loss_and_coefficients(obs_all, tgt, self.kT, obs_all.new_zeros(M), cfg.split_halves,
+                                                 None, None)
             for sl in chunks:
                 p, b = self._flat(samples[sl])
                 kw = {"cell": cells[sl], "pbc": True} if cells is not None else {}
                 out = self.model(p, self.species1.repeat(len(sl)), batch=b, **kw)
                 self._check_finite("the model's energies of the samples", out["atom_energies"])
                 o = obs_all.view(M, per, -1)[sl].reshape(len(sl) * per, -1)
+                if coef is not None:
+                    (coef[sl].to(out["energy"].dtype) * out["energy"]).sum().backward()
+                    continue
                 if per_frame:
                     nb = molecule_neighborhoods(self.molecule.to(self.device).repeat(len(sl)), batch=b)
                     loss = local_boltzmann_loss(out["atom_energies"], nb, o, tgt, self.kT, split=cfg.split_halves)
@@ -603,15 +677,19 @@ class StableTrainer:
                 (loss / len(chunks)).backward()
         else:
             log.warning("learning window gave %d samples (< 2): no observable gradient this step", M)
+        # the size of each part of the update, for the history (is the observable term felt next to λ × QM?)
+        obs_grad = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params]
+        self.last_grad_norms = {"obs_grad_norm": _norm(obs_grad), "qm_grad_norm": math.nan}
         q_value = math.nan
         if cfg.qm_weight > 0:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.learning_steps)
-            idx = torch.randperm(len(self.dataset), generator=g)[:cfg.qm_batch_size]
-            b = self.dataset.collate(idx, dtype=self.dtype, device=self.device)
-            q, _, _ = qm_loss(self.model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
-            self._check_finite("the QM loss", q)
-            (cfg.qm_weight * q).backward()
-            q_value = float(q.detach())
+            try:
+                q_value = _qm_backward(self.model, self.dataset, cfg, self.learning_steps, self.dtype, self.device)
+            except NonFiniteLossError:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise
+            self.last_grad_norms["qm_grad_norm"] = _norm(
+                [(torch.zeros_like(o) if p.grad is None else p.grad.detach()) - o for p, o in zip(self.params, obs_grad,
+                                                                                               strict=True)])
         grads = [p.grad for p in self.params if p.grad is not None]
         self._check_finite("the gradient", torch.stack([torch.linalg.vector_norm(g) for g in grads]) if grads
                            else torch.zeros(0))

@@ -115,7 +115,7 @@ def test_training_reduces_force_error(tmp_path):
     assert best["epoch"] == res.best_epoch
     for k, v in model.state_dict().items():
         torch.testing.assert_close(best["model"][k], v)
-    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "log.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "log.jsonl", "tensorboard"]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(res.history)
 
 

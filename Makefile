@@ -3,6 +3,8 @@
 #
 #   TORCH=cpu          install torch's CPU-only wheel (about 200 MB) instead of PyPI's default build (the
 #                      CUDA build on Linux, several GB; it runs on the CPU too). Set before .venv exists.
+#                      The wheel comes from TORCH_CPU_INDEX (PyTorch's CPU index; set it empty to use only
+#                      the package indexes pip is configured with, e.g. a local mirror).
 #   BOLTZGRAD_CUDA=1   require the CUDA kernels (the build fails loudly if nvcc or a CUDA torch is missing, and
 #                      `make test` checks they were compiled); =0 never build them; unset: build them when
 #                      nvcc ($CUDA_HOME/bin/nvcc) and a CUDA build of torch are there, else skip them.
@@ -15,7 +17,7 @@ TORCH_VERSION     ?= 2.14.1
 TORCH_CPU_VERSION ?= 2.13.0+cpu
 TORCH_CPU_INDEX   ?= https://download.pytorch.org/whl/cpu
 ifeq ($(TORCH),cpu)
-TORCH_SPEC ?= torch==$(TORCH_CPU_VERSION) --extra-index-url $(TORCH_CPU_INDEX)
+TORCH_SPEC ?= torch==$(TORCH_CPU_VERSION) $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
 else ifeq ($(TORCH),default)
 TORCH_SPEC ?= torch==$(TORCH_VERSION)
 else
@@ -76,12 +78,13 @@ test-slow: build $(VENV)/.deps-test
 demo: build
 	$(PY) -m boltzgrad.demo
 
-# The documentation site (MkDocs + mkdocstrings) in site/; any warning is an error.
+# The documentation site (MkDocs + mkdocstrings, pages in docs/, API pages from the docstrings) in site/; any
+# warning is an error. NO_MKDOCS_2_WARNING silences a banner of the theme about its own future, not a warning.
 docs: $(VENV)/.deps-docs
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 docs-serve: $(VENV)/.deps-docs
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: build
 	$(PY) benchmarks/bench_histogram.py

@@ -8,7 +8,7 @@ Every command takes ``--config CONFIG.yaml``: a mapping of option names (``frame
 Commands here:
 
 * ``make-data aspirin|water``: reference datasets (see ``boltzgrad.data.generate``);
-* ``pretrain``: fit the run's model to energies and forces of its training split (METHOD.md Eq. 1) and write
+* ``pretrain``: fit the run's model to energies and forces of its training split (docs/method.md, Eq. 1) and write
   the model file ``model.checkpoint``;
 * ``train``: StABlE training of the pre-trained model (``--resume`` continues from the last checkpoint);
 * ``evaluate``: first-passage stable times and observables of a model's MD (``bg.stable.evaluate``), with plots;
@@ -117,7 +117,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 _PRETRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "min_lr",
                     "early_stopping_patience", "grad_clip", "energy_weight", "force_weight", "fit_shift_scale",
-                    "tensorboard")
+                    "tensorboard", "progress")
 
 
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:

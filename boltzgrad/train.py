@@ -1,4 +1,4 @@
-"""QM pre-training of a potential on labelled energies and forces (METHOD.md, Eq. 1).
+"""QM pre-training of a potential on labelled energies and forces (docs/method.md, Eq. 1).
 
     L_QM(θ) = mean_s [ w_E (E_s − U_θ(x_s))² + w_F · mean_{atoms of s} ‖F_s,i − (−∇_i U_θ(x_s))‖² ]
 
@@ -183,7 +183,7 @@ def fit_energy_forces(
     progress: bool = True,
     tensorboard: bool = True,
 ) -> FitResult:
-    """Train ``model`` on energies and forces with the loss of METHOD.md Eq. 1.
+    """Train ``model`` on energies and forces with the loss of Eq. 1 (docs/method.md).
 
     Args:
         model: a boltzgrad potential (trained in place; on return it holds the best validation weights).

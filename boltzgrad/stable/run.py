@@ -167,8 +167,16 @@ def simulate_outputs(output: str, n_replicas: int) -> list[str]:
 
 
 def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, data: dict | None = None) -> dict:
-    """Langevin MD of ``model`` from the run's starting structures (``simulate`` section: replicas, steps, dt in fs,
-    temperature in K, friction in 1/fs, every = steps between written frames, seed); writes extended XYZ.
+    """Langevin MD of ``model`` from the run's starting structures; writes extended XYZ.
+
+    The ``simulate`` section of the run configuration (defaults in ``SIMULATE_FIELDS``):
+        replicas: number of replicas (starting structures taken evenly spread over the run's starts).
+        steps: MD steps.
+        dt: time step, fs.
+        temperature: K (Maxwell-Boltzmann velocities and thermostat).
+        friction: Langevin friction, 1/fs.
+        every: MD steps between written frames.
+        seed: seed of the velocities and the Langevin noise.
 
     Every replica goes to its own file (:func:`simulate_outputs` of ``output``, default
     ``<out_dir>/simulate.extxyz``), one structure per recorded frame, each tagged with ``replica`` and ``step``.

@@ -1,4 +1,4 @@
-"""``StableTrainer``: the StABlE training loop (METHOD.md "The StABlE algorithm", paper 3.2 and A.3).
+"""``StableTrainer``: the StABlE training loop (docs/method.md, "StABlE training").
 
 Training proceeds in *units* of τ MD steps of all R replicas at once:
 

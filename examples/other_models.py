@@ -12,9 +12,11 @@ boltzgrad runs any potential with the interface ``model(positions, species, *, b
 Each model is pre-trained on energies and forces of aspirin structures shipped with boltzgrad
 (``bg.train.fit_energy_forces``) and then trained with StABlE on the same structures (``StableTrainer``:
 simulate replicas, detect instabilities with the bond-length criterion, learn from h(r) with the Boltzmann
-estimator plus the energy/force loss). If mace-torch is not installed, the MACE part is skipped with a message.
+estimator plus the energy/force loss). A model that stays stable for the whole simulation budget needs no
+learning: the trainer then stops as ``stable`` after ``max_simulation_steps``. If mace-torch is not installed, the
+MACE part is skipped with a message.
 
-    python examples/other_models.py           # a short protocol: about 10 CPU-minutes
+    python examples/other_models.py           # a short protocol: about 5 CPU-minutes
     python examples/other_models.py --quick   # seconds, the check that the example runs
 """
 
@@ -105,8 +107,9 @@ def train_both_ways(name: str, model: torch.nn.Module, data: dict, args) -> dict
     after = bg.train.evaluate_energy_forces(model, data["test"])
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters; test force MAE after pre-training "
           f"{fit.test_metrics['force_mae']:.3f} eV/A, after StABlE {after['force_mae']:.3f} eV/A; StABlE "
-          f"{result.cycles} cycle(s), {result.history[-1]['md_steps']} MD steps per replica, unstable fraction "
-          f"{result.unstable_fraction()[-1]:.2f} at the end ({time.perf_counter() - t0:.0f} s)", flush=True)
+          f"{result.cycles} cycle(s), stopped by {result.stop_reason}, {result.history[-1]['md_steps']} MD steps per "
+          f"replica, unstable fraction {result.unstable_fraction()[-1]:.2f} at the end "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"before": fit.test_metrics, "after": after, "result": result}
 
 

@@ -17,7 +17,7 @@ the ``boltzgrad`` command line on it (``boltzgrad.cli.main`` here; from a shell,
 ``boltzgrad pretrain --config my_run.yaml`` and so on). Finally it loads the pre-trained and the StABlE-trained
 model files with ``bg.stable.systems.load_model``, as you would to use them in your own code.
 
-    python examples/own_data.py                 # 500 training structures, short protocol: about 15 CPU-minutes
+    python examples/own_data.py                 # 500 training structures, short protocol: about 10 CPU-minutes
     python examples/own_data.py --format extxyz # the same from the extended-XYZ file
     python examples/own_data.py --quick         # a few seconds, the check that the example runs
 """

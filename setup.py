@@ -7,14 +7,20 @@ Two extension modules:
                      and with BOLTZGRAD_CUDA unset built if torch is a CUDA build and nvcc exists.
 BOLTZGRAD_NO_EXT=1 skips both (used by `make` for the editable install, whose compiled ops are
 then built in place, incrementally, by `python setup.py build_ext --inplace`).
+
+A regular (non-editable) install or wheel also carries the shipped run configurations (configs/) and
+reference data and models (data/) inside the package, as boltzgrad/_shipped/{configs,data}, where
+boltzgrad._paths finds them when there is no source checkout around the package.
 """
 
 import glob
 import os
+import shutil
 import sys
 
 import torch
 from setuptools import setup
+from setuptools.command.build_py import build_py
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +50,25 @@ def want_cuda() -> bool:
     return possible
 
 
+SHIPPED = ("configs", "data")  # folders of the checkout copied into the package (boltzgrad/_shipped/...)
+
+
+class BuildPyWithShippedFiles(build_py):
+    """build_py that also copies SHIPPED into the built package; an editable install reads the checkout itself."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for name in SHIPPED:
+            src = os.path.join(HERE, name)
+            if not os.path.isdir(src):  # building from an sdist made without them: nothing to ship
+                continue
+            dst = os.path.join(self.build_lib, "boltzgrad", "_shipped", name)
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.tmp", "*.tmp.*", "__pycache__"))
+
+
 def rel(paths):
     return [os.path.relpath(p, HERE) for p in sorted(paths)]
 
@@ -68,5 +93,5 @@ if extensions and want_cuda():
 
 setup(
     ext_modules=extensions,
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithShippedFiles},
 )

@@ -3,7 +3,7 @@
 Units throughout: energy eV, length Å, time fs, mass amu, temperature K (``kT`` in eV).
 """
 
-from . import baselines, md, models, observables, ops, stability, stable
+from . import baselines, data, md, models, observables, ops, stability, stable
 from ._extension import compiled_backends
 from .estimators import BoltzmannEstimator, boltzmann_loss, local_boltzmann_loss, reweight
 from .neighbors import NeighborList, Pairs, neighbor_list
@@ -11,14 +11,6 @@ from .ops import RunningCovariance
 
 __version__ = "0.1.0.dev0"
 
-
-def __getattr__(name: str):
-    # ``bg.data`` (datasets, loaders; imports ASE) is loaded on first use
-    if name == "data":
-        import importlib
-
-        return importlib.import_module(".data", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ops", "compiled_backends", "RunningCovariance", "neighbor_list", "NeighborList", "Pairs", "__version__",
            "observables", "boltzmann_loss", "local_boltzmann_loss", "BoltzmannEstimator", "reweight",

@@ -1,4 +1,4 @@
-"""The ``boltzgrad`` command line: ``boltzgrad <command> [options]`` (also ``python -m boltzgrad.cli``).
+"""The ``boltzgrad`` command line: ``boltzgrad <command> [options]`` (also ``python -m boltzgrad``).
 
 Commands are registered in ``COMMANDS`` (name -> (help, add_arguments, run)); a new one is one
 ``register(...)`` call: ``add_arguments(parser)`` declares its options and ``run(args)`` does the work.
@@ -8,11 +8,11 @@ Every command takes ``--config CONFIG.yaml``: a mapping of option names (``frame
 Commands here:
 
 * ``make-data aspirin|water``: reference datasets (see ``boltzgrad.data.generate``);
-* ``pretrain``: fit the run's model to energies and forces of its training split (METHOD.md Eq. 1) and write
+* ``pretrain``: fit the run's model to energies and forces of its training split (docs/method.md, Eq. 1) and write
   the model file ``model.checkpoint``;
 * ``train``: StABlE training of the pre-trained model (``--resume`` continues from the last checkpoint);
 * ``evaluate``: first-passage stable times and observables of a model's MD (``bg.stable.evaluate``), with plots;
-* ``simulate``: Langevin MD of a model from the run's starting structures, written as extended XYZ;
+* ``simulate``: Langevin MD of a model from the run's starting structures, one extended-XYZ file per replica.
 * ``experiment``: StABlE against a QM-only control that differs from it only by the observable term, over
   several training seeds, with survival statistics and plots (``boltzgrad.stable.experiment``).
 
@@ -147,7 +147,8 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 _PRETRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "min_lr",
-                    "early_stopping_patience", "grad_clip", "energy_weight", "force_weight", "fit_shift_scale")
+                    "early_stopping_patience", "grad_clip", "energy_weight", "force_weight", "fit_shift_scale",
+                    "tensorboard", "progress")
 
 
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +259,9 @@ register("evaluate", "stable times and observables of a model's MD vs the refere
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
     parser.add_argument("--model", default=None, help="model file (default: the config's model.checkpoint)")
-    parser.add_argument("--output", default=None, help="extended-XYZ file (default: <out_dir>/simulate.extxyz)")
+    parser.add_argument("--output", default=None,
+                        help="extended-XYZ file name; each replica k is written to <stem>_replica<k>.extxyz "
+                             "(default: <out_dir>/simulate.extxyz, i.e. <out_dir>/simulate_replica0.extxyz, ...)")
 
 
 def _simulate(args: argparse.Namespace):
@@ -270,7 +273,7 @@ def _simulate(args: argparse.Namespace):
     return stable_run.simulate(model, cfg, output=args.output)
 
 
-register("simulate", "Langevin MD of a model from the run's starting structures (extended XYZ)",
+register("simulate", "Langevin MD of a model from the run's starting structures (one extended-XYZ file per replica)",
          _simulate_arguments, _simulate)
 
 

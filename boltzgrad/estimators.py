@@ -2,7 +2,7 @@
 
 For samples ``x_1..x_M`` drawn from ``p_theta(x) ∝ exp(-U_theta(x) / kT)`` and an observable
 ``O(x)`` with ``K`` components, the loss ``L = ||<O> - target||^2`` has the gradient
-(METHOD.md Eq. 3-4)::
+(docs/method.md, Eqs. 3-4)::
 
     dL/dtheta = 2 (<O> - target)^T J,     J = d<O>/dtheta = -beta Cov(O, dU/dtheta)   [K, P]
 
@@ -267,7 +267,7 @@ def boltzmann_loss(
     weights: torch.Tensor | None = None,
     component_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Observable-matching loss whose backward is the Boltzmann-estimator gradient (METHOD.md Eq. 4).
+    """Observable-matching loss whose backward is the Boltzmann-estimator gradient (docs/method.md, Eq. 4).
 
     The value is ``sum_k lam_k (Obar_k - target_k)^2`` (``lam = 1`` by default, ``Obar`` the
     (weighted) sample mean). ``.backward()`` deposits ``2 (Obar - target)^T J`` with
@@ -361,7 +361,7 @@ def local_boltzmann_loss(
     weights: torch.Tensor | None = None,
     component_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Localized Boltzmann-estimator loss (METHOD.md Eq. 5).
+    """Localized Boltzmann-estimator loss (docs/method.md, Eq. 5).
 
     Each neighbourhood ``N_n`` of each frame is one local sample with energy
     ``U_n = sum_{i in N_n} eps_i`` and observable ``O_n``. The value is
@@ -478,7 +478,7 @@ def radius_neighborhoods(
 
 
 def reweight(energies: torch.Tensor, kT_from: float, kT_to: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights that turn samples at ``kT_from`` into averages at ``kT_to`` (METHOD.md A.9).
+    """Weights that turn samples at ``kT_from`` into averages at ``kT_to`` (docs/method.md, reweighting).
 
     ``w_m ∝ exp(-(1/kT_to - 1/kT_from) U_m)``, normalised to sum to 1; ``<O>_to ≈ sum_m w_m O_m``.
     Exact for configurational observables of an NVT ensemble (the momenta factor out).

@@ -413,9 +413,9 @@ def neighbor_list(
         w.r.t. ``positions`` and ``cell``.
 
     Raises:
-        ValueError naming the argument for non-finite positions or cell, a singular cell along
-        periodic axes, ``cutoff <= 0``, wrong shapes, an unsorted ``batch``, or (compiled search)
-        positions more than 2**29 box lengths outside their box.
+        ValueError: naming the argument, for non-finite positions or cell, a singular cell along
+            periodic axes, ``cutoff <= 0``, wrong shapes, an unsorted ``batch``, or (compiled search)
+            positions more than 2**29 box lengths outside their box.
     """
     positions, batch, cell, pbc_t, n_rep, cutoff = _prepare(positions, cutoff, batch, cell, pbc)
     if method not in _METHODS:

@@ -1,4 +1,4 @@
-"""Observables of configurations and trajectories, batched over replicas (METHOD.md A.4).
+"""Observables of configurations and trajectories, batched over replicas (docs/method.md, "Observables").
 
 Structural observables take the flat batching convention of boltzgrad (``positions [n_atoms, 3]``
 Å, ``batch [n_atoms]`` sorted replica index, ``cell [R, 3, 3]`` rows = box vectors, ``pbc``) and

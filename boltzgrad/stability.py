@@ -1,4 +1,4 @@
-"""Stability criteria of MD replicas (METHOD.md "Stability criteria", paper A.5) and a monitor.
+"""Stability criteria of MD replicas (docs/method.md, "Stability criteria") and a monitor.
 
 A criterion looks at a batch of R replicas and says which ones are unstable *now*:
 ``criterion(state) -> BoolTensor [R]``. ``state`` is a :class:`boltzgrad.md.State` (or anything

@@ -1,4 +1,4 @@
-"""QM pre-training of a potential on labelled energies and forces (METHOD.md, Eq. 1).
+"""QM pre-training of a potential on labelled energies and forces (docs/method.md, Eq. 1).
 
     L_QM(θ) = mean_s [ w_E (E_s − U_θ(x_s))² + w_F · mean_{atoms of s} ‖F_s,i − (−∇_i U_θ(x_s))‖² ]
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._files import atomic_write, atomic_write_text
+from ._tensorboard import Scalars
 from .models.base import energy_and_forces
 
 __all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult", "NonFiniteLossError",
@@ -52,7 +53,7 @@ def digest(tensors) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
     return h.hexdigest()
 
 
@@ -229,8 +230,9 @@ def fit_energy_forces(
     resume: bool = False,
     seed: int = 0,
     progress: bool = True,
+    tensorboard: bool = True,
 ) -> FitResult:
-    """Train ``model`` on energies and forces with the loss of METHOD.md Eq. 1.
+    """Train ``model`` on energies and forces with the loss of Eq. 1 (docs/method.md).
 
     Args:
         model: a boltzgrad potential (trained in place; on return it holds the best validation weights).
@@ -252,6 +254,9 @@ def fit_energy_forces(
         checkpoint_dir: directory for ``best.pt`` (best weights and metrics), ``last.pt`` (the full training
             state after the last finished epoch) and ``log.jsonl`` (one line per epoch); each written
             atomically. None: nothing written.
+        tensorboard: with ``checkpoint_dir``, also write the losses, validation errors and learning rate of each
+            epoch as TensorBoard scalars (``pretrain/...``) to ``checkpoint_dir/tensorboard`` (when the
+            tensorboard package is installed), as :class:`~boltzgrad.stable.StableTrainer` does.
         resume: continue from ``checkpoint_dir/last.pt`` when it exists (the result equals that of an
             uninterrupted run with the same arguments); ``epochs`` may be larger than before.
         seed: seed of the split and of the minibatch order (epoch e uses ``seed`` and e).
@@ -328,6 +333,9 @@ def fit_energy_forces(
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start_epoch, epochs), desc="fit_energy_forces", disable=not progress, leave=False)
+    scalars = Scalars(os.path.join(ckpt_dir, "tensorboard") if ckpt_dir is not None and tensorboard else None,
+                      "pretrain", ("train_loss", "val_loss", "val_energy_mae", "val_force_mae", "lr"),
+                      purge_step=start_epoch)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
@@ -364,6 +372,7 @@ def fit_energy_forces(
         stop = bad_epochs >= early_stopping_patience
         result.stopped_early = stop
         bar.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{val['loss']:.3g}", f_mae=f"{val['force_mae']:.3g}")
+        scalars.add(row, epoch)
         log.info("epoch %d: train loss %.6g, val loss %.6g, val energy MAE %.4g eV, val force MAE %.4g eV/A, lr %.3g",
                  epoch, row["train_loss"], row["val_loss"], row["val_energy_mae"], row["val_force_mae"], row["lr"])
         if ckpt_dir is not None:
@@ -380,6 +389,7 @@ def fit_energy_forces(
         if stop:
             break
     bar.close()
+    scalars.close()
 
     if best_state is not None:
         model.load_state_dict(best_state)

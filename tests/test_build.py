@@ -21,7 +21,7 @@ def test_compiled_backends_reports_what_is_loaded():
 
 
 @pytest.mark.skipif(os.environ.get("BOLTZGRAD_EXPECT_CUDA") != "1",
-                    reason="set BOLTZGRAD_EXPECT_CUDA=1 (as `make test` does) to require the CUDA build")
+                    reason="set BOLTZGRAD_EXPECT_CUDA=1 (`make test BOLTZGRAD_CUDA=1` does) to require the CUDA build")
 def test_cuda_kernels_were_compiled_and_load():
     info = bg.compiled_backends()
     assert info["cuda"] is True, info["details"]

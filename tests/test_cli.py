@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import ase.io
 import pytest
 import torch
 
@@ -35,12 +36,13 @@ def _run(args, tmp_path, *extra):
                  f"model.checkpoint={model}", *TINY, *extra])
 
 
-def test_pretrain_evaluate_simulate_train(tmp_path):
+def test_pretrain_evaluate_simulate_train(tmp_path, capsys):
     _run(["pretrain"], tmp_path)
     model, blob = load_model(tmp_path / "model.pt")
     assert type(model).__name__ == "PairMLP" and blob["spec"]["kind"] == "pair_mlp"
     assert blob["n_train"] == 6 and blob["test_metrics"]["force_mae"] > 0
     assert (tmp_path / "run" / "pretrain" / "log.jsonl").is_file()
+    assert list((tmp_path / "run" / "pretrain" / "tensorboard").glob("events.out.tfevents.*"))
 
     _run(["evaluate"], tmp_path)
     ev = tmp_path / "run" / "evaluate"
@@ -50,9 +52,14 @@ def test_pretrain_evaluate_simulate_train(tmp_path):
     for name in ("stable_times.png", "structure.png", "model_stable_times.csv", "model_structure.csv"):
         assert (ev / name).stat().st_size > 0
 
-    _run(["simulate"], tmp_path)
-    text = (tmp_path / "run" / "simulate.extxyz").read_text()
-    assert text.count("Lattice=") == 4  # frames at steps 5, 10, 15, 20 of one replica
+    capsys.readouterr()
+    _run(["simulate"], tmp_path, "--set", "simulate.replicas=2")
+    assert "4 frames per replica written to 2 file(s)" in capsys.readouterr().out  # steps 5, 10, 15, 20
+    for k in range(2):
+        frames = ase.io.read(tmp_path / "run" / f"simulate_replica{k}.extxyz", index=":")
+        assert [a.info["step"] for a in frames] == [5, 10, 15, 20]
+        assert {a.info["replica"] for a in frames} == {k}
+    assert not (tmp_path / "run" / "simulate.extxyz").exists()
 
     _run(["train"], tmp_path)
     tr = tmp_path / "run" / "train"

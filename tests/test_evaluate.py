@@ -134,6 +134,25 @@ def test_plots_write_png(tmp_path):
         plot_unstable_fraction([0, 1], [0.1], tmp_path / "g.png")
 
 
+def test_plot_lines_are_labelled(tmp_path, monkeypatch):
+    from boltzgrad.stable import plots
+
+    legends = []
+    save = plots._save
+
+    def record(plt, fig, path):
+        legends.append([t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()])
+        return save(plt, fig, path)
+
+    monkeypatch.setattr(plots, "_save", record)
+    plot_unstable_fraction([0, 1], [0.6, 0.1], tmp_path / "a.png", thresholds={"upper": 0.5, "lower": 0.2})
+    plot_unstable_fraction([0, 1], [0.6, 0.1], tmp_path / "b.png", thresholds=(0.25,))
+    plot_stable_times({"before": [100.0, 1000.0]}, tmp_path / "c.png", max_time=1000.0)
+    assert "upper (0.5)" in legends[0] and "lower (0.2)" in legends[0]
+    assert legends[1] == ["unstable fraction", "threshold (0.25)"]
+    assert "end of run (1 ps)" in legends[2] and any("median" in t for t in legends[2])
+
+
 def test_evaluate_from_a_run_configuration(tmp_path):
     """``bg.stable.evaluate(model, run_config)``: data and settings from the configuration's sections."""
     import boltzgrad as bg

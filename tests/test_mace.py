@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +31,13 @@ def small_mace(seed=0, r_max=3.5):
         atomic_inter_scale=1.3, atomic_inter_shift=0.1,
     )
     return model.double()
+
+
+def test_e3nn_imports_before_mace_after_boltzgrad():
+    code = "import boltzgrad; from e3nn import o3; import mace.modules; print(o3.wigner_3j(1, 1, 0).shape)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch.Size([3, 3, 1])" in out.stdout
 
 
 def molecule(seed=0, n=7):

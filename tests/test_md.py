@@ -517,6 +517,37 @@ def test_ring_buffer_callback_and_extxyz(tmp_path):
     assert len(read(tmp_path / "all.extxyz", index=":")) == 4
 
 
+def test_state_from_and_to_ase_atoms():
+    from ase.build import molecule
+
+    water, methane = molecule("H2O"), molecule("CH4")
+    water.set_velocities(np.random.default_rng(0).normal(scale=0.01, size=(3, 3)))
+    state = bg.md.State.from_atoms([water, methane], dtype=torch.float64)
+    assert state.n_replicas == 2 and state.batch.tolist() == [0, 0, 0, 1, 1, 1, 1, 1] and state.cell is None
+    assert state.species.tolist() == [8, 1, 1, 6, 1, 1, 1, 1]
+    torch.testing.assert_close(state.masses[:3], torch.tensor(water.get_masses()))
+    torch.testing.assert_close(state.velocities[:3], torch.tensor(water.get_velocities()) / units.ASE_TIME)
+    back = state.to_atoms()
+    assert [len(a) for a in back] == [3, 5] and [a.info["replica"] for a in back] == [0, 1]
+    np.testing.assert_allclose(back[0].get_velocities(), water.get_velocities(), atol=1e-12)
+    np.testing.assert_allclose(back[1].positions, methane.positions, atol=1e-12)
+
+    crystal = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
+    state = bg.md.State.from_atoms(crystal, temperature=80.0, generator=torch.Generator().manual_seed(0))
+    assert state.positions.dtype == torch.get_default_dtype() and state.cell.shape == (1, 3, 3)
+    assert bool(state.pbc.all()) and 40.0 < float(state.temperature()) < 120.0
+    end = bg.md.Simulator(bg.models.LennardJones(**ARGON, cutoff=8.0), bg.md.VelocityVerlet(2.0)).run(state, 3)
+    atoms = end.to_atoms(0)
+    assert atoms.info["step"] == 3 and atoms.pbc.all()
+    np.testing.assert_allclose(atoms.cell.array, crystal.cell.array, rtol=1e-6)
+    assert atoms.get_potential_energy() == pytest.approx(float(end.energy[0]), rel=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), end.forces.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="replica"):
+        end.to_atoms(1)
+    with pytest.raises(TypeError, match="ase.Atoms"):
+        bg.md.State.from_atoms([])
+
+
 def test_float32_run_and_models_without_pairs():
     state = cluster_state(2, 30.0, dtype=torch.float32)
     end = bg.md.Simulator(bg.models.LennardJones(**ARGON, cutoff=10.2), bg.md.VelocityVerlet(5.0)).run(state, 50)

@@ -115,7 +115,7 @@ def test_training_reduces_force_error(tmp_path):
     assert best["epoch"] == res.best_epoch
     for k, v in model.state_dict().items():
         torch.testing.assert_close(best["model"][k], v)
-    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "log.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "log.jsonl", "tensorboard"]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(res.history)
 
 
@@ -163,3 +163,13 @@ def test_bad_arguments():
         fit_energy_forces(small_model(), unlabelled, progress=False)
     with pytest.raises(TypeError, match="model"):
         fit_energy_forces(lambda x: x, ds)
+
+
+def test_digest_covers_scalar_buffers():
+    # models such as MACE hold 0-d buffers; the run identity of a checkpoint hashes them like any tensor
+    from boltzgrad.train import digest
+
+    a = digest([torch.tensor(1.0), torch.ones(2)])
+    assert a == digest([torch.tensor(1.0), torch.ones(2)])
+    assert a != digest([torch.tensor(2.0), torch.ones(2)])
+    assert a != digest([torch.tensor(1.0, dtype=torch.float64), torch.ones(2)])

@@ -226,12 +226,13 @@ def make_target(*, n_replicas: int = 16, n_equilibrate: int = 2000, n_steps: int
 
 
 def default_target_path() -> str:
-    """``data/lj32/target_rdf.npz`` of the source checkout (or ``$BOLTZGRAD_LJ32_TARGET``)."""
+    """``data/lj32/target_rdf.npz`` of the source checkout or the installed package (or ``$BOLTZGRAD_LJ32_TARGET``)."""
+    from .._paths import DATA_DIR
+
     env = os.environ.get("BOLTZGRAD_LJ32_TARGET")
     if env:
         return env
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, "data", "lj32", "target_rdf.npz")
+    return os.path.join(DATA_DIR, "lj32", "target_rdf.npz")
 
 
 def save_target(target: Target, path: str) -> None:

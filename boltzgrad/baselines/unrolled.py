@@ -8,7 +8,7 @@ with respect to the parameters θ of a potential, where ``x_1..x_n`` is the traj
 boltzgrad's integrators produces from a fixed initial state (positions and velocities do not depend on θ)
 and the frames are every ``every``-th step. This is the classical alternative to the Boltzmann
 estimator (``bg.boltzmann_loss``), which differentiates the *equilibrium* average instead of a finite
-trajectory (METHOD.md, "Comparison baselines (A.13)").
+trajectory (docs/method.md, "Gradients through the dynamics, for comparison").
 
 * :func:`backprop_gradient` runs the ``bg.md`` integrator with the autograd graph kept (forces with
   ``create_graph=True``) and backpropagates through every step. Memory grows linearly with the number of

@@ -9,6 +9,7 @@ from .io import (
     DATA_DIR,
     KCAL_PER_MOL,
     DataFileError,
+    dataset_dir,
     from_atoms,
     load,
     load_ase,
@@ -20,5 +21,6 @@ from .io import (
 from .reference import compute_reference_observables, load_reference_observables, write_reference_observables
 
 __all__ = ["AtomsDataset", "AtomsBatch", "collate", "DataFileError", "load", "load_npz", "load_ase", "load_directory",
-           "from_atoms", "load_reference", "npz_frame_count", "DATA_DIR", "KCAL_PER_MOL", "FORMAT", "FORMAT_COMPACT",
-           "compute_reference_observables", "write_reference_observables", "load_reference_observables"]
+           "from_atoms", "load_reference", "dataset_dir", "npz_frame_count", "DATA_DIR", "KCAL_PER_MOL", "FORMAT",
+           "FORMAT_COMPACT", "compute_reference_observables", "write_reference_observables",
+           "load_reference_observables"]

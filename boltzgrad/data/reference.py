@@ -164,9 +164,9 @@ def load_reference_observables(name: str, *, data_dir: str | os.PathLike | None 
 
     Returns ``{"pool": {key: array}, "heldout": {...}, "settings": dict}`` (``heldout`` only if present).
     """
-    from .io import DATA_DIR, DataFileError, _reading
+    from .io import DataFileError, _reading, dataset_dir
 
-    path = (Path(data_dir) if data_dir is not None else DATA_DIR) / name / REFERENCE_OBSERVABLES_FILE
+    path = dataset_dir(name, data_dir) / REFERENCE_OBSERVABLES_FILE
     if not path.is_file():
         raise DataFileError(f"no reference observables for dataset {name!r} ({path} missing); "
                             "write them with boltzgrad.data.write_reference_observables")

@@ -170,6 +170,72 @@ class State:
         self.step = 0
         self.aux: dict[str, torch.Tensor] = {}
 
+    # ------------------------------------------------------------------ ASE
+    @classmethod
+    def from_atoms(cls, atoms, *, temperature: float | None = None, dtype: torch.dtype | None = None, device=None,
+                   generator: torch.Generator | None = None) -> State:
+        """A state of one ``ase.Atoms`` or of a list of them (one replica each; sizes and elements may differ).
+
+        Positions (Å), atomic numbers (as ``species``), masses (``atoms.get_masses()``, amu), cell and pbc are the
+        atoms'. If no replica is periodic the state has no cell.
+
+        Args:
+            atoms: an ``ase.Atoms`` or a sequence of them.
+            temperature: K. Given: velocities are drawn from the Maxwell-Boltzmann distribution at this temperature
+                (centre-of-mass motion removed). None: the atoms' velocities (zero when they have none),
+                converted from ASE's units to Å/fs.
+            dtype: float dtype of the state (default: torch's default dtype); use the dtype of the model.
+            device: where the tensors live (default CPU).
+            generator: random generator of the velocity draw.
+        """
+        import numpy as np
+        from ase import Atoms
+
+        images = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+        if not images or not all(isinstance(a, Atoms) for a in images):
+            raise TypeError("atoms must be an ase.Atoms or a non-empty sequence of ase.Atoms")
+        dtype = dtype or torch.get_default_dtype()
+
+        def cat(arrays, dt=dtype):
+            return torch.as_tensor(np.concatenate(arrays), dtype=dt, device=device)
+
+        positions = cat([a.positions for a in images])
+        masses = cat([a.get_masses() for a in images])
+        species = cat([a.numbers for a in images], torch.int64)
+        sizes = torch.tensor([len(a) for a in images], device=device)
+        batch = torch.repeat_interleave(torch.arange(len(images), device=device), sizes)
+        if temperature is None:
+            velocities = cat([a.get_velocities() for a in images]) / units.ASE_TIME
+        else:
+            velocities = maxwell_boltzmann(masses, units.kT(float(temperature)), batch=batch, generator=generator)
+        cell, pbc = None, False
+        if any(bool(a.pbc.any()) for a in images):
+            cell = torch.as_tensor(np.stack([a.cell.array for a in images]), dtype=dtype, device=device)
+            pbc = torch.as_tensor(np.stack([a.pbc for a in images]), device=device)
+        return cls(positions, velocities, masses, species, batch=batch, cell=cell, pbc=pbc)
+
+    def to_atoms(self, replica: int | None = None):
+        """The replicas as ``ase.Atoms``: a list with one per replica, or one ``Atoms`` when ``replica`` is given.
+
+        Each has the positions, velocities (in ASE's units), masses, atomic numbers (``species``), cell and pbc of
+        its replica, ``info["replica"]`` and ``info["step"]``; when the state holds an energy (after a
+        :class:`~boltzgrad.md.Simulator` step), energy and forces are attached as a ``SinglePointCalculator``
+        (``atoms.get_potential_energy()``, ``atoms.get_forces()``).
+        """
+        from .trajectory import _atoms_list
+
+        R = self.n_replicas
+        if replica is not None and not 0 <= int(replica) < R:
+            raise ValueError(f"replica must be in [0, {R}), got {replica}")
+        cell = None if self.cell is None else self.cell.detach().cpu()[None]
+        energy = None if self.energy is None else self.energy.detach().cpu()[None]
+        forces = None if self.energy is None or self.forces is None else self.forces.detach().cpu()[None]
+        images = _atoms_list(self.positions.detach().cpu()[None], self.species.cpu(), self.batch.cpu(), cell,
+                             self.pbc.cpu(), energy, self.velocities.detach().cpu()[None],
+                             range(R) if replica is None else [int(replica)], forces=forces,
+                             masses=self.masses.detach().cpu(), steps=[self.step])
+        return images if replica is None else images[0]
+
     # ------------------------------------------------------------------ copies
     def replace(self, **fields) -> State:
         """A shallow copy with some fields replaced (no validation; tensors are shared, not copied)."""

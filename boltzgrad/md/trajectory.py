@@ -102,7 +102,10 @@ class TrajectoryBuffer:
         self._count = 0
 
 
-def _atoms_list(positions, species, batch, cell, pbc, energies, velocities, replicas):
+def _atoms_list(positions, species, batch, cell, pbc, energies, velocities, replicas, *, forces=None, masses=None,
+                steps=None):
+    """ASE Atoms of frames x replicas (frame-major), each tagged with ``info["replica"]`` (and ``info["step"]``
+    when ``steps`` gives the MD step of each frame)."""
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -114,11 +117,18 @@ def _atoms_list(positions, species, batch, cell, pbc, energies, velocities, repl
             atoms = Atoms(numbers=species[sel].numpy(), positions=positions[f][sel].double().numpy(),
                           cell=None if cell is None else cell[f][r].double().numpy(),
                           pbc=pbc[r].numpy())
+            if masses is not None:
+                atoms.set_masses(masses[sel].double().numpy())
             if velocities is not None:
                 # ASE velocities are in Å per ASE time unit
                 atoms.set_velocities(velocities[f][sel].double().numpy() * units.ASE_TIME)
             if energies is not None:
-                atoms.calc = SinglePointCalculator(atoms, energy=float(energies[f][r]))
+                atoms.calc = SinglePointCalculator(
+                    atoms, energy=float(energies[f][r]),
+                    forces=None if forces is None else forces[f][sel].double().numpy())
+            atoms.info["replica"] = int(r)
+            if steps is not None:
+                atoms.info["step"] = int(steps[f])
             out.append(atoms)
     return out
 
@@ -130,6 +140,8 @@ def write_extxyz(path, trajectory: TrajectoryBuffer | State | list[State], *, re
         path: output file name.
         trajectory: a :class:`TrajectoryBuffer` (needs ``positions``), one :class:`State` or a list of them.
         replica: write only this replica; None writes every replica of every frame (frame-major order).
+
+    Each structure carries ``replica`` (its replica index) and ``step`` (the MD step) in its comment line.
     """
     from ase.io import write
 
@@ -142,6 +154,7 @@ def write_extxyz(path, trajectory: TrajectoryBuffer | State | list[State], *, re
         energies = trajectory.stack("energy").cpu() if "energy" in trajectory.fields else None
         velocities = trajectory.stack("velocities").cpu() if "velocities" in trajectory.fields else None
         species, batch, pbc = trajectory.species, trajectory.batch, trajectory.pbc
+        steps = trajectory.steps
     else:
         states = [trajectory] if isinstance(trajectory, State) else list(trajectory)
         if not states or not all(isinstance(s, State) for s in states):
@@ -151,11 +164,12 @@ def write_extxyz(path, trajectory: TrajectoryBuffer | State | list[State], *, re
         energies = None if states[0].energy is None else torch.stack([s.energy.detach().cpu() for s in states])
         velocities = torch.stack([s.velocities.detach().cpu() for s in states])
         species, batch, pbc = states[0].species.cpu(), states[0].batch.cpu(), states[0].pbc.cpu()
+        steps = [s.step for s in states]
     n_rep = int(batch[-1]) + 1
     if replica is not None and not (0 <= int(replica) < n_rep):
         raise ValueError(f"replica must be in [0, {n_rep}), got {replica}")
     replicas = range(n_rep) if replica is None else [int(replica)]
-    images = _atoms_list(positions, species, batch, cell, pbc, energies, velocities, replicas)
+    images = _atoms_list(positions, species, batch, cell, pbc, energies, velocities, replicas, steps=steps)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".extxyz.tmp")

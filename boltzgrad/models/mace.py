@@ -9,6 +9,14 @@ interaction energy of the atom), so the localized estimator works too.
 
 Pair vectors are computed here from ``positions``, ``cell`` and the integer shifts of the list, so
 forces and virials (strain derivatives of positions and cell) come from autograd through this call.
+
+Import order: e3nn (0.4.x, a dependency of mace-torch) reads its table of Wigner-3j constants with a bare
+``torch.load`` when ``e3nn.o3`` is first imported. Since torch 2.6 ``torch.load`` defaults to
+``weights_only=True``, and that file holds Python ``slice`` objects, which the weights-only unpickler refuses
+("Unsupported global: GLOBAL slice"). mace-torch hides this by setting ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``
+when it is imported, so ``import mace`` first works and ``from e3nn import o3`` first fails. Importing this module
+(it is imported by ``import boltzgrad``) adds ``slice``, a plain built-in that runs no code when unpickled, to
+torch's weights-only allow-list, so e3nn and mace import in either order after ``import boltzgrad``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from torch import nn
 from .base import normalize_system
 
 __all__ = ["MACE"]
+
+# e3nn's constants.pt holds slices: allow them in weights-only loads (see the module docstring)
+torch.serialization.add_safe_globals([slice])
 
 _MISSING = "bg.models.MACE needs the optional dependency mace-torch: pip install 'boltzgrad[mace]'"
 

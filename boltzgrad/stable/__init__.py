@@ -1,4 +1,4 @@
-"""StABlE training (METHOD.md "The StABlE algorithm"): simulate replicas, detect instabilities, rewind, learn.
+"""StABlE training (docs/method.md, "StABlE training"): simulate replicas, detect instabilities, rewind, learn.
 
 ``StableConfig`` holds the settings (YAML in and out), ``StableTrainer(model, dataset, config).fit()``
 runs the training with checkpoints and logs. The stability criteria live in :mod:`boltzgrad.stability`

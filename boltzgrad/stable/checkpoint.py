@@ -45,9 +45,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location=None) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        CheckpointError (a ``ValueError``) naming the path when the file is missing, is not a boltzgrad
-        StABlE checkpoint, was written by another format version, or fails its checksum (truncated or
-        damaged).
+        CheckpointError: (a ``ValueError``) naming the path when the file is missing, is not a boltzgrad
+            StABlE checkpoint, was written by another format version, or fails its checksum (truncated or
+            damaged).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

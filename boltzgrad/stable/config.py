@@ -1,6 +1,6 @@
 """``StableConfig``: every setting of StABlE training in one dataclass, with YAML load/save.
 
-Defaults follow the paper's aspirin/SchNet run (METHOD.md "The StABlE algorithm"): 500 K, dt 0.5 fs,
+Defaults follow the paper's aspirin/SchNet run (docs/method.md, "StABlE training"): 500 K, dt 0.5 fs,
 Nosé-Hoover with 20 fs coupling, 128 replicas, τ = 2000 steps, SGD with lr 1e-3, λ = 10, gradient
 clip 1.0, minibatches of 40 samples, bond-length criterion at 0.25 Å, h(r) as the observable.
 The paper does not state the unstable-fraction thresholds, the check interval, the sampling

@@ -39,12 +39,14 @@ def _save(plt, fig, path: str | os.PathLike) -> str:
 
 
 def plot_unstable_fraction(x: Sequence[float], fraction: Sequence[float], path: str | os.PathLike, *,
-                           xlabel: str = "simulated time (ps)", thresholds: Sequence[float] = (),
+                           xlabel: str = "simulated time (ps)",
+                           thresholds: Sequence[float] | Mapping[str, float] = (),
                            phases: Sequence[str] | None = None, title: str = "StABlE training") -> str:
     """Unstable fraction of the replicas (0..1) against ``x`` (e.g. simulated time or cycle); Fig. 3a.
 
-    ``thresholds`` (e.g. the lower and upper thresholds of the trainer) are drawn as dashed lines; ``phases``
-    (one label per point, e.g. ``"simulate"`` / ``"learn"``) colours the points by phase.
+    ``thresholds`` are drawn as labelled dashed lines: a mapping label -> fraction (e.g. the trainer's
+    ``{"upper threshold": 0.5, "lower threshold": 0.2}``), or fractions, labelled ``threshold (<value>)``.
+    ``phases`` (one label per point, e.g. ``"simulate"`` / ``"learn"``) colours the points by phase.
     """
     x, fraction = np.asarray(x, dtype=float), np.asarray(fraction, dtype=float)
     if x.shape != fraction.shape or x.ndim != 1:
@@ -57,10 +59,11 @@ def plot_unstable_fraction(x: Sequence[float], fraction: Sequence[float], path: 
     for k, name in enumerate(dict.fromkeys(labels)):
         sel = np.array([lab == name for lab in labels])
         ax.plot(x[sel], fraction[sel], "o", ms=4, color=f"C{3 + k}", label=name)
-    if phases is not None:
+    lines = thresholds.items() if isinstance(thresholds, Mapping) else [("threshold", t) for t in thresholds]
+    for k, (name, t) in enumerate(lines):
+        ax.axhline(float(t), ls=("--", ":", "-.")[k % 3], lw=1.0, color="0.4", label=f"{name} ({float(t):g})")
+    if phases is not None or lines:
         ax.legend(fontsize=8)
-    for t in thresholds:
-        ax.axhline(float(t), ls="--", lw=0.8, color="0.5")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("unstable fraction")
     ax.set_ylim(-0.02, 1.02)
@@ -75,7 +78,8 @@ def plot_stable_times(times: Mapping[str, Sequence[float]], path: str | os.PathL
     Args:
         times: label -> per-replica stable times in fs (e.g. ``{"before": r0.stable_time, "after": r1.stable_time}``).
         path: output ``.png``.
-        max_time: the run length, fs (replicas at it never became unstable); drawn as a dotted line.
+        max_time: the run length, fs (replicas at it never became unstable); drawn as a labelled dotted line.
+    The dashed vertical lines of the histogram panel are the medians (their values are in the legend).
         unit, unit_name: the time unit of the axes (default ps).
     """
     if not times:
@@ -99,7 +103,8 @@ def plot_stable_times(times: Mapping[str, Sequence[float]], path: str | os.PathL
                   color=f"C{k}", label=label)
     for ax in (ax_h, ax_s):
         if max_time is not None:
-            ax.axvline(max_time / unit, color="0.5", ls=":", lw=1)
+            ax.axvline(max_time / unit, color="0.5", ls=":", lw=1,
+                       label=f"end of run ({max_time / unit:g} {unit_name})")
         ax.set_xlabel(f"stable time ({unit_name})")
     ax_h.set_ylabel("replicas")
     ax_s.set_ylabel("fraction still stable")

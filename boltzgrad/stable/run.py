@@ -18,7 +18,7 @@ from .plots import plot_stable_times, plot_structure, plot_unstable_fraction
 from .systems import load_data, save_model
 
 __all__ = ["evaluate_models", "simulate", "train", "format_table", "evaluate_config", "stable_config",
-           "simulate_settings", "reference_diffusivity", "SIMULATE_FIELDS"]
+           "simulate_settings", "simulate_outputs", "reference_diffusivity", "SIMULATE_FIELDS"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -95,13 +95,14 @@ def reference_diffusivity(cfg: dict) -> float | None:
     """The oxygen self-diffusion coefficient (Å²/fs) stored with a generated dataset (``reference.json``, the mean
     over its held-out trajectories), or None."""
     import json
-    from pathlib import Path
 
-    from ..data.io import DATA_DIR
+    from ..data.io import dataset_dir
 
     source = cfg["data"].get("source")
-    path = Path(DATA_DIR) / str(source) / "reference.json"
-    if not isinstance(source, str) or not path.is_file():
+    if not isinstance(source, str) or not source:
+        return None
+    path = dataset_dir(source) / "reference.json"
+    if not path.is_file():
         return None
     entries = json.loads(path.read_text()).get("oxygen_diffusion", {})
     values = [float(e["D"]) for e in entries.values() if isinstance(e, dict) and "D" in e]
@@ -157,9 +158,30 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
     return results
 
 
+def simulate_outputs(output: str, n_replicas: int) -> list[str]:
+    """The files ``simulate`` writes for ``output`` (e.g. ``runs/lj/simulate.extxyz``): one per replica,
+    ``<stem>_replica<k>.extxyz`` (``k`` zero-padded to the width of the largest index)."""
+    stem, ext = os.path.splitext(output)
+    width = len(str(n_replicas - 1))
+    return [f"{stem}_replica{k:0{width}d}{ext or '.extxyz'}" for k in range(n_replicas)]
+
+
 def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, data: dict | None = None) -> dict:
-    """Langevin MD of ``model`` from the run's starting structures (``simulate`` section: replicas, steps, dt in fs,
-    temperature in K, friction in 1/fs, every = steps between written frames, seed); writes extended XYZ."""
+    """Langevin MD of ``model`` from the run's starting structures; writes extended XYZ.
+
+    The ``simulate`` section of the run configuration (defaults in ``SIMULATE_FIELDS``):
+        replicas: number of replicas (starting structures taken evenly spread over the run's starts).
+        steps: MD steps.
+        dt: time step, fs.
+        temperature: K (Maxwell-Boltzmann velocities and thermostat).
+        friction: Langevin friction, 1/fs.
+        every: MD steps between written frames.
+        seed: seed of the velocities and the Langevin noise.
+
+    Every replica goes to its own file (:func:`simulate_outputs` of ``output``, default
+    ``<out_dir>/simulate.extxyz``), one structure per recorded frame, each tagged with ``replica`` and ``step``.
+    Returns a summary with ``frames`` (per replica), ``structures`` (in all files) and ``outputs``.
+    """
     from ..md import Langevin, Simulator, TrajectoryBuffer, units, write_extxyz
     from ..train import _model_dtype_device
     from .evaluate import start_state
@@ -177,12 +199,18 @@ def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, da
     state = sim.run(state, s["steps"], every=s["every"], callback=buffer)
     output = output or os.path.join(cfg["out_dir"], "simulate.extxyz")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    write_extxyz(output, buffer)
+    outputs = simulate_outputs(output, s["replicas"])
+    for k, path in enumerate(outputs):
+        write_extxyz(path, buffer, replica=k)
     frozen = state.frozen.cpu()
-    summary = {"frames": len(buffer), "replicas": s["replicas"], "steps": s["steps"], "output": output,
-               "frozen_replicas": int(frozen.sum()), "final_temperature_K": state.temperature().cpu().tolist()}
+    n_frames = len(buffer)
+    summary = {"frames": n_frames, "structures": n_frames * s["replicas"], "replicas": s["replicas"],
+               "steps": s["steps"], "outputs": outputs, "frozen_replicas": int(frozen.sum()),
+               "final_temperature_K": state.temperature().cpu().tolist()}
+    where = outputs[0] if len(outputs) == 1 else f"{outputs[0]} ... {os.path.basename(outputs[-1])}"
     print(f"simulate: {s['replicas']} replica(s) x {s['steps']} steps ({s['steps'] * s['dt'] / 1000:.4g} ps) at "
-          f"{s['temperature']} K; {int(frozen.sum())} blew up; {len(buffer)} frames written to {output}")
+          f"{s['temperature']} K; {int(frozen.sum())} blew up; {n_frames} frames per replica written to "
+          f"{len(outputs)} file(s), {where}")
     return summary
 
 
@@ -218,7 +246,8 @@ def train(model: torch.nn.Module, cfg: dict, *, resume: bool = False, data: dict
         x = [r["md_steps"] * config.dt / 1000.0 for r in result.history]
         plot = plot_unstable_fraction(x, result.unstable_fraction(), os.path.join(out, "unstable_fraction.png"),
                                       xlabel="simulated time per replica (ps)",
-                                      thresholds=(config.lower_threshold, config.upper_threshold),
+                                      thresholds={"upper threshold: learning starts": config.upper_threshold,
+                                                  "lower threshold: learning ends": config.lower_threshold},
                                       phases=[r["phase"] for r in result.history])
     if verbose:
         last = result.history[-1] if result.history else {}

@@ -17,39 +17,30 @@ A run is described by one YAML file (see ``configs/``) with the sections
     the settings of each command.
 
 Top-level ``name``, ``seed`` and ``out_dir`` (default ``runs/<name>``) complete it. Relative paths are
-taken from the working directory, then from the repository root (so the shipped configs work from anywhere).
+taken from the working directory, then from the folder holding the shipped ``configs/`` and ``data/`` (the source
+checkout, or their copies inside an installed package; :mod:`boltzgrad._paths`), so the shipped configurations
+work from anywhere.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 
 from .._files import atomic_write
+from .._paths import resolve_path
 from ..data import AtomsDataset
-from ..data.io import DATA_DIR, load, load_reference
+from ..data.io import dataset_dir, load, load_reference
 
 __all__ = ["SECTIONS", "load_run_config", "resolve_path", "model_dtype", "build_model", "save_model", "load_model",
            "check_model_spec", "load_data", "lennard_jones_reference", "LJ_ARGON"]
 
 SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate", "experiment")
-REPO_ROOT = Path(DATA_DIR).parent
 
 #: Argon: ε (eV), σ (Å), mass (amu).
 LJ_ARGON = {"epsilon": 0.0104, "sigma": 3.4, "mass": 39.948}
-
-
-def resolve_path(path: str | os.PathLike, *, must_exist: bool = True) -> Path:
-    """``path`` as is if absolute or present in the working directory, else under the repository root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
-        if must_exist and not p.exists():
-            raise ValueError(f"path {str(path)!r} does not exist (looked in {os.getcwd()} and {REPO_ROOT})")
-        return p
-    return REPO_ROOT / p
 
 
 def _section(cfg: dict, name: str) -> dict:
@@ -281,7 +272,7 @@ def _first_frames_of_chains(source: str, n: int) -> AtomsDataset:
 
     from ..data.io import load_npz
 
-    directory = Path(DATA_DIR) / source if (Path(DATA_DIR) / source).is_dir() else resolve_path(source)
+    directory = dataset_dir(source) if dataset_dir(source).is_dir() else resolve_path(source)
     prov = directory / "provenance.json"
     files = json.loads(prov.read_text()).get("files", []) if prov.is_file() else []
     files = [directory / f for f in files] or sorted(f for f in directory.glob("chain_*.npz")
@@ -339,7 +330,7 @@ def load_data(spec: dict) -> dict:
         pool = _first_frames_of_chains(source, per_chain)
         if starts_from == "heldout":
             heldout = load_reference(source, heldout=True)
-    elif (Path(DATA_DIR) / source / "provenance.json").is_file():
+    elif (dataset_dir(source) / "provenance.json").is_file():
         pool = load_reference(source)
         if starts_from == "heldout":
             heldout = load_reference(source, heldout=True)

@@ -1,4 +1,4 @@
-"""``StableTrainer``: the StABlE training loop (METHOD.md "The StABlE algorithm", paper 3.2 and A.3).
+"""``StableTrainer``: the StABlE training loop (docs/method.md, "StABlE training").
 
 Training proceeds in *units* of τ MD steps of all R replicas at once:
 
@@ -51,6 +51,7 @@ import torch
 
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
+from .._tensorboard import Scalars
 from ..estimators import _loss_and_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
 from ..md.integrators import Langevin, NoseHoover
@@ -859,24 +860,11 @@ class StableTrainer:
         w.writerows(self.history)
         atomic_write_bytes(os.path.join(self.out_dir, LOG_CSV), buf.getvalue().encode())
 
-    def _tensorboard(self, row: dict) -> None:
-        if self._tb is None:
-            return
-        for key in ("unstable_fraction", "obs_loss", "qm_loss", "lr"):
-            v = row[key]
-            if isinstance(v, float) and math.isfinite(v):
-                self._tb.add_scalar(f"stable/{key}", v, row["unit"])
-        self._tb.flush()
-
     def _open_tensorboard(self) -> None:
         if self.out_dir is None or not self.config.tensorboard:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("TensorBoard scalars skipped: the tensorboard package is not installed")
-            return
-        self._tb = SummaryWriter(os.path.join(self.out_dir, "tensorboard"), purge_step=self.unit)
+        self._tb = Scalars(os.path.join(self.out_dir, "tensorboard"), "stable",
+                           ("unstable_fraction", "obs_loss", "qm_loss", "lr"), purge_step=self.unit)
 
     # ------------------------------------------------------------------ main loop
     def done(self) -> bool:
@@ -905,7 +893,8 @@ class StableTrainer:
             if isinstance(row.get("obs_loss"), float) and math.isfinite(row["obs_loss"]):
                 postfix["loss"] = f"{row['obs_loss']:.3g}"  # learning units only
             bar.set_postfix(postfix)
-        self._tensorboard(row)
+        if self._tb is not None:
+            self._tb.add(row, row["unit"])
         return row
 
     def fit(self, *, resume: bool = False) -> StableResult:

@@ -1,0 +1,181 @@
+"""MkDocs hook: the generated parts of the documentation.
+
+A page line ``<!-- generated: NAME -->`` is replaced by the Markdown that ``GENERATORS[NAME]()`` returns:
+
+* ``stable-config`` / ``evaluate-config``: the fields of ``bg.stable.StableConfig`` / ``EvaluateConfig`` (type,
+  default, and the description from the class docstring);
+* ``pretrain-fields`` / ``simulate-fields``: the ``pretrain`` and ``simulate`` sections of a run configuration;
+* ``cli``: the ``--help`` of every ``boltzgrad`` command, from the argument parser itself.
+
+So the configuration and command-line reference cannot drift from the code. ``tests/test_docs.py`` checks that
+every field gets a description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import typing
+
+MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
+
+
+ENTRY = r"[A-Za-z_]\w*(?:, [A-Za-z_]\w*)*"
+
+
+def field_descriptions(doc: str, names: list[str]) -> dict[str, str]:
+    """Descriptions of ``names`` in a docstring written as ``name: text`` entries.
+
+    An entry starts at the beginning of a line (any ``name:`` or ``a, b, c:``, which then share the text), or
+    after a sentence end (``". "``) with names from ``names``, and runs to the next entry, an empty line or a
+    line indented less than its own (a section heading). Only the entries of ``names`` are returned.
+    """
+    known = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    at_start = re.compile(rf"^({ENTRY}): ")
+    inline = re.compile(rf"(?<=\. )((?:{known})(?:, (?:{known}))*): ")
+    found: dict[str, str] = {}
+    current: list[str] = []
+    indent = None
+    for raw in inspect.cleandoc(doc).splitlines():
+        line, level = raw.strip(), len(raw) - len(raw.lstrip())
+        first = at_start.match(line)
+        if not line or (not first and indent is not None and level < indent):
+            current, indent = [], None
+            continue
+        matches = ([first] if first else []) + [m for m in inline.finditer(line) if not first or m.start() > 0]
+        if not matches:
+            for name in current:
+                found[name] += " " + line
+            continue
+        if matches[0].start() > 0:  # the line begins with the end of the previous entry
+            for name in current:
+                found[name] += " " + line[: matches[0].start()].strip()
+        for k, m in enumerate(matches):
+            end = matches[k + 1].start() if k + 1 < len(matches) else len(line)
+            current = m.group(1).split(", ")
+            for name in current:
+                found[name] = line[m.end(): end].strip()
+        indent = level
+    return {name: text for name, text in found.items() if name in names}
+
+
+ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj):`~?([\w.]+)`")
+
+
+def markdown_text(text: str) -> str:
+    """reStructuredText-isms of the docstrings as Markdown: ``x`` -> `x`, :class:`~a.B` -> `B`."""
+    text = ROLE.sub(lambda m: "`" + m.group(1) + "`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
+def _type_name(tp) -> str:
+    text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    return str(text).replace("typing.", "").replace(" | ", " or ")
+
+
+def _default(value) -> str:
+    return "`None`" if value is None else f"`{value!r}`"
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, tp, default, text in rows:
+        cells = [f"`{name}`", tp, default, markdown_text(text)]
+        lines.append("| " + " | ".join(c.replace("|", "&#124;") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def dataclass_reference(cls) -> str:
+    """The fields of the dataclass ``cls`` as a Markdown table (descriptions from its docstring)."""
+    fields = dataclasses.fields(cls)
+    text = field_descriptions(cls.__doc__ or "", [f.name for f in fields])
+    hints = typing.get_type_hints(cls)
+    rows = [(f.name, f"`{_type_name(hints.get(f.name, f.type))}`", _default(f.default), text.get(f.name, ""))
+            for f in fields]
+    return _table(rows)
+
+
+def _stable_config() -> str:
+    from boltzgrad.stable import StableConfig
+
+    return dataclass_reference(StableConfig)
+
+
+def _evaluate_config() -> str:
+    from boltzgrad.stable import EvaluateConfig
+
+    return dataclass_reference(EvaluateConfig)
+
+
+def _pretrain_fields() -> str:
+    from boltzgrad.cli import _PRETRAIN_FIELDS
+    from boltzgrad.train import fit_energy_forces
+
+    sig = inspect.signature(fit_energy_forces)
+    text = field_descriptions(fit_energy_forces.__doc__ or "", list(sig.parameters))
+    rows = [(name, f"`{_type_name(sig.parameters[name].annotation)}`", _default(sig.parameters[name].default),
+             text.get(name, "")) for name in _PRETRAIN_FIELDS]
+    return _table(rows)
+
+
+def _simulate_fields() -> str:
+    from boltzgrad.stable.run import SIMULATE_FIELDS, simulate
+
+    text = field_descriptions(simulate.__doc__ or "", list(SIMULATE_FIELDS))
+    rows = [(name, f"`{type(value).__name__}`", _default(value), text.get(name, ""))
+            for name, value in SIMULATE_FIELDS.items()]
+    return _table(rows)
+
+
+def _help(parser: argparse.ArgumentParser) -> str:
+    return "```text\n" + parser.format_help().rstrip() + "\n```"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _cli() -> str:
+    from boltzgrad.cli import build_parser
+
+    parser = build_parser()
+    parts = ["### `boltzgrad`", _help(parser)]
+    for name, sub in _subparsers(parser).items():
+        parts += [f"### `boltzgrad {name}`", _help(sub)]
+        for leaf, leaf_parser in _subparsers(sub).items():
+            parts += [f"#### `boltzgrad {name} {leaf}`", _help(leaf_parser)]
+    return "\n\n".join(parts)
+
+
+GENERATORS = {
+    "stable-config": _stable_config,
+    "evaluate-config": _evaluate_config,
+    "pretrain-fields": _pretrain_fields,
+    "simulate-fields": _simulate_fields,
+    "cli": _cli,
+}
+
+
+HTML_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj):<code>~?([\w.]+)</code>")
+
+
+def on_page_content(html: str, **kwargs) -> str:
+    """MkDocs event: Sphinx roles left in rendered docstrings (``:class:`x```) become plain code."""
+    return HTML_ROLE.sub(lambda m: f"<code>{m.group(1)}</code>", html)
+
+
+def on_page_markdown(markdown: str, **kwargs) -> str:
+    """MkDocs event: replace the ``<!-- generated: NAME -->`` lines of a page."""
+
+    def replace(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in GENERATORS:
+            raise KeyError(f"unknown generated section {name!r}; known: {sorted(GENERATORS)}")
+        return GENERATORS[name]()
+
+    return MARKER.sub(replace, markdown)

@@ -34,8 +34,8 @@ TRAIN = {"n_replicas": 16, "tau": 400, "check_every": 50, "n_dump": 20, "max_cyc
          "upper_threshold": 0.15, "lower_threshold": 0.0, "max_simulation_steps": 8000, "minibatch": 40,
          "optimizer": "sgd", "lr": 0.01, "min_lr": 1e-6, "lr_patience": 3, "qm_weight": 0.3, "grad_clip": 1.0,
          "pooled_mean": True, "progress": True}
-#: Evaluation on a reduced protocol: 16 replicas x 8 ps at 500 K (the paper: 256 x 1 ns).
-EVALUATE = {"replicas": 16, "max_time": 8000.0, "check_every": 200, "sample_every": 20, "vacf_every": 2,
+#: Evaluation on a reduced protocol: 16 replicas x 6 ps at 500 K (the paper: 256 x 1 ns).
+EVALUATE = {"replicas": 16, "max_time": 6000.0, "check_every": 200, "sample_every": 20, "vacf_every": 2,
             "vacf_window": 100, "progress": True}
 
 

@@ -52,7 +52,7 @@ def test_generated_sections():
             rows = [line for line in out.splitlines()[2:] if line.startswith("| `")]
             assert rows and all(not line.rstrip().endswith("|  |") for line in rows), (name, out)
     cli = hooks.GENERATORS["cli"]()
-    for command in ("pretrain", "train", "evaluate", "simulate", "make-data", "make-data aspirin"):
+    for command in ("pretrain", "train", "evaluate", "simulate", "experiment", "make-data", "make-data aspirin"):
         assert f"### `boltzgrad {command}`" in cli or f"#### `boltzgrad {command}`" in cli
     page = "x\n<!-- generated: simulate-fields -->\ny"
     assert "`replicas`" in hooks.on_page_markdown(page)

@@ -605,17 +605,7 @@ def _autocorrelation_sums(x: torch.Tensor, n_lags: int) -> torch.Tensor:
 
 def _per_replica(values: torch.Tensor, batch: torch.Tensor, n_rep: int, atoms) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums ``values [L, n_atoms]`` over the selected atoms per replica: ``[n_rep, L]``, atom counts ``[n_rep]``."""
-    mask = torch.ones(batch.shape[0], dtype=torch.bool, device=batch.device)
-    if atoms is not None:
-        atoms = as_tensor("atoms", atoms, device=batch.device)
-        mask = torch.zeros_like(mask)
-        if atoms.dtype == torch.bool:
-            if atoms.shape != mask.shape:
-                raise ValueError(f"atoms as a mask must be [n_atoms] = [{mask.shape[0]}], got {tuple(atoms.shape)}")
-            mask = atoms
-        else:
-            check_index("atoms", atoms, batch.shape[0], "n_atoms")
-            mask[atoms] = True
+    mask = _atom_mask(atoms, batch)
     sums = values.new_zeros(n_rep, values.shape[0]).index_add(0, batch[mask], values[:, mask].T)
     return sums, torch.bincount(batch[mask], minlength=n_rep)
 
@@ -648,7 +638,28 @@ def vacf(velocities, *, window: int = 100, batch=None, atoms=None) -> torch.Tens
     return c / torch.where(c0 != 0, c0, torch.ones_like(c0))
 
 
-def msd(unwrapped_positions, *, max_lag: int | None = None, batch=None, atoms=None) -> torch.Tensor:
+def _atom_mask(atoms, batch: torch.Tensor) -> torch.Tensor:
+    """The ``atoms`` selection (None, a bool mask or indices) as a bool mask ``[n_atoms]``."""
+    if atoms is None:
+        return torch.ones(batch.shape[0], dtype=torch.bool, device=batch.device)
+    atoms = as_tensor("atoms", atoms, device=batch.device)
+    if atoms.dtype == torch.bool:
+        if atoms.shape != batch.shape:
+            raise ValueError(f"atoms as a mask must be [n_atoms] = [{batch.shape[0]}], got {tuple(atoms.shape)}")
+        return atoms
+    check_index("atoms", atoms, batch.shape[0], "n_atoms")
+    return torch.zeros(batch.shape[0], dtype=torch.bool, device=batch.device).index_fill(0, atoms, True)
+
+
+def _remove_drift(x: torch.Tensor, batch: torch.Tensor, n_rep: int, mask: torch.Tensor) -> torch.Tensor:
+    """``x [T, n, 3]`` minus, per frame and replica, the centroid of the replica's selected atoms."""
+    counts = torch.bincount(batch[mask], minlength=n_rep).to(x.dtype).clamp(min=1)
+    centroid = x.new_zeros(x.shape[0], n_rep, 3).index_add(1, batch[mask], x[:, mask]) / counts[None, :, None]
+    return x - centroid[:, batch]
+
+
+def msd(unwrapped_positions, *, max_lag: int | None = None, batch=None, atoms=None,
+        remove_drift: bool = True) -> torch.Tensor:
     """Mean squared displacement ``<|x_i(t0 + tau) - x_i(t0)|^2>`` over atoms and all time origins.
 
     Uses ``MSD(tau) = (sum_t |x(t)|^2 + |x(t+tau)|^2 - 2 x(t).x(t+tau)) / (T - tau)`` with the
@@ -658,6 +669,11 @@ def msd(unwrapped_positions, *, max_lag: int | None = None, batch=None, atoms=No
         unwrapped_positions: ``[T, n_atoms, 3]`` Å, not wrapped back into the box.
         max_lag: largest lag in frames (default ``T // 2``), ``< T``.
         batch, atoms: as in ``vacf``.
+        remove_drift: subtract from every frame the centroid of each replica's selected atoms (``atoms``, or all
+            atoms of the replica), so that the displacement of the group as a whole does not count (default). A
+            per-atom thermostat (Langevin) lets the whole box wander, which otherwise adds its own diffusion to
+            the MSD; with one species selected (e.g. the oxygens of water) the centroid is the group's centre of
+            mass. False: raw displacements.
 
     Returns:
         ``[R, max_lag + 1]`` Å^2, float64.
@@ -669,6 +685,8 @@ def msd(unwrapped_positions, *, max_lag: int | None = None, batch=None, atoms=No
         raise ValueError(f"max_lag must be in [0, T - 1 = {t - 1}], got {max_lag}")
     n_lags = max_lag + 1
     x = x.to(torch.float64)
+    if remove_drift:
+        x = _remove_drift(x, batch, n_rep, _atom_mask(atoms, batch))
     x = x - x.mean(0, keepdim=True)  # displacements are shift invariant; this keeps the FFT accurate
     sq = (x * x).sum(-1)  # [T, n_atoms]
     csum = torch.cat([sq.new_zeros(1, sq.shape[1]), torch.cumsum(sq, 0)])  # csum[k] = sum_{t<k} sq[t]
@@ -683,25 +701,45 @@ def msd(unwrapped_positions, *, max_lag: int | None = None, batch=None, atoms=No
 
 
 def diffusivity(unwrapped_positions, dt: float, *, batch=None, atoms=None, max_lag: int | None = None,
-                fit_start: float = 0.25) -> torch.Tensor:
+                fit_start: float = 0.25, fit: tuple[float, float] | None = None,
+                remove_drift: bool = True) -> torch.Tensor:
     """Self-diffusion coefficient ``D = slope(MSD(t)) / 6`` from a least-squares line (Einstein relation).
 
     Args:
         unwrapped_positions: ``[T, n_atoms, 3]`` Å, unwrapped, frames ``dt`` apart.
         dt: time between frames, fs.
         batch, atoms: as in ``vacf`` (e.g. ``atoms = species == 8`` for the oxygens of water).
-        max_lag: largest lag in frames used in the fit (default ``T // 2``).
-        fit_start: the fit uses lags from ``fit_start * max_lag`` to ``max_lag`` (skips the ballistic regime).
+        max_lag: largest lag in frames used in the fit (default ``T // 2``; with ``fit``, the window's end).
+        fit_start: without ``fit``, the fit uses lags from ``fit_start * max_lag`` to ``max_lag`` (skips the
+            ballistic regime); the window then scales with the trajectory's length.
+        fit: ``(t_min, t_max)`` in fs, a fixed window of the linear fit (lags ``ceil(t_min / dt)`` to
+            ``floor(t_max / dt)``), as in the water reference (``(2000, 10000)``: past the ballistic and caging
+            regime, within a fifth of a 50 ps trajectory). A fixed window gives estimates that do not drift with the
+            run length; it must end before the trajectory does.
+        remove_drift: remove the drift of the selected group (see :func:`msd`); default True.
 
     Returns:
         ``[R]`` Å^2/fs, float64 (multiply by 0.1 for cm^2/s).
     """
     positive_float("dt", dt, "fs")
-    if not 0.0 <= float(fit_start) < 1.0:
-        raise ValueError(f"fit_start must be in [0, 1), got {fit_start}")
-    m = msd(unwrapped_positions, max_lag=max_lag, batch=batch, atoms=atoms)
+    n_frames = as_tensor("unwrapped_positions", unwrapped_positions).shape[0]
+    if fit is not None:
+        try:
+            t_min, t_max = (float(v) for v in fit)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"fit must be a pair (t_min, t_max) of times in fs, got {fit!r}") from err
+        first, last = math.ceil(t_min / float(dt)), math.floor(t_max / float(dt))
+        if not (0 <= first < last):
+            raise ValueError(f"fit window {fit} fs holds fewer than 2 lags of {dt} fs")
+        if last >= n_frames:
+            raise ValueError(f"fit window {fit} fs ends after the trajectory ({n_frames} frames of {dt} fs)")
+        m = msd(unwrapped_positions, max_lag=last, batch=batch, atoms=atoms, remove_drift=remove_drift)
+    else:
+        if not 0.0 <= float(fit_start) < 1.0:
+            raise ValueError(f"fit_start must be in [0, 1), got {fit_start}")
+        m = msd(unwrapped_positions, max_lag=max_lag, batch=batch, atoms=atoms, remove_drift=remove_drift)
+        first = int(math.floor(float(fit_start) * (m.shape[1] - 1)))
     n_lags = m.shape[1]
-    first = int(math.floor(float(fit_start) * (n_lags - 1)))
     if n_lags - first < 2:
         raise ValueError(f"the fit needs at least 2 lags, got lags {first}..{n_lags - 1}; use a longer trajectory")
     tau = torch.arange(first, n_lags, dtype=torch.float64, device=m.device) * float(dt)

@@ -1,6 +1,8 @@
 """Observables against NumPy / ASE computations, plus gradients and the reference path."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,15 +304,64 @@ def test_msd_matches_direct_average_and_diffusivity_of_brownian_motion():
     steps = torch.randn(t, n_rep * n, 3, generator=g, dtype=torch.float64) * math.sqrt(2 * d_true * dt)
     x = steps.cumsum(0) + 40.0  # far from the origin: the FFT path must stay accurate
     batch = torch.arange(n_rep).repeat_interleave(n)
-    m = msd(x[:50, :7], max_lag=10)
     xn = x[:50, :7].numpy()
-    direct = np.array([np.mean(((xn[tau:] - xn[: 50 - tau]) ** 2).sum(-1)) for tau in range(11)])
-    np.testing.assert_allclose(m[0].numpy(), direct, rtol=1e-9, atol=1e-9)
+    for remove_drift in (False, True):
+        m = msd(x[:50, :7], max_lag=10, remove_drift=remove_drift)
+        xd = xn - xn.mean(1, keepdims=True) if remove_drift else xn
+        direct = np.array([np.mean(((xd[tau:] - xd[: 50 - tau]) ** 2).sum(-1)) for tau in range(11)])
+        np.testing.assert_allclose(m[0].numpy(), direct, rtol=1e-9, atol=1e-9)
     dd = obs_mod.diffusivity(x, dt, batch=batch)
     assert dd.shape == (n_rep,)
     se = dd.std().item() / math.sqrt(n_rep)
     assert abs(dd.mean().item() - d_true) < 4 * se
     assert se < 0.1 * d_true
+
+
+def test_diffusivity_removes_the_drift_of_the_group():
+    g = torch.Generator().manual_seed(5)
+    t, n_rep, n, dt, d_true = 600, 4, 100, 2.0, 0.05
+    batch = torch.arange(n_rep).repeat_interleave(n)
+    # pure drift: every atom of a replica carried along by the same random walk of the box
+    box_walk = (torch.randn(t, n_rep, 3, generator=g, dtype=torch.float64) * math.sqrt(2 * 0.5 * dt)).cumsum(0)
+    start = torch.rand(n_rep * n, 3, generator=g, dtype=torch.float64) * 20.0
+    drift = start + box_walk[:, batch]
+    assert float(obs_mod.diffusivity(drift, dt, batch=batch).abs().max()) < 1e-12
+    assert float(obs_mod.diffusivity(drift, dt, batch=batch, remove_drift=False).min()) > 1e-2  # one walk: noisy
+    # Brownian atoms plus that drift: the atoms' D comes back (times 1 - 1/n: their own centroid moves too)
+    steps = torch.randn(t, n_rep * n, 3, generator=g, dtype=torch.float64) * math.sqrt(2 * d_true * dt)
+    x = steps.cumsum(0) + drift
+    dd = obs_mod.diffusivity(x, dt, batch=batch, fit=(100.0, 400.0))
+    se = dd.std().item() / math.sqrt(n_rep)
+    assert abs(dd.mean().item() - d_true * (1 - 1 / n)) < 4 * se and se < 0.05 * d_true
+    raw = obs_mod.diffusivity(x, dt, batch=batch, fit=(100.0, 400.0), remove_drift=False)
+    assert raw.mean().item() > 5 * d_true  # the box's own wandering dominates without the correction
+
+
+def test_diffusivity_fit_window_is_a_least_squares_line_over_its_lags():
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(300, 20, 3, generator=g, dtype=torch.float64)).cumsum(0)
+    m = msd(x, max_lag=100)[0].numpy()
+    lags = np.arange(10, 101)  # (45 fs, 200 fs) at dt = 2 fs: lags ceil(22.5) = 23 .. 100
+    slope = np.polyfit(lags[13:] * 2.0, m[23:101], 1)[0]
+    assert float(obs_mod.diffusivity(x, 2.0, fit=(45.0, 200.0))[0]) == pytest.approx(slope / 6, rel=1e-9)
+    with pytest.raises(ValueError, match="ends after the trajectory"):
+        obs_mod.diffusivity(x, 2.0, fit=(100.0, 1000.0))
+    with pytest.raises(ValueError, match="fit"):
+        obs_mod.diffusivity(x, 2.0, fit=(100.0, 100.5))
+
+
+def test_committed_water_reproduces_its_reference_diffusivity():
+    data = pytest.importorskip("boltzgrad.data")
+    root = Path(__file__).resolve().parent.parent / "data" / "water_spcfw"
+    ref = json.loads((root / "reference.json").read_text())["oxygen_diffusion"]["heldout_00.npz"]
+    ds = data.load(root / "heldout_00.npz")
+    n = int(ds.n_atoms[0])
+    x = ds.positions.reshape(len(ds), n, 3).double()
+    oxygen = ds.species[:n] == 8
+    d = obs_mod.diffusivity(x, ref["frame_interval_fs"], atoms=oxygen, fit=tuple(ref["fit_fs"]))
+    assert float(d[0]) == pytest.approx(ref["D"], rel=1e-6)
+    raw = obs_mod.diffusivity(x, ref["frame_interval_fs"], atoms=oxygen, fit=tuple(ref["fit_fs"]), remove_drift=False)
+    assert abs(float(raw[0]) - ref["D"]) > 3 * ref["D_err"]  # the drift the shipped function used to keep
 
 
 def test_bad_input_names_the_argument():

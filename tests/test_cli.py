@@ -199,3 +199,29 @@ def test_full_demo(tmp_path):
     assert set(arms) == {"pretrained", "qm_only", "stable"}
     # the accuracy bound: StABlE may cost at most 20% of the pre-trained force accuracy
     assert arms["stable"]["force_mae"]["mean"] < 1.2 * arms["pretrained"]["force_mae"]["mean"]
+
+
+def test_model_kind_as_an_import_path(tmp_path, monkeypatch):
+    # any function returning a potential, its settings passed through from the model section
+    (tmp_path / "my_potentials.py").write_text(
+        "import boltzgrad as bg\n\n"
+        "def small_mlp(cutoff=8.5, width=8):\n"
+        "    return bg.models.PairMLP(cutoff=cutoff, hidden=(width, width))\n\n"
+        "not_callable = 3\n\n"
+        "def not_a_model():\n"
+        "    return 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ck = tmp_path / "model.pt"
+    spec = "--set", f"model={{kind: 'my_potentials:small_mlp', width: 6, cutoff: 8.5, checkpoint: '{ck}'}}"
+    _run(["pretrain"], tmp_path, *spec)
+    model, blob = load_model(tmp_path / "model.pt")
+    assert blob["spec"]["kind"] == "my_potentials:small_mlp" and model.mlp[0].out_features == 6
+    _run(["evaluate"], tmp_path, *spec)
+    assert (tmp_path / "run" / "evaluate" / "model_evaluation.json").is_file()
+    for kind, match in (("no_such_package.mod:f", "cannot be imported"), ("my_potentials:not_callable", "no callable"),
+                        ("my_potentials:not_a_model", "not a torch.nn.Module"), ("nonsense", "import path")):
+        with pytest.raises(SystemExit, match=match):
+            _run(["pretrain"], tmp_path, "--set", f"model={{kind: '{kind}', checkpoint: '{ck}'}}")
+    with pytest.raises(SystemExit, match="unexpected keyword|width2"):
+        _run(["pretrain"], tmp_path, "--set",
+             f"model={{kind: 'my_potentials:small_mlp', width2: 3, checkpoint: '{ck}'}}")

@@ -102,17 +102,42 @@ def model_dtype(spec: dict) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _builder(kind, where: str = "config field"):
+    """``(callable, its name, allowed argument names or None)`` of a model kind: a built-in kind, or an import path
+    ``package.module:function`` of any function (or class) that returns a boltzgrad potential."""
+    from .. import models
+
+    if isinstance(kind, str) and kind in _MODEL_KINDS:
+        cls_name, allowed = _MODEL_KINDS[kind]
+        return getattr(models, cls_name), cls_name, allowed
+    if isinstance(kind, str) and kind.count(":") == 1 and all(kind.split(":")):
+        import importlib
+
+        module_name, name = kind.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"{where} 'model.kind' {kind!r}: module {module_name!r} cannot be imported ({err}); "
+                             "install its package or put it on PYTHONPATH") from err
+        fn = getattr(module, name, None)
+        if not callable(fn):
+            raise ValueError(f"{where} 'model.kind' {kind!r}: {module_name!r} has no callable {name!r}")
+        return fn, kind, None
+    raise ValueError(f"{where} 'model.kind' must be one of {sorted(_MODEL_KINDS)} or an import path "
+                     f"'package.module:function' returning a potential, got {kind!r}")
+
+
 def _parse_spec(spec: dict, where: str = "config field") -> tuple[str, torch.dtype, dict]:
-    """``(kind, dtype, constructor arguments)`` of a ``model`` section; ValueError naming an unknown kind or field."""
+    """``(kind, dtype, constructor arguments)`` of a ``model`` section; ValueError naming an unknown kind or field.
+
+    The arguments of a built-in kind are checked here; those of an import-path kind are passed through to it."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where} 'model' must be a mapping, got {type(spec).__name__}")
     dtype = model_dtype(spec)
     args = {k: v for k, v in spec.items() if k not in ("checkpoint", "dtype")}
     kind = args.pop("kind", None)
-    if kind not in _MODEL_KINDS:
-        raise ValueError(f"{where} 'model.kind' must be one of {sorted(_MODEL_KINDS)}, got {kind!r}")
-    cls_name, allowed = _MODEL_KINDS[kind]
-    unknown = sorted(set(args) - allowed)
+    _, cls_name, allowed = _builder(kind, where)
+    unknown = [] if allowed is None else sorted(set(args) - allowed)
     if unknown:
         raise ValueError(f"{where}(s) {['model.' + k for k in unknown]} are not arguments of {cls_name}; "
                          f"known: {sorted(allowed)}")
@@ -122,14 +147,15 @@ def _parse_spec(spec: dict, where: str = "config field") -> tuple[str, torch.dty
 def build_model(spec: dict) -> torch.nn.Module:
     """A fresh model from the ``model`` section (``kind``, ``dtype`` and constructor arguments; ``checkpoint``
     is ignored here)."""
-    from .. import models
-
     kind, dtype, args = _parse_spec(spec)
-    cls_name = _MODEL_KINDS[kind][0]
+    build, cls_name, _ = _builder(kind)
     try:
-        model = getattr(models, cls_name)(**args)
+        model = build(**args)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config section 'model' ({cls_name}): {err}") from err
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"config section 'model': {cls_name} returned a {type(model).__name__}, not a "
+                         "torch.nn.Module potential")
     return model.to(dtype)
 
 
@@ -137,12 +163,11 @@ def _full_spec(spec: dict, where: str) -> dict:
     """A ``model`` section with every constructor argument (defaults filled in), for comparisons."""
     import inspect
 
-    from .. import models
-
     kind, dtype, args = _parse_spec(spec, where)
-    cls_name, allowed = _MODEL_KINDS[kind]
-    params = inspect.signature(getattr(models, cls_name)).parameters
-    full = {k: p.default for k, p in params.items() if k in allowed}
+    build, _, allowed = _builder(kind, where)
+    params = inspect.signature(build).parameters
+    full = {k: p.default for k, p in params.items() if (allowed is None or k in allowed)
+            and p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     full.update(args)
     full = {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}
     return {"kind": kind, "dtype": str(dtype).removeprefix("torch."), **full}

@@ -126,3 +126,26 @@ def test_unknown_species_and_bad_model_raise():
         potential(torch.tensor(atoms.positions), torch.tensor([1, 7, 6]))
     with pytest.raises(TypeError, match="model"):
         MACE(torch.nn.Linear(2, 2))
+
+
+def test_mace_from_the_command_line_model_section(tmp_path):
+    # model.kind: mace with a mace-torch model file: the same model as the adapter around that module
+    from boltzgrad.stable.systems import build_model, load_model, save_model
+
+    raw = small_mace(seed=3)
+    path = tmp_path / "small.model"
+    torch.save(raw, path)
+    spec = {"kind": "mace", "model_file": str(path), "dtype": "float64"}
+    model = build_model(spec)
+    atoms = molecule(seed=4)
+    pos = torch.tensor(atoms.positions, dtype=torch.float64)
+    z = torch.tensor(atoms.numbers)
+    e, f = energy_and_forces(model, pos, z)
+    e0, f0 = energy_and_forces(MACE(raw), pos, z)
+    torch.testing.assert_close(e, e0)
+    torch.testing.assert_close(f, f0)
+    save_model(tmp_path / "bg.pt", model, spec)
+    again, _ = load_model(tmp_path / "bg.pt")
+    torch.testing.assert_close(energy_and_forces(again, pos, z)[0], e0)
+    with pytest.raises(ValueError, match="missing.model. does not exist"):
+        build_model({"kind": "mace", "model_file": str(tmp_path / "missing.model")})

@@ -91,6 +91,7 @@ _MODEL_KINDS = {
     "schnet": ("SchNet", {"n_features", "n_filters", "n_interactions", "n_rbf", "cutoff", "max_z"}),
     "pair_mlp": ("PairMLP", {"cutoff", "hidden", "n_basis"}),
     "lennard_jones": ("LennardJones", {"epsilon", "sigma", "cutoff"}),
+    "mace": ("MACE", {"model_file", "head"}),  # a mace-torch model file (pip install 'boltzgrad[mace]')
 }
 
 
@@ -107,6 +108,11 @@ def _builder(kind, where: str = "config field"):
     ``package.module:function`` of any function (or class) that returns a boltzgrad potential."""
     from .. import models
 
+    if kind == "mace":
+        def mace_from_file(model_file, head=None):
+            return models.MACE.from_file(resolve_path(model_file), head=head)
+
+        return mace_from_file, "MACE", _MODEL_KINDS[kind][1]
     if isinstance(kind, str) and kind in _MODEL_KINDS:
         cls_name, allowed = _MODEL_KINDS[kind]
         return getattr(models, cls_name), cls_name, allowed
@@ -151,7 +157,7 @@ def build_model(spec: dict) -> torch.nn.Module:
     build, cls_name, _ = _builder(kind)
     try:
         model = build(**args)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ImportError) as err:  # ImportError: an optional package (e.g. mace-torch) missing
         raise ValueError(f"config section 'model' ({cls_name}): {err}") from err
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"config section 'model': {cls_name} returned a {type(model).__name__}, not a "

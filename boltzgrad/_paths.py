@@ -52,6 +52,8 @@ def resolve_path(path: str | os.PathLike, *, must_exist: bool = True) -> Path:
     p = Path(path)
     if p.is_absolute() or p.exists() or not (ROOT / p).exists():
         if must_exist and not p.exists():
-            raise ValueError(f"path {str(path)!r} does not exist (looked in {os.getcwd()} and {ROOT})")
+            places = [str(Path.cwd())] + ([] if Path.cwd().resolve() == ROOT.resolve() else [str(ROOT)])
+            where = "" if p.is_absolute() else f" (looked in {' and '.join(places)})"
+            raise ValueError(f"path {str(path)!r} does not exist{where}")
         return p
     return ROOT / p

@@ -231,10 +231,19 @@ def _loss_and_coefficients(observables, target, kT, energies, split, weights, co
     """Validates the inputs of a loss and returns ``(loss, coefficients [M])`` on the device of ``energies``."""
     check_finite(energy_name, energies.detach())
     m = energies.shape[0] if n_samples is None else n_samples
+    return _observable_coefficients(observables, target, kT, m, split, weights, component_weights,
+                                    dtype=energies.dtype, device=energies.device)
+
+
+def _observable_coefficients(observables, target, kT, m, split, weights, component_weights, *, dtype=None,
+                             device=None):
+    """``(loss, coefficients [m])`` of the estimator from the observables alone (no energies needed): the
+    per-sample weights of the weighted backward, e.g. for backward passes over minibatches of one estimator."""
     obs, tgt = _flatten_observables(observables, target, m)
     beta = _as_beta(kT)
-    dtype = torch.promote_types(obs.dtype, energies.dtype)
-    obs, tgt = obs.to(dtype=dtype, device=energies.device), tgt.to(dtype=dtype, device=energies.device)
+    dtype = obs.dtype if dtype is None else torch.promote_types(obs.dtype, dtype)
+    device = obs.device if device is None else device
+    obs, tgt = obs.to(dtype=dtype, device=device), tgt.to(dtype=dtype, device=device)
     w = _sample_weights(weights, m, obs)
     lam = _component_weights(component_weights, obs.shape[1], obs)
     return _coefficients(obs, tgt, beta, weights=w, split=_split_mask(split, m, obs.device), component_weights=lam)

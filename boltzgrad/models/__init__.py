@@ -6,7 +6,7 @@ A potential is any ``torch.nn.Module`` with
 
 from .base import accepts_pairs, energy_and_forces, energy_forces_virial, stress
 from .calculator import Calculator
-from .mace import MACE
+from .mace import MACE, mace_from_file
 from .pair import Harmonic, LennardJones, PairMLP, Sum
 from .schnet import SchNet
 from .wrap import Inputs, Wrapped, wrap
@@ -22,6 +22,7 @@ __all__ = [
     "Sum",
     "SchNet",
     "MACE",
+    "mace_from_file",
     "Calculator",
     "wrap",
     "Wrapped",

@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import normalize_system
 
-__all__ = ["MACE"]
+__all__ = ["MACE", "mace_from_file"]
 
 # e3nn's constants.pt holds slices: allow them in weights-only loads (see the module docstring)
 torch.serialization.add_safe_globals([slice])
@@ -160,3 +160,11 @@ class MACE(nn.Module):
         atom_e = out["node_energy"].to(positions.dtype)
         energy = out["energy"].to(positions.dtype)
         return {"energy": energy, "atom_energies": atom_e}
+
+
+def mace_from_file(model_file, head: str | None = None) -> MACE:
+    """:meth:`MACE.from_file` with the path looked up like every file of a run configuration (working directory,
+    then the shipped files): the builder of ``model.kind: mace``."""
+    from .._paths import resolve_path
+
+    return MACE.from_file(resolve_path(model_file), head=head)

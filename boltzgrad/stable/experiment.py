@@ -222,13 +222,16 @@ def _generalization(models, cfg, out, settings, data, verbose) -> list[dict]:
     base = evaluate_config(cfg, settings["evaluate"])
     data_t = stable_config(cfg, settings["train"]).temperature
     rows = []
+    # the reweighted reference depends on the temperature only: once per temperature, for every arm and seed
+    refs = {t: _reweighted_reference(cfg, data, {**settings["evaluate"], "temperature": float(t)}, float(t), data_t)
+            for t in g["temperatures"]}
     for seed in g["seeds"]:
         for arm in g["arms"]:
             model = models[(arm, seed)]
             for t in g["temperatures"]:
                 ov = {**settings["evaluate"], "replicas": g["replicas"], "temperature": float(t)}
                 rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_T{t:g}")
-                ref, ess, dr = _reweighted_reference(cfg, data, ov, float(t), data_t)
+                ref, ess, dr = refs[t]
                 model_h = np.asarray(rec["model_structure"], dtype=float).reshape(-1)
                 err = float(np.abs(model_h - ref).sum() * dr) if np.isfinite(model_h).all() else None
                 rows.append({"arm": arm, "seed": seed, "condition": f"T = {t:g} K", "temperature": float(t),

@@ -91,7 +91,7 @@ _MODEL_KINDS = {
     "schnet": ("SchNet", {"n_features", "n_filters", "n_interactions", "n_rbf", "cutoff", "max_z"}),
     "pair_mlp": ("PairMLP", {"cutoff", "hidden", "n_basis"}),
     "lennard_jones": ("LennardJones", {"epsilon", "sigma", "cutoff"}),
-    "mace": ("MACE", {"model_file", "head"}),  # a mace-torch model file (pip install 'boltzgrad[mace]')
+    "mace": ("mace_from_file", {"model_file", "head"}),  # a mace-torch model file (pip install 'boltzgrad[mace]')
 }
 
 
@@ -108,11 +108,6 @@ def _builder(kind, where: str = "config field"):
     ``package.module:function`` of any function (or class) that returns a boltzgrad potential."""
     from .. import models
 
-    if kind == "mace":
-        def mace_from_file(model_file, head=None):
-            return models.MACE.from_file(resolve_path(model_file), head=head)
-
-        return mace_from_file, "MACE", _MODEL_KINDS[kind][1]
     if isinstance(kind, str) and kind in _MODEL_KINDS:
         cls_name, allowed = _MODEL_KINDS[kind]
         return getattr(models, cls_name), cls_name, allowed

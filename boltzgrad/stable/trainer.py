@@ -52,7 +52,7 @@ import torch
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
 from .._tensorboard import Scalars
-from ..estimators import _loss_and_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
+from ..estimators import _observable_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
 from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
@@ -659,8 +659,7 @@ class StableTrainer:
             coef = None
             if cfg.pooled_mean and not per_frame:
                 # one estimator over all M samples: its per-sample coefficients, then chunked backward passes
-                _, coef = _loss_and_coefficients(obs_all, tgt, self.kT, obs_all.new_zeros(M), cfg.split_halves,
-                                                 None, None)
+                _, coef = _observable_coefficients(obs_all, tgt, self.kT, M, cfg.split_halves, None, None)
             for sl in chunks:
                 p, b = self._flat(samples[sl])
                 kw = {"cell": cells[sl], "pbc": True} if cells is not None else {}

@@ -159,11 +159,17 @@ def test_experiment_command_runs_every_arm_resumes_and_writes_the_summary(tmp_pa
     assert e[("stable", 0)] == e[("qm_only", 0)] == e[("pretrained", 0)] != e[("stable", 1)]
     # generalization: pre-trained and StABlE models of seed 0 at 350 K and 700 K (reweighted reference) and 1 fs
     gen = summary["generalization"]
+    train = f"training: T = {summary['settings']['evaluate']['temperature']:g} K, " \
+            f"dt = {summary['settings']['evaluate']['dt']:g} fs"
     assert [(r["arm"], r["condition"]) for r in gen] == [
-        ("pretrained", "T = 350 K"), ("pretrained", "T = 700 K"), ("pretrained", "dt = 1 fs"),
-        ("stable", "T = 350 K"), ("stable", "T = 700 K"), ("stable", "dt = 1 fs")]
-    for r in gen[:2]:
+        ("pretrained", train), ("pretrained", "T = 350 K"), ("pretrained", "T = 700 K"), ("pretrained", "dt = 1 fs"),
+        ("stable", train), ("stable", "T = 350 K"), ("stable", "T = 700 K"), ("stable", "dt = 1 fs")]
+    main_eval = json.loads((out / "eval" / "stable_s0.json").read_text())
+    assert gen[4]["stable_to_end"] == int((~np.asarray(main_eval["unstable"])).sum())  # the main evaluation's row
+    for r in gen[1:3]:
         assert 1.0 <= r["ess"] < r["n_reference"] == 40  # the reference pool: 10 frames of each of 4 chains
+    for name in ("generalization.png", "generalization_structure.png"):
+        assert (out / name).stat().st_size > 0
     assert json.loads((out / "eval" / "stable_s0_dt1.json").read_text())["dt"] == 1.0
     assert "T = 700 K" in (out / "summary.md").read_text()
     # resumable: a second call reuses every model and evaluation on disk

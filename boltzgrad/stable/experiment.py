@@ -25,7 +25,9 @@ Everything is resumable: a trained model, a control or an evaluation already on 
 interrupted midway continues from its checkpoint. Outputs under ``<out_dir>/experiment``: ``<arm>_s<seed>/``
 (training runs and model files), ``eval/<arm>_s<seed>.json``, ``summary.json``, ``summary.md``,
 ``survival.png`` (Kaplan-Meier curves, Fig. 3b), ``structure.png`` (h(r) vs reference, Fig. 3c) and
-``training.png`` (unstable fraction during StABlE training, Fig. 3a).
+``training.png`` (unstable fraction during StABlE training, Fig. 3a); with ``generalization``, also
+``generalization.png`` (Kaplan-Meier curves per condition) and ``generalization_structure.png`` (h(r) at each
+temperature against the reweighted reference).
 """
 
 from __future__ import annotations
@@ -214,20 +216,28 @@ def _reweighted_reference(cfg, data, overrides, temperature, data_temperature):
     return (w[:, None] * h).sum(0).numpy(), float(ess), float(structure.bin_width)
 
 
-def _generalization(models, cfg, out, settings, data, verbose) -> list[dict]:
-    """Evaluations at other temperatures (reweighted reference) and time steps; one row per arm, seed, condition."""
+def _generalization(models, records, cfg, out, settings, data, verbose) -> tuple[list[dict], dict]:
+    """Evaluations at other temperatures (reweighted reference) and time steps; one row per arm, seed, condition
+    (the first row of each arm and seed: the main evaluation, at the training conditions). Also returns the
+    reweighted reference curves by temperature."""
     from .run import evaluate_config, stable_config
 
     g = settings["generalization"]
     base = evaluate_config(cfg, settings["evaluate"])
     data_t = stable_config(cfg, settings["train"]).temperature
     rows = []
+    if not (g["temperatures"] or g["timesteps"]):
+        return rows, {}
     # the reweighted reference depends on the temperature only: once per temperature, for every arm and seed
     refs = {t: _reweighted_reference(cfg, data, {**settings["evaluate"], "temperature": float(t)}, float(t), data_t)
             for t in g["temperatures"]}
     for seed in g["seeds"]:
         for arm in g["arms"]:
             model = models[(arm, seed)]
+            main = next(r for r in records[arm] if r["seed"] == seed)
+            rows.append({"arm": arm, "seed": seed, "condition": f"training: T = {main['temperature']:g} K, "
+                         f"dt = {main['dt']:g} fs", "temperature": main["temperature"], "dt": main["dt"],
+                         **_survival_row(main), "hr_error": main["structure_error"]})
             for t in g["temperatures"]:
                 ov = {**settings["evaluate"], "replicas": g["replicas"], "temperature": float(t)}
                 rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_T{t:g}")
@@ -246,7 +256,9 @@ def _generalization(models, cfg, out, settings, data, verbose) -> list[dict]:
                 rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_dt{dt:g}")
                 rows.append({"arm": arm, "seed": seed, "condition": f"dt = {dt:g} fs", "temperature": base.temperature,
                              "dt": float(dt), **_survival_row(rec), "hr_error": rec["structure_error"]})
-    return rows
+    references = {f"{t:g}": {"h": np.asarray(h).tolist(), "ess": ess, "n_reference": len(data["reference"])}
+                  for t, (h, ess, _) in refs.items()}
+    return rows, references
 
 
 def _survival_row(rec: dict) -> dict:
@@ -299,7 +311,7 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
             records[arm].append(_evaluate(models[(arm, seed)], cfg, out, arm, seed, settings["evaluate"], data,
                                           verbose))
     summary = summarize(records, n_boot=settings["bootstrap"])
-    summary["generalization"] = _generalization(models, cfg, out, settings, data, verbose)
+    summary["generalization"], references = _generalization(models, records, cfg, out, settings, data, verbose)
     summary["settings"] = {"experiment": settings, "train": stable_config(cfg, settings["train"]).to_dict(),
                            "evaluate": dataclasses.asdict(evaluate_config(cfg, settings["evaluate"])),
                            "model": cfg["model"], "data": cfg["data"]}
@@ -308,9 +320,12 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
     md = format_markdown(summary)
     atomic_write_text(os.path.join(out, "summary.md"), md)
     summary["plots"] = _plots(records, histories, out, stable_config(cfg, settings["train"]))
+    if summary["generalization"]:
+        summary["plots"].update(_generalization_plots(summary["generalization"], references, out))
     if verbose:
         print(md)
-        print(f"experiment: results in {out}/ (summary.md, summary.json, survival.png, structure.png, training.png)")
+        print(f"experiment: results in {out}/ (summary.md, summary.json, survival.png, structure.png, training.png"
+              f"{', generalization.png, generalization_structure.png' if summary['generalization'] else ''})")
     return summary
 
 
@@ -437,4 +452,78 @@ def _plots(records, histories, out, config) -> dict:
         ax.legend(fontsize=8)
         ax.set_title("StABlE training")
         paths["training"] = _save(plt, fig, os.path.join(out, "training.png"))
+    return paths
+
+
+def _generalization_plots(rows: list[dict], references: dict, out: str) -> dict:
+    """Kaplan-Meier curves of the arms per condition (temperatures on the top row, time steps below, the training
+    conditions in both), and h(r) of the arms at each temperature against the reweighted reference."""
+    import matplotlib
+
+    from .plots import _save
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    def record(row):
+        name = f"{row['arm']}_s{row['seed']}"
+        if row["condition"].startswith("T = "):
+            name += f"_T{row['temperature']:g}"
+        elif row["condition"].startswith("dt = "):
+            name += f"_dt{row['dt']:g}"
+        return _read_json(os.path.join(out, "eval", f"{name}.json"))
+
+    train = [r for r in rows if r["condition"].startswith("training")]
+    temps = [r for r in rows if r["condition"].startswith("T = ")]
+    steps = [r for r in rows if r["condition"].startswith("dt = ")]
+    panels = [sorted({("T", r["temperature"]) for r in temps + train}, key=lambda k: k[1]),
+              sorted({("dt", r["dt"]) for r in steps + train}, key=lambda k: k[1])]
+    panels = [p for p in panels if len(p) > 1]
+    ncol = max(len(p) for p in panels) if panels else 1
+    fig, axes = plt.subplots(max(1, len(panels)), ncol, figsize=(3.4 * ncol, 3.0 * max(1, len(panels))),
+                             squeeze=False)
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for i, panel in enumerate(panels):
+        for j, (kind, value) in enumerate(panel):
+            ax = axes[i][j]
+            for k, arm in enumerate(arms):
+                for r in rows:
+                    if r["arm"] != arm or (r["temperature"] if kind == "T" else r["dt"]) != value:
+                        continue
+                    if not (r["condition"].startswith("training") or r["condition"].startswith(f"{kind} = ")):
+                        continue
+                    rec = record(r)
+                    x, s = kaplan_meier(np.asarray(rec["stable_time"], dtype=float),
+                                        np.asarray(rec["unstable"], dtype=bool))
+                    ax.step(np.append(x, rec["max_time"]) / 1000.0, np.append(s, s[-1]), where="post",
+                            color=f"C{k}", label=f"{arm} s{r['seed']} ({len(rec['stable_time'])})")
+            unit = "K" if kind == "T" else "fs"
+            train_value = train[0]["temperature" if kind == "T" else "dt"] if train else None
+            ax.set_title(f"{kind} = {value:g} {unit}" + (" (training)" if value == train_value else ""), fontsize=9)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("time (ps)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("fraction still stable", fontsize=8)
+            ax.legend(fontsize=6)
+        for j in range(len(panel), ncol):
+            axes[i][j].axis("off")
+    paths = {"generalization": _save(plt, fig, os.path.join(out, "generalization.png"))}
+    if temps and references:
+        # one panel per temperature: overlay curves, the reference in black
+        fig, axes = plt.subplots(1, len(references), figsize=(4.2 * len(references), 3.4), squeeze=False)
+        for ax, (t, ref) in zip(axes[0], references.items(), strict=True):
+            first = None
+            for k, r in enumerate(x for x in temps if f"{x['temperature']:g}" == t):
+                rec = record(r)
+                first = rec
+                ax.plot(rec["r"], np.asarray(rec["model_structure"], dtype=float).reshape(-1), color=f"C{k}", lw=1.2,
+                        label=f"{r['arm']} s{r['seed']}")
+            if first is not None:
+                ax.plot(first["r"], ref["h"], color="k", lw=2.0, label=f"reference, reweighted (ESS {ref['ess']:.0f})",
+                        zorder=0)
+            ax.set_title(f"T = {t} K", fontsize=9)
+            ax.set_xlabel("r (Å)")
+            ax.set_ylabel("h(r) (1/Å)")
+            ax.legend(fontsize=7)
+        paths["generalization_structure"] = _save(plt, fig, os.path.join(out, "generalization_structure.png"))
     return paths

@@ -618,3 +618,79 @@ def test_verlet_pairs_cover_every_pair_within_the_cutoff_and_match_neighbor_list
     exact = bg.neighbor_list(state.positions[:32], cutoff, cell=state.cell[:1], pbc=True)
     as_set = lambda p: set(zip(p.i.tolist(), p.j.tolist(), map(tuple, p.shifts.tolist()), strict=True))  # noqa: E731
     assert as_set(exact) < as_set(one)
+
+
+def _three_replica_state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([2, 3, 1])
+    batch = torch.repeat_interleave(torch.arange(3), sizes)
+    n = int(sizes.sum())
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 2
+    vel = torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.01
+    cell = torch.eye(3, dtype=torch.float64).expand(3, 3, 3) * torch.tensor([8.0, 9.0, 10.0]).view(3, 1, 1)
+    st = bg.md.State(pos, vel, torch.full((n,), 12.0, dtype=torch.float64), torch.ones(n, dtype=torch.int64),
+                     batch=batch, cell=cell.clone(), pbc=True)
+    st.energy = torch.randn(3, generator=g, dtype=torch.float64)
+    st.forces = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    st.set_aux("chain_atoms", torch.randn(n, 2, generator=g, dtype=torch.float64), "atom")
+    st.set_aux("chain_replicas", torch.randn(3, 2, generator=g, dtype=torch.float64), "replica")
+    st.set_aux("table", torch.arange(3.0), "global")  # leading dimension R, but global: never indexed
+    return st
+
+
+def test_state_fields_declare_their_scope_and_select_keeps_rows_of_each_scope():
+    st = _three_replica_state()
+    assert st.scope("positions") == "atom" and st.scope("energy") == "replica" and st.scope("step") == "global"
+    assert st.scope("chain_atoms") == "atom" and st.scope("table") == "global"
+    sub = st.select(torch.tensor([True, False, True]))
+    rows = torch.tensor([0, 1, 5])
+    assert sub.n_replicas == 2 and sub.batch.tolist() == [0, 0, 1]
+    for name in ("positions", "velocities", "masses", "species", "image", "forces"):
+        assert torch.equal(getattr(sub, name), getattr(st, name)[rows])
+    for name in ("energy", "cell", "pbc", "frozen", "frozen_step"):
+        assert torch.equal(getattr(sub, name), getattr(st, name)[[0, 2]])
+    assert torch.equal(sub.aux["chain_atoms"], st.aux["chain_atoms"][rows])
+    assert torch.equal(sub.aux["chain_replicas"], st.aux["chain_replicas"][[0, 2]])
+    assert torch.equal(sub.aux["table"], st.aux["table"])
+    with pytest.raises(ValueError, match=r"keep must be a bool tensor of shape \[R\] = \[3\]"):
+        st.select(torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="leading dimension 6"):
+        st.set_aux("bad", torch.zeros(3, 2), "atom")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        st.set_aux("bad", torch.zeros(3, 2), "molecule")
+
+
+def test_state_merge_takes_masked_replicas_from_the_other_state_and_keeps_the_system():
+    a, b = _three_replica_state(0), _three_replica_state(1)
+    b.set_aux("only_in_b", torch.ones(3, 1, dtype=torch.float64), "replica")
+    mask = torch.tensor([False, True, False])
+    m = a.merge(b, mask)
+    atoms = mask[a.batch]
+    for name in ("positions", "velocities", "forces"):
+        want = torch.where(atoms[:, None], getattr(b, name), getattr(a, name))
+        assert torch.equal(getattr(m, name), want)
+    assert torch.equal(m.energy, torch.where(mask, b.energy, a.energy))
+    assert torch.equal(m.aux["chain_atoms"], torch.where(atoms[:, None], b.aux["chain_atoms"], a.aux["chain_atoms"]))
+    assert torch.equal(m.aux["chain_replicas"][1], b.aux["chain_replicas"][1])
+    assert torch.equal(m.aux["table"], a.aux["table"])  # global entries are not merged
+    assert m.aux["only_in_b"][:, 0].tolist() == [0.0, 1.0, 0.0]  # a's replicas start from zero
+    assert m.masses is a.masses and m.batch is a.batch  # the system itself is not copied
+    assert torch.equal(a.positions, _three_replica_state(0).positions)  # inputs untouched
+    with pytest.raises(ValueError, match="same system"):
+        a.merge(a.select(torch.tensor([True, True, False])), mask)
+
+
+def test_state_round_trips_through_a_dict_and_rejects_a_wrong_shape():
+    st = _three_replica_state()
+    st.step = 17
+    back = bg.md.State.from_dict(st.to_dict())
+    for name in bg.md.state.FIELD_SCOPES:
+        v, w = getattr(st, name), getattr(back, name)
+        assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
+    assert back.aux_scopes == {"chain_atoms": "atom", "chain_replicas": "replica", "table": "global"}
+    d = st.to_dict()
+    d["energy"] = d["energy"][:2]
+    with pytest.raises(ValueError, match="'energy' .per replica. must have leading dimension 3"):
+        bg.md.State.from_dict(d)
+    with pytest.raises(ValueError, match="missing fields \\['positions'\\]"):
+        bg.md.State.from_dict({k: v for k, v in st.to_dict().items() if k != "positions"})

@@ -166,8 +166,9 @@ class NoseHoover(Integrator):
         M = self.chain
         dtype, dev = state.positions.dtype, state.positions.device
         if "nh_v" not in state.aux or state.aux["nh_v"].shape != (n_groups, M):
-            state.aux["nh_v"] = torch.zeros(n_groups, M, dtype=dtype, device=dev)
-            state.aux["nh_xi"] = torch.zeros(n_groups, M, dtype=dtype, device=dev)
+            scope = "atom" if self.massive else "replica"
+            state.set_aux("nh_v", torch.zeros(n_groups, M, dtype=dtype, device=dev), scope)
+            state.set_aux("nh_xi", torch.zeros(n_groups, M, dtype=dtype, device=dev), scope)
         q = (kT_g * self.tau**2).unsqueeze(-1).expand(n_groups, M).clone()
         q[:, 0] *= n_dof
         self._q, self._n_dof, self._kT_g = q, n_dof, kT_g

@@ -163,27 +163,10 @@ class Simulator:
         if not bool(frozen.any()):
             return new
         newly = frozen & ~old.frozen
-        fa = frozen[batch].unsqueeze(-1)
-        fields = {
-            "positions": torch.where(fa, old.positions, new.positions),
-            "velocities": torch.where(fa, old.velocities, new.velocities),
-            "forces": torch.where(fa, old.forces, new.forces),
-            "image": torch.where(fa, old.image, new.image),
-            "energy": torch.where(frozen, old.energy, new.energy),
-            "frozen": frozen,
-            "frozen_step": torch.where(newly, torch.full_like(old.frozen_step, new.step), old.frozen_step),
-        }
-        if new.cell is not None and new.cell is not old.cell:
-            fields["cell"] = _where_rep(frozen, old.cell, new.cell)
-        if new.virial is not None and old.virial is not None:
-            fields["virial"] = _where_rep(frozen, old.virial, new.virial)
-        out = new.replace(**fields)
-        for k, v in new.aux.items():
-            # integrator variables are per replica [R, ...] or per atom [n_atoms, ...]
-            if k in old.aux and v.shape[:1] == (R,):
-                out.aux[k] = _where_rep(frozen, old.aux[k], v)
-            elif k in old.aux and v.shape[:1] == batch.shape:
-                out.aux[k] = _where_rep(frozen[batch], old.aux[k], v)
+        # the frozen replicas keep their last finite state, field by field and aux entry by aux entry
+        out = new.merge(old, frozen)
+        out.frozen = frozen
+        out.frozen_step = torch.where(newly, torch.full_like(old.frozen_step, new.step), old.frozen_step)
         return out
 
     def _initialise(self, state: State) -> State:

@@ -8,8 +8,17 @@ from .._checks import as_tensor, replica_count
 from ..models.base import normalize_system, segment_sum
 from . import units
 
-_FIELDS = ("positions", "velocities", "masses", "species", "batch", "cell", "pbc", "image", "energy", "forces",
-           "virial", "frozen", "frozen_step", "step", "aux", "n_replicas")
+#: Scopes of the fields of a :class:`State`: per atom (leading dimension n_atoms), per replica (leading dimension R)
+#: or global (one value for the whole batch).
+ATOM, REPLICA, GLOBAL = "atom", "replica", "global"
+SCOPES = (ATOM, REPLICA, GLOBAL)
+#: The scope of every tensor field of a :class:`State` (``aux`` entries declare theirs, :meth:`State.set_aux`).
+FIELD_SCOPES = {"positions": ATOM, "velocities": ATOM, "masses": ATOM, "species": ATOM, "batch": ATOM,
+                "image": ATOM, "forces": ATOM, "cell": REPLICA, "pbc": REPLICA, "energy": REPLICA,
+                "virial": REPLICA, "frozen": REPLICA, "frozen_step": REPLICA, "step": GLOBAL, "n_replicas": GLOBAL}
+#: Fields that describe the system and are the same in every state of one run: :meth:`State.merge` keeps them.
+STATIC_FIELDS = frozenset({"masses", "species", "batch", "pbc", "n_replicas"})
+_FIELDS = (*FIELD_SCOPES, "aux", "aux_scopes")
 
 
 def _kT_tensor(name: str, kT, n_rep: int, dtype, device, *, positive: bool = False) -> torch.Tensor:
@@ -124,7 +133,13 @@ class State:
         frozen: [R] bool, replicas whose dynamics stopped (non-finite state, or set by the user).
         frozen_step: [R] int64, the step at which each replica froze (-1 when running).
         step: int, number of steps taken.
-        aux: dict of per-replica integrator variables (e.g. the Nosé-Hoover chain), leading dimension R.
+        aux: dict of integrator variables (e.g. the Nosé-Hoover chain), each per replica ``[R, ...]``, per atom
+            ``[n_atoms, ...]`` or global, as declared in ``aux_scopes`` (:meth:`set_aux`).
+
+    Every field has a scope (``FIELD_SCOPES``: per atom, per replica or global), so replica-wise operations are
+    methods that need no field lists elsewhere: :meth:`select` (a subset of the replicas), :meth:`merge` (some
+    replicas taken from another state: rewinds, frozen replicas), :meth:`to_dict` / :meth:`from_dict`
+    (checkpoints).
     """
 
     def __init__(self, positions, velocities, masses, species, *, batch=None, cell=None, pbc=False):
@@ -169,6 +184,7 @@ class State:
         self.frozen_step = torch.full((R,), -1, dtype=torch.int64, device=dev)
         self.step = 0
         self.aux: dict[str, torch.Tensor] = {}
+        self.aux_scopes: dict[str, str] = {}
 
     # ------------------------------------------------------------------ ASE
     @classmethod
@@ -242,6 +258,7 @@ class State:
         new = object.__new__(State)
         new.__dict__.update(self.__dict__)
         new.aux = dict(self.aux)
+        new.aux_scopes = dict(self.aux_scopes)
         for k, v in fields.items():
             if k not in _FIELDS:
                 raise ValueError(f"State has no field {k!r}")
@@ -255,6 +272,134 @@ class State:
             if isinstance(v, torch.Tensor):
                 setattr(new, k, v.clone())
         new.aux = {k: v.clone() for k, v in self.aux.items()}
+        return new
+
+    # ------------------------------------------------------------------ scopes
+    def set_aux(self, name: str, value: torch.Tensor, scope: str) -> None:
+        """Store an integrator variable ``value`` under ``name`` with its scope (in place).
+
+        Args:
+            scope: ``"replica"`` (leading dimension R), ``"atom"`` (leading dimension n_atoms) or ``"global"``.
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"aux {name!r} must be a torch.Tensor, got {type(value).__name__}")
+        lead = {ATOM: self.n_atoms, REPLICA: self.n_replicas}.get(scope)
+        if lead is not None and (value.dim() == 0 or value.shape[0] != lead):
+            raise ValueError(f"aux {name!r} of scope {scope!r} must have leading dimension {lead}, got shape "
+                             f"{tuple(value.shape)}")
+        self.aux[name] = value
+        self.aux_scopes[name] = scope
+
+    def aux_scope(self, name: str) -> str:
+        """The scope of ``aux[name]``: the declared one (:meth:`set_aux`), else read from its leading dimension
+        (an undeclared entry whose leading dimension is R is taken per replica: with R = n_atoms every replica has
+        one atom and the two readings select the same rows; declare global entries with :meth:`set_aux`)."""
+        scope = self.aux_scopes.get(name)
+        if scope is not None:
+            return scope
+        lead = self.aux[name].shape[:1]
+        return REPLICA if lead == (self.n_replicas,) else ATOM if lead == (self.n_atoms,) else GLOBAL
+
+    def scope(self, name: str) -> str:
+        """The scope of a field or of an ``aux`` entry."""
+        if name in FIELD_SCOPES:
+            return FIELD_SCOPES[name]
+        if name in self.aux:
+            return self.aux_scope(name)
+        raise ValueError(f"State has no field or aux entry {name!r}")
+
+    def select(self, keep: torch.Tensor) -> State:
+        """The replicas ``keep`` ([R] bool) as a new State, renumbered 0..R'-1 (tensors indexed, not shared)."""
+        keep = torch.as_tensor(keep, device=self.batch.device)
+        if keep.shape != (self.n_replicas,) or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a bool tensor of shape [R] = [{self.n_replicas}], got "
+                             f"{tuple(keep.shape)} {keep.dtype}")
+        atom_keep = keep[self.batch]
+        masks = {ATOM: atom_keep, REPLICA: keep}
+        fields: dict = {"n_replicas": int(keep.sum())}
+        for name, scope in FIELD_SCOPES.items():
+            v = getattr(self, name)
+            if isinstance(v, torch.Tensor) and scope in masks:
+                fields[name] = v[masks[scope]]
+        fields["batch"] = (torch.cumsum(keep.to(torch.int64), 0) - 1)[self.batch[atom_keep]]
+        new = self.replace(**fields)
+        new.aux = {k: v[masks[self.aux_scope(k)]] if self.aux_scope(k) in masks else v for k, v in self.aux.items()}
+        new.aux_scopes = {k: self.aux_scope(k) for k in self.aux}
+        return new
+
+    def merge(self, other: State, mask: torch.Tensor) -> State:
+        """This state with the replicas ``mask`` ([R] bool) taken from ``other`` (a state of the same system).
+
+        Every dynamic field (not ``STATIC_FIELDS``) and every ``aux`` entry is combined replica by replica; a
+        field that is None in either state keeps this state's value; an ``aux`` entry only ``other`` has starts
+        from zero in this state's replicas (as an integrator's ``init`` does). Inputs are left untouched.
+        """
+        mask = torch.as_tensor(mask, device=self.batch.device)
+        if mask.shape != (self.n_replicas,) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape [R] = [{self.n_replicas}], got "
+                             f"{tuple(mask.shape)} {mask.dtype}")
+        if other.n_replicas != self.n_replicas or other.n_atoms != self.n_atoms:
+            raise ValueError(f"other must be a state of the same system ({self.n_replicas} replicas, "
+                             f"{self.n_atoms} atoms), got {other.n_replicas} replicas, {other.n_atoms} atoms")
+        masks = {ATOM: mask[self.batch], REPLICA: mask}
+
+        def where(m, b, a):
+            return torch.where(m.view(-1, *([1] * (a.dim() - 1))), b, a)
+
+        fields = {}
+        for name, scope in FIELD_SCOPES.items():
+            a, b = getattr(self, name), getattr(other, name)
+            if name in STATIC_FIELDS or scope not in masks or a is None or b is None or a is b:
+                continue
+            fields[name] = where(masks[scope], b, a)
+        new = self.replace(**fields)
+        for k, w in other.aux.items():
+            scope = other.aux_scope(k)
+            if scope not in masks:
+                continue
+            v = self.aux.get(k)
+            if v is None or v.shape != w.shape:
+                v = torch.zeros_like(w)
+            new.aux[k] = where(masks[scope], w, v)
+            new.aux_scopes[k] = scope
+        return new
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """The fields as a dict (tensors shared, not copied; caches left out); :meth:`from_dict` inverts it."""
+        out = {k: getattr(self, k) for k in FIELD_SCOPES}
+        out["aux"] = dict(self.aux)
+        out["aux_scopes"] = {k: self.aux_scope(k) for k in self.aux}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> State:
+        """A State from :meth:`to_dict` output (e.g. a checkpoint); the fields' shapes are checked against their
+        scopes."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a State dict must be a dict, got {type(d).__name__}")
+        missing = sorted(k for k in FIELD_SCOPES if k not in d)
+        unknown = sorted(k for k in d if k not in _FIELDS)
+        if missing or unknown:
+            raise ValueError(f"not a State dict: missing fields {missing}, unknown fields {unknown}")
+        new = object.__new__(cls)
+        for k in FIELD_SCOPES:
+            setattr(new, k, d[k])
+        new.aux, new.aux_scopes = dict(d.get("aux") or {}), {}
+        n, R = new.positions.shape[0], int(new.n_replicas)
+        for k, scope in FIELD_SCOPES.items():
+            v = getattr(new, k)
+            lead = {ATOM: n, REPLICA: R}.get(scope)
+            if isinstance(v, torch.Tensor) and lead is not None and v.shape[:1] != (lead,):
+                raise ValueError(f"State field {k!r} (per {scope}) must have leading dimension {lead}, got shape "
+                                 f"{tuple(v.shape)}")
+        for k, v in new.aux.items():
+            scope = (d.get("aux_scopes") or {}).get(k)
+            if scope is None:
+                scope = new.aux_scope(k)
+            new.set_aux(k, v, scope)
         return new
 
     # ------------------------------------------------------------------ derived quantities

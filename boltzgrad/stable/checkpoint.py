@@ -76,15 +76,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location=None) -> dict:
 
 
 def state_to_dict(state: State) -> dict:
-    """The fields of an MD :class:`State` as a dict (tensors shared, not copied; caches left out)."""
-    out = {k: v for k, v in state.__dict__.items() if not k.startswith("_")}
-    out["aux"] = dict(state.aux)
-    return out
+    """The fields of an MD :class:`State` as a dict (:meth:`State.to_dict`)."""
+    return state.to_dict()
 
 
 def state_from_dict(d: dict) -> State:
-    """Rebuild a :class:`State` from :func:`state_to_dict` output (no validation: it was a valid State)."""
-    new = object.__new__(State)
-    new.__dict__.update(d)
-    new.aux = dict(d.get("aux", {}))
-    return new
+    """Rebuild a :class:`State` from :func:`state_to_dict` output (:meth:`State.from_dict`)."""
+    return State.from_dict(d)

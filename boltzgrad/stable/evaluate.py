@@ -333,34 +333,6 @@ def start_state(starts, indices: torch.Tensor, temperature: float, *, dtype=torc
     return state.wrapped() if periodic else state
 
 
-def _subset_state(state: State, keep: torch.Tensor) -> State:
-    """The replicas ``keep`` ([R] bool) of ``state`` as a new State (renumbered 0..R'-1)."""
-    R = state.n_replicas
-    atom_keep = keep[state.batch]
-    new_index = torch.cumsum(keep.to(torch.int64), 0) - 1
-    fields = {
-        "positions": state.positions[atom_keep], "velocities": state.velocities[atom_keep],
-        "masses": state.masses[atom_keep], "species": state.species[atom_keep],
-        "batch": new_index[state.batch[atom_keep]], "image": state.image[atom_keep],
-        "pbc": state.pbc[keep], "frozen": state.frozen[keep], "frozen_step": state.frozen_step[keep],
-        "n_replicas": int(keep.sum()),
-    }
-    for name in ("forces",):
-        if getattr(state, name) is not None:
-            fields[name] = getattr(state, name)[atom_keep]
-    for name in ("cell", "energy", "virial"):
-        if getattr(state, name) is not None:
-            fields[name] = getattr(state, name)[keep]
-    new = state.replace(**fields)
-    new.aux = {}
-    for k, v in state.aux.items():
-        if v.shape[:1] == (R,):
-            new.aux[k] = v[keep]
-        elif v.shape[:1] == state.batch.shape:
-            new.aux[k] = v[atom_keep]
-    return new
-
-
 def _build_criteria(config: EvaluateConfig, reference, first, structure) -> tuple[list[Criterion], dict]:
     """The evaluation criteria and a description of them."""
     criteria: list[Criterion] = [NonFinite()]
@@ -567,7 +539,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
             active = active[ok]
             if active.numel() == 0:
                 break
-            state = _subset_state(state, keep)
+            state = state.select(keep)
             simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
         bar.set_postfix(stable=f"{active.numel()}/{R}", t_ps=f"{state.step * config.dt / 1000:.1f}")
     bar.close()

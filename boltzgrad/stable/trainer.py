@@ -165,28 +165,7 @@ def _model_dtype_device(model: torch.nn.Module):
 
 def _merge(base: State, other: State, mask: torch.Tensor) -> State:
     """``base`` with the replicas ``mask`` ([R] bool) taken from ``other`` (new tensors; inputs untouched)."""
-    out = base.clone()
-    if not bool(mask.any()):
-        return out
-    am = mask[base.batch]
-    for name in ("positions", "velocities", "image", "forces"):
-        a, b = getattr(base, name), getattr(other, name)
-        if a is not None and b is not None:
-            setattr(out, name, torch.where(am.view(-1, *([1] * (a.dim() - 1))), b, a))
-    for name in ("energy", "frozen", "frozen_step"):
-        a, b = getattr(base, name), getattr(other, name)
-        if a is not None and b is not None:
-            setattr(out, name, torch.where(mask, b, a))
-    if base.cell is not None and other.cell is not None:
-        out.cell = torch.where(mask.view(-1, 1, 1), other.cell, base.cell)
-    for k, w in other.aux.items():
-        # integrator variables missing from `base` (never integrated) start at zero, as the integrators' init
-        v = base.aux.get(k)
-        if v is None or v.shape != w.shape:
-            v = torch.zeros_like(w)
-        m = mask if w.shape[:1] == mask.shape else am
-        out.aux[k] = torch.where(m.view(-1, *([1] * (w.dim() - 1))), w, v)
-    return out
+    return base.merge(other, mask).clone()
 
 
 class _Window:

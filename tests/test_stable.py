@@ -493,3 +493,76 @@ def test_every_learning_phase_starts_at_the_configured_learning_rate(toy_data):
     assert trainer.optimizer.param_groups[0]["lr"] == 1e-2 and trainer.scheduler.num_bad_epochs == 0
     row = trainer.step()
     assert row["phase"] == "learn" and row["lr"] == 1e-2 and row["event"] == ""
+
+
+def _same(a, b, depth: int = 0) -> bool:
+    """Deep equality of trainer attributes: tensors (NaN equal to NaN), States, dicts, lists, objects with a
+    state_dict or a random-generator state, then plain attributes."""
+    from boltzgrad.md import State
+
+    if depth > 6:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape \
+                or a.dtype != b.dtype:
+            return False
+        return bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else (a == b)).all())
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, State):
+        return _same(a.to_dict(), b.to_dict(), depth + 1)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], depth + 1) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y, depth + 1) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, torch.Generator):
+        return _same(a.get_state(), b.get_state(), depth + 1)
+    if hasattr(a, "state_dict") and callable(a.state_dict):
+        return _same(a.state_dict(), b.state_dict(), depth + 1)
+    if hasattr(a, "__dict__") and not isinstance(a, type):
+        return _same(vars(a), vars(b), depth + 1)
+    return a == b
+
+
+def test_every_attribute_a_run_changes_is_restored_by_a_checkpoint(toy_data, tmp_path):
+    """A trainer restored from a checkpoint equals the one that wrote it in every attribute: a field that a run
+    changes but that is not part of RunState (or of the objects saved beside it) makes this fail."""
+    cfg = _config(n_replicas=6, tau=30, check_every=10, n_dump=6, max_cycles=2, max_learning_steps=2,
+                  thermostat="nose_hoover", qm_weight=0.1, qm_batch_size=8, optimizer="sgd", lr=0.05, momentum=0.5,
+                  upper_threshold=0.3, lower_threshold=0.05)
+    a = StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "a")
+    b = StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "b")
+    phases = []
+    while not a.done() and len(phases) < 8:
+        phases.append(a.step()["phase"])
+    assert "learn" in phases and "simulate" in phases  # both phases have left their marks
+    transient = {"_bar", "_tb", "out_dir", "last_grad_norms"}  # progress bar, log writer, paths, one unit's report
+    differing = sorted(k for k in vars(a) if k not in transient and not _same(vars(a)[k], vars(b)[k]))
+    assert "run_state" in differing and "model" in differing  # the comparison sees what a run changes
+    b.load_checkpoint(a.save_checkpoint())
+    differing = sorted(k for k in vars(a) if k not in transient and not _same(vars(a)[k], vars(b)[k]))
+    assert differing == []
+    assert set(vars(a)) - transient == set(vars(b)) - transient
+
+
+def test_checkpoints_written_before_run_state_still_resume(toy_data, tmp_path):
+    from boltzgrad.stable import checkpoint as ck
+
+    cfg = _config(n_replicas=4, tau=30, check_every=10, max_cycles=1)
+    a = StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "a")
+    a.step()
+    payload = a._payload()
+    run = payload.pop("run")
+    tag = "__boltzgrad_state__"
+    old = {**payload, "trainer": {k: run[k] for k in ("phase", "cycle", "unit", "md_steps", "phase_steps",
+                                                       "learn_iter", "learning_steps", "unstable", "stop_reason")},
+           "state": run["state"][tag], "anchor": run["anchor"][tag], "ring": [r[tag] for r in run["ring"]],
+           "first_unstable_step": run["first_unstable_step"], "history": run["history"],
+           "learn_start": None if run["learn_start"] is None else run["learn_start"][tag]}
+    ck.save_checkpoint(tmp_path / "old.pt", old)
+    b = StableTrainer(_weak_model(), toy_data, cfg, out_dir=tmp_path / "b")
+    b.load_checkpoint(tmp_path / "old.pt")
+    assert [k for k in vars(a.run_state) if not _same(getattr(a.run_state, k), getattr(b.run_state, k))] == []
+    assert b.unit == 1

@@ -45,7 +45,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -64,24 +64,104 @@ from .checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     save_checkpoint,
-    state_from_dict,
-    state_to_dict,
 )
 from .config import StableConfig
 
-__all__ = ["StableTrainer", "StableResult", "NonFiniteLossError", "bonded_molecules", "cycle_summary",
+__all__ = ["StableTrainer", "StableResult", "RunState", "NonFiniteLossError", "bonded_molecules", "cycle_summary",
            "check_finite_parameters", "qm_only_control"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-_CHECKPOINT_KEYS = {"config", "fingerprint", "model", "optimizer", "scheduler", "trainer", "state", "anchor", "ring",
-                    "first_unstable_step", "learn_start", "criteria", "rng", "target", "history"}
+_CHECKPOINT_KEYS = {"config", "fingerprint", "model", "optimizer", "scheduler", "run", "criteria", "rng", "target"}
 HISTORY_JSON = "history.json"
 LOG_CSV = "log.csv"
 MODEL_FILE = "model.pt"
 _CSV_FIELDS = ("unit", "cycle", "phase", "md_steps", "unstable_fraction", "obs_loss", "qm_loss", "lr", "step_lr",
                "obs_grad_norm", "qm_grad_norm", "n_samples", "learning_step", "event", "seconds")
+
+
+@dataclass
+class RunState:
+    """Everything a StABlE run changes as it runs, apart from the objects that have their own ``state_dict``
+    (model, optimizer, scheduler, stability criteria, random generators). A checkpoint saves it whole and a resume
+    restores it whole (:meth:`to_dict`, :meth:`from_dict`): a field added here is checkpointed with no other change.
+    :class:`StableTrainer` shows each field as an attribute of the same name (``trainer.phase``, ...).
+
+    Attributes:
+        state: the replicas now. anchor: per replica, the last state known stable (the rewind target).
+        ring: the states at the last stability checks of the simulation phase, oldest first.
+        first_unstable_step: [R] int64, the step at which each replica was first found unstable (-1: not yet).
+        learn_start: the state the learning phase samples from (None in the simulation phase).
+        unstable: [R] bool, replicas found unstable in this cycle.
+        phase: ``simulate`` or ``learn``. cycle, unit: completed cycles and units (τ windows).
+        md_steps: MD steps per replica so far. phase_steps: steps in the current phase.
+        learn_iter: τ windows in the current learning phase. learning_steps: optimizer steps so far.
+        history: one dict per unit (:class:`StableResult`). stop_reason: why the run stopped (empty: running).
+    """
+
+    state: State
+    anchor: State
+    unstable: torch.Tensor
+    first_unstable_step: torch.Tensor
+    ring: list = field(default_factory=list)
+    learn_start: State | None = None
+    phase: str = "simulate"
+    cycle: int = 0
+    unit: int = 0
+    md_steps: int = 0
+    phase_steps: int = 0
+    learn_iter: int = 0
+    learning_steps: int = 0
+    history: list = field(default_factory=list)
+    stop_reason: str = ""
+
+    def to_dict(self) -> dict:
+        """Every field, States as :meth:`State.to_dict` dicts (tagged), ready for ``torch.save``."""
+        return {f.name: _encode_run_value(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunState:
+        """The inverse of :meth:`to_dict`; a missing or unknown field is an error naming it."""
+        names = [f.name for f in fields(cls)]
+        missing, unknown = sorted(set(names) - set(d)), sorted(set(d) - set(names))
+        if missing or unknown:
+            raise ValueError(f"run state: missing fields {missing}, unknown fields {unknown}")
+        return cls(**{k: _decode_run_value(d[k]) for k in names})
+
+
+_STATE_TAG = "__boltzgrad_state__"
+
+
+def _encode_run_value(v):
+    if isinstance(v, State):
+        return {_STATE_TAG: v.to_dict()}
+    if isinstance(v, list):
+        return [_encode_run_value(x) for x in v]
+    return v
+
+
+def _decode_run_value(v):
+    if isinstance(v, dict) and set(v) == {_STATE_TAG}:
+        return State.from_dict(v[_STATE_TAG])
+    if isinstance(v, list):
+        return [_decode_run_value(x) for x in v]
+    return v
+
+
+def _legacy_run_payload(ck: dict) -> dict:
+    """The ``run`` entry of a checkpoint written before :class:`RunState` (fields stored one by one)."""
+    if "run" in ck or "trainer" not in ck:
+        return ck
+    ck = dict(ck)
+    run = {k: ck.pop(k) for k in ("state", "anchor", "ring", "first_unstable_step", "learn_start", "history")
+           if k in ck}
+    for k in ("state", "anchor", "learn_start"):
+        if run.get(k) is not None:
+            run[k] = {_STATE_TAG: run[k]}
+    run["ring"] = [{_STATE_TAG: r} for r in run.get("ring", [])]
+    ck["run"] = {**ck.pop("trainer"), **run}
+    return ck
 
 
 @dataclass
@@ -487,22 +567,11 @@ class StableTrainer:
         return State(b.positions, vel, masses, b.species, batch=b.batch)
 
     def _init_run_state(self) -> None:
-        self.state = self._initial_state()
-        R = self.state.n_replicas
-        self.anchor = self.state.clone()
-        self.ring: list[State] = []  # states at the last checks of the simulation phase, oldest first
-        self.first_unstable_step = torch.full((R,), -1, dtype=torch.int64, device=self.device)
-        self.learn_start: State | None = None
-        self.phase = "simulate"
-        self.cycle = 0
-        self.unit = 0
-        self.md_steps = 0
-        self.phase_steps = 0
-        self.learn_iter = 0
-        self.learning_steps = 0
-        self.unstable = torch.zeros(R, dtype=torch.bool, device=self.device)
-        self.history: list[dict] = []
-        self.stop_reason = ""
+        state = self._initial_state()
+        R = state.n_replicas
+        self.run_state = RunState(
+            state=state, anchor=state.clone(), unstable=torch.zeros(R, dtype=torch.bool, device=self.device),
+            first_unstable_step=torch.full((R,), -1, dtype=torch.int64, device=self.device))
 
     def _new_scheduler(self):
         cfg = self.config
@@ -713,19 +782,10 @@ class StableTrainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "trainer": {"phase": self.phase, "cycle": self.cycle, "unit": self.unit, "md_steps": self.md_steps,
-                        "phase_steps": self.phase_steps, "learn_iter": self.learn_iter,
-                        "learning_steps": self.learning_steps, "unstable": self.unstable,
-                        "stop_reason": self.stop_reason},
-            "state": state_to_dict(self.state),
-            "anchor": state_to_dict(self.anchor),
-            "ring": [state_to_dict(r) for r in self.ring],
-            "first_unstable_step": self.first_unstable_step,
-            "learn_start": None if self.learn_start is None else state_to_dict(self.learn_start),
+            "run": self.run_state.to_dict(),
             "criteria": [c.state_dict() for c in self.criteria],
             "rng": {"torch": torch.get_rng_state(), "md": self.md_generator.get_state()},
             "target": self.target,
-            "history": self.history,
             "threads": torch.get_num_threads(),
         }
 
@@ -749,7 +809,7 @@ class StableTrainer:
         Raises:
             CheckpointError (a ``ValueError``): missing or damaged file, or a checkpoint of another run.
         """
-        ck = load_checkpoint(path, map_location=self.device)
+        ck = _legacy_run_payload(load_checkpoint(path, map_location=self.device))
         path = os.fspath(path)
         if ck.get("format") != "boltzgrad-stable-trainer":
             raise CheckpointError(f"checkpoint {path!r} was not written by StableTrainer")
@@ -788,21 +848,14 @@ class StableTrainer:
 
     def _restore(self, ck: dict) -> None:
         """The training state of a checkpoint whose identity was checked (:meth:`load_checkpoint`)."""
-        t = ck["trainer"]
-        self.phase, self.cycle, self.unit = t["phase"], t["cycle"], t["unit"]
-        self.md_steps, self.phase_steps, self.learn_iter = t["md_steps"], t["phase_steps"], t["learn_iter"]
-        self.learning_steps, self.unstable, self.stop_reason = t["learning_steps"], t["unstable"], t["stop_reason"]
-        self.state = state_from_dict(ck["state"])
-        self.anchor = state_from_dict(ck["anchor"])
-        self.ring = [state_from_dict(r) for r in ck["ring"]]
-        self.first_unstable_step = ck["first_unstable_step"]
-        self.learn_start = None if ck["learn_start"] is None else state_from_dict(ck["learn_start"])
+        run = RunState.from_dict(ck["run"])
+        run.history = list(run.history)
         for c, s in zip(self.criteria, ck["criteria"], strict=True):
             c.load_state_dict(s)
         torch.set_rng_state(ck["rng"]["torch"])
         self.md_generator.set_state(ck["rng"]["md"])
         self.target = ck["target"]
-        self.history = list(ck["history"])
+        self.run_state = run
 
     def _check_identity(self, saved, path: str) -> None:
         """The checkpoint's run identity must be this run's: same system, training data (data source, split, seed),
@@ -924,3 +977,18 @@ class StableTrainer:
             atomic_write_bytes(os.path.join(self.out_dir, MODEL_FILE), buf.getvalue())
         return StableResult(history=list(self.history), cycles=self.cycle, stop_reason=self.stop_reason,
                             out_dir=self.out_dir)
+
+
+def _run_state_attribute(name: str) -> property:
+    def get(self):
+        return getattr(self.run_state, name)
+
+    def set_(self, value):
+        setattr(self.run_state, name, value)
+
+    return property(get, set_, doc=f"``run_state.{name}`` (:class:`RunState`)")
+
+
+for _field in fields(RunState):
+    setattr(StableTrainer, _field.name, _run_state_attribute(_field.name))
+del _field

@@ -40,6 +40,7 @@ from ._checks import (
     replica_count,
 )
 from ._extension import HAS_CPU_OPS, compiled_for
+from ._skin import SkinRule
 
 __all__ = ["Pairs", "neighbor_list", "NeighborList", "MAX_PAIRS", "MAX_IMAGES"]
 
@@ -434,9 +435,10 @@ class NeighborList:
 
     A new search happens on the first call and whenever some atom has moved by more than ``skin / 2``
     since the last search (then no pair can have crossed ``cutoff`` unseen), or the number of atoms,
-    ``batch``, ``cell``, ``pbc``, dtype or device changed. Between searches the stored candidate pairs get
-    fresh vectors and distances from the current positions and are filtered to ``distance < cutoff``,
-    so the result is always the same set and order as ``neighbor_list(positions, cutoff, ...)``.
+    ``batch``, ``cell``, ``pbc``, dtype or device changed (the rule of ``bg.md.VerletPairs`` too). Between
+    searches the stored candidate pairs get fresh vectors and distances from the current positions and are
+    filtered to ``distance < cutoff``, so the result is always the same set and order as
+    ``neighbor_list(positions, cutoff, ...)``.
 
     Args:
         cutoff: float > 0, Å.
@@ -459,40 +461,21 @@ class NeighborList:
         self.skin = skin
         self.full_list = bool(full_list)
         self.n_builds = 0
-        self._ref_positions: torch.Tensor | None = None
-        self._key = None
+        self._rule = SkinRule(skin)
         self._candidates = None
 
     def reset(self) -> None:
         """Forgets the stored list: the next call searches anew."""
-        self._ref_positions = None
-        self._key = None
+        self._rule.reset()
         self._candidates = None
-
-    def _needs_build(self, positions, batch, cell, pbc_t) -> bool:
-        if self._ref_positions is None:
-            return True
-        ref = self._ref_positions
-        if ref.shape != positions.shape or ref.dtype != positions.dtype or ref.device != positions.device:
-            return True
-        old_batch, old_cell, old_pbc = self._key
-        if not torch.equal(old_batch, batch) or not torch.equal(old_pbc, pbc_t):
-            return True
-        if (old_cell is None) != (cell is None) or (cell is not None and not torch.equal(old_cell, cell.detach())):
-            return True
-        if positions.shape[0] == 0:
-            return False
-        moved = torch.linalg.vector_norm(positions.detach() - ref, dim=1).max()
-        return bool(moved > 0.5 * self.skin)
 
     def __call__(self, positions, *, batch=None, cell=None, pbc=False) -> Pairs:
         """Pairs closer than ``cutoff``; arguments as in :func:`neighbor_list`."""
         positions, batch, cell, pbc_t, n_rep, _ = _prepare(positions, self.cutoff, batch, cell, pbc)
-        if self._needs_build(positions, batch, cell, pbc_t):
+        if self._rule.stale(positions, batch, cell, pbc_t):
             rc = self.cutoff + self.skin
             self._candidates = _search(positions, rc + _margin(positions, rc, cell), batch, cell, pbc_t, n_rep,
                                        self.full_list, nominal=rc, what="cutoff + skin")
-            self._ref_positions = positions.detach().clone()
-            self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc_t.clone())
+            self._rule.record(positions, batch, cell, pbc_t)
             self.n_builds += 1
         return _finish(positions, cell, batch, n_rep, self._candidates, self.cutoff)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .._skin import SkinRule
 from ..neighbors import Pairs, neighbor_list
 
 
@@ -18,7 +19,7 @@ class VerletPairs:
     the candidates over as they are. A new search (``bg.neighbor_list`` with ``cutoff + skin``) happens on
     the first call and whenever some atom moved by more than ``skin / 2`` since the last one (then no pair
     can have come within ``cutoff`` unseen), or the number of atoms, ``batch``, ``cell``, ``pbc``, dtype or
-    device changed.
+    device changed: the rule of ``bg.NeighborList`` (``boltzgrad._skin.SkinRule``).
 
     The ``vectors`` and ``distances`` of the returned :class:`~boltzgrad.Pairs` are those of the last search;
     potentials recompute them from the positions, the cell and the integer ``shifts`` (as every potential
@@ -45,25 +46,8 @@ class VerletPairs:
 
     def reset(self) -> None:
         """Forgets the stored list: the next call searches anew."""
-        self._ref: torch.Tensor | None = None
-        self._key = None
+        self._rule = SkinRule(self.skin)
         self._pairs: Pairs | None = None
-
-    def _needs_build(self, positions, batch, cell, pbc) -> bool:
-        ref = self._ref
-        if ref is None or ref.shape != positions.shape or ref.dtype != positions.dtype \
-                or ref.device != positions.device:
-            return True
-        old_batch, old_cell, old_pbc = self._key
-        if not torch.equal(old_batch, batch) or not torch.equal(old_pbc, pbc):
-            return True
-        if (old_cell is None) != (cell is None) or (cell is not None and not torch.equal(old_cell, cell)):
-            return True
-        if positions.shape[0] == 0:
-            return False
-        moved2 = ((positions - ref) ** 2).sum(-1).max()
-        # NaN positions compare False: they trigger a search (which then reports them) instead of passing
-        return not bool(moved2 <= 0.25 * self.skin * self.skin)
 
     def __call__(self, positions: torch.Tensor, *, batch: torch.Tensor | None = None,
                  cell: torch.Tensor | None = None, pbc=False) -> Pairs:
@@ -78,9 +62,8 @@ class VerletPairs:
             batch = torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
         cell = None if cell is None else cell.detach()
         pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=positions.device)
-        if self._needs_build(positions, batch, cell, pbc_t):
+        if self._rule.stale(positions, batch, cell, pbc_t):
             self._pairs = neighbor_list(positions, self.cutoff + self.skin, batch=batch, cell=cell, pbc=pbc)
-            self._ref = positions.clone()
-            self._key = (batch.clone(), None if cell is None else cell.clone(), pbc_t.clone())
+            self._rule.record(positions, batch, cell, pbc_t)
             self.n_builds += 1
         return self._pairs

@@ -11,6 +11,9 @@ import torch
 
 # --------------------------------------------------------------------------- histograms
 
+#: Smeared histograms touch only bins within this many sigma of a value (csrc/histogram.h: kWindowSigmas).
+WINDOW_SIGMAS = 6.0
+
 
 def gaussian_derivative(d: torch.Tensor, sigma: float, order: int = 0) -> torch.Tensor:
     """n-th derivative of exp(-d^2 / (2 sigma^2)) w.r.t. d: (-1/sigma)^n He_n(d/sigma) G(d)."""
@@ -39,7 +42,8 @@ def smeared_gather(grad, values, segment, centers, sigma, order=0):
     return (grad[segment] * g).sum(1)
 
 
-def smeared_histogram_windowed(values, segment, n_segments, centers, sigma, *, weights=None, window_sigmas=6.0):
+def smeared_histogram_windowed(values, segment, n_segments, centers, sigma, *, weights=None,
+                               window_sigmas=WINDOW_SIGMAS):
     """Windowed pure-torch version (uniform centers): only the bins within the window of each value.
 
     Materialises [n_values, window] instead of [n_values, n_bins]; the best one can do

@@ -26,7 +26,7 @@ from ._checks import (
     positive_float,
     replica_count,
 )
-from .ops.histogram import smeared_histogram
+from .ops.histogram import WINDOW_SIGMAS, smeared_histogram
 
 __all__ = [
     "DistanceHistogram",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-_WINDOW_SIGMAS = 6.0  # pairs farther than this many sigma beyond r_max contribute nothing
 
 #: Most bins of a histogram observable (the bin centres and every row are allocated up front).
 MAX_BINS = 2**24
@@ -308,7 +307,7 @@ class RDF(_Reference):
         n_k = len(kinds)
         if n_k == 0:  # no atoms, no species pairs
             return positions.new_zeros(n_rep, 0, self.n_bins)
-        pairs = neighbor_list(positions, self.r_max + _WINDOW_SIGMAS * self.sigma, batch=batch, cell=cell, pbc=pbc)
+        pairs = neighbor_list(positions, self.r_max + WINDOW_SIGMAS * self.sigma, batch=batch, cell=cell, pbc=pbc)
         zi, zj = species[pairs.i], species[pairs.j]
         kind = torch.full_like(zi, -1)
         mult = torch.zeros(zi.shape, dtype=positions.dtype, device=positions.device)

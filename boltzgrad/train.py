@@ -25,6 +25,7 @@ import torch
 from ._files import atomic_write, atomic_write_text
 from ._tensorboard import Scalars
 from .models.base import energy_and_forces
+from .models.base import model_dtype_device as _model_dtype_device
 
 __all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult", "NonFiniteLossError",
            "check_finite_parameters"]
@@ -60,13 +61,6 @@ def digest(tensors) -> str:
 def dataset_digest(d) -> str:
     """sha256 of an ``AtomsDataset``'s structures and labels: another split, seed or source gives another one."""
     return digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
-
-
-def _model_dtype_device(model: torch.nn.Module):
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return torch.get_default_dtype(), torch.device("cpu")
 
 
 def _system_args(b) -> dict:

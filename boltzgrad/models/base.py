@@ -104,6 +104,14 @@ def normalize_system(positions, species=None, *, batch=None, cell=None, pbc=Fals
     return System(batch=batch, n_replicas=n_rep, cell=cell, pbc=pbc)
 
 
+def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a model's first floating parameter or buffer (default dtype, CPU without any)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
 def accepts_pairs(model: torch.nn.Module) -> bool:
     """True when ``model.forward`` takes a ``pairs=`` keyword (class attribute ``accepts_pairs``)."""
     return bool(getattr(model, "accepts_pairs", False))

@@ -32,7 +32,7 @@ from .._extension import HAS_CPU_OPS, compiled_for
 
 __all__ = ["smeared_histogram", "WINDOW_SIGMAS", "MAX_ENTRIES"]
 
-WINDOW_SIGMAS = 6.0
+WINDOW_SIGMAS = _reference.WINDOW_SIGMAS
 
 #: Largest histogram, ``n_segments x n_bins`` entries (8 GiB in float64), checked before it is allocated.
 MAX_ENTRIES = 2**30

@@ -57,6 +57,7 @@ from ..md import units
 from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
+from ..models.base import model_dtype_device as _model_dtype_device
 from ..stability import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
 from ..train import NonFiniteLossError, check_finite_parameters, dataset_digest, digest, qm_loss
 from .checkpoint import (
@@ -234,13 +235,6 @@ def bonded_molecules(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
     roots = [find(a) for a in range(int(n_atoms))]
     index = {r: k for k, r in enumerate(sorted(set(roots)))}
     return torch.tensor([index[r] for r in roots], dtype=torch.int64)
-
-
-def _model_dtype_device(model: torch.nn.Module):
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
-    return torch.get_default_dtype(), torch.device("cpu")
 
 
 def _merge(base: State, other: State, mask: torch.Tensor) -> State:

@@ -1,5 +1,6 @@
 """YAML reading for configurations: PyYAML's safe loader, with numbers such as ``1e-3`` read as floats.
 
+A key given twice in one mapping is an error (PyYAML would keep the last value silently).
 PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``), so ``lr: 1e-3`` would arrive as the string
 ``"1e-3"``; YAML 1.2 (and every user) reads it as a number. This loader adds the YAML 1.2 float forms.
 """
@@ -14,7 +15,18 @@ __all__ = ["load"]
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        # a key given twice would silently drop the first value (a whole config section, say): an error instead
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -225,3 +225,10 @@ def test_model_kind_as_an_import_path(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="unexpected keyword|width2"):
         _run(["pretrain"], tmp_path, "--set",
              f"model={{kind: 'my_potentials:small_mlp', width2: 3, checkpoint: '{ck}'}}")
+
+
+def test_a_key_given_twice_in_a_config_is_an_error_naming_it_and_its_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\ndata: {source: lj32}\nmodel: {kind: lennard_jones}\ntrain:\n  lr: 1e-3\n  lr: 2e-3\n")
+    with pytest.raises(SystemExit, match=r"key 'lr' appears twice \(lines 5 and 6\)"):
+        main(["train", "--config", str(path)])

@@ -30,17 +30,13 @@ import torch
 
 from . import _reference
 from ._checks import (
-    MAX_REPLICAS,
     as_int,
     as_tensor,
-    check_dim,
-    check_finite,
-    check_float,
     positive_float,
-    replica_count,
 )
 from ._extension import HAS_CPU_OPS, compiled_for
 from ._skin import SkinRule
+from .system import System
 
 __all__ = ["Pairs", "neighbor_list", "NeighborList", "MAX_PAIRS", "MAX_IMAGES"]
 
@@ -94,73 +90,11 @@ class Pairs:
 
 def _prepare(positions, cutoff, batch, cell, pbc):
     """Validates and normalises the inputs; returns (positions, batch, cell [R,3,3] or None, pbc [R,3], R, cutoff)."""
-    positions = as_tensor("positions", positions)
-    check_float("positions", positions)
-    if positions.dim() != 2 or positions.shape[1] != 3:
-        raise ValueError(f"positions must be [n_atoms, 3], got shape {tuple(positions.shape)}")
-    check_finite("positions", positions)
-    device, n = positions.device, positions.shape[0]
+    system = System.of(as_tensor("positions", positions), batch=batch, cell=cell, pbc=pbc)
+    positions, batch, cell, pbc_t, n_rep = system.positions, system.batch, system.cell, system.pbc, system.n_replicas
     cutoff = positive_float("cutoff", cutoff, "Å")
 
-    if batch is not None:
-        batch = as_tensor("batch", batch, device=device)
-        check_dim("batch", batch, 1, "[n_atoms]")
-        if batch.dtype != torch.int64:
-            raise ValueError(f"batch must be an int64 tensor, got dtype {batch.dtype}")
-        if batch.shape[0] != n:
-            raise ValueError(f"batch must have shape [n_atoms] = [{n}], got shape {tuple(batch.shape)}")
-        if batch.device != device:
-            raise ValueError(f"batch must be on the device of positions ({device}), got {batch.device}")
-        n_rep = replica_count(batch)
-    else:
-        batch = torch.zeros(n, dtype=torch.long, device=device)
-        n_rep = 1
-
-    if cell is not None:
-        cell = as_tensor("cell", cell, dtype=positions.dtype, device=device)
-        if cell.dtype != positions.dtype:
-            raise ValueError(f"cell must have the dtype of positions ({positions.dtype}), got {cell.dtype}")
-        if cell.device != device:
-            raise ValueError(f"cell must be on the device of positions ({device}), got {cell.device}")
-        if cell.shape == (3, 3):
-            cell = cell.unsqueeze(0)
-        if cell.dim() != 3 or cell.shape[1:] != (3, 3):
-            raise ValueError(f"cell must be [R, 3, 3] (or [3, 3]), got shape {tuple(cell.shape)}")
-        if cell.shape[0] == 1 and n_rep > 1:
-            cell = cell.expand(n_rep, 3, 3)
-        if cell.shape[0] < n_rep:
-            raise ValueError(
-                f"cell must be [R, 3, 3] with R >= number of replicas in batch ({n_rep}), got shape {tuple(cell.shape)}"
-            )
-        if cell.shape[0] > MAX_REPLICAS:
-            raise ValueError(f"cell has {cell.shape[0]} replicas; at most MAX_REPLICAS = {MAX_REPLICAS} are supported")
-        n_rep = cell.shape[0]
-        check_finite("cell", cell)
-
-    if isinstance(pbc, bool):
-        pbc_t = torch.full((n_rep, 3), pbc, dtype=torch.bool, device=device)
-    else:
-        pbc_t = as_tensor("pbc", pbc, device=device)
-        if pbc_t.dtype != torch.bool:
-            raise ValueError(f"pbc must be bool (a bool, [3] or [R, 3]), got dtype {pbc_t.dtype}")
-        if pbc_t.dim() == 0:
-            pbc_t = pbc_t.expand(n_rep, 3)
-        elif pbc_t.shape == (3,):
-            pbc_t = pbc_t.expand(n_rep, 3)
-        elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] == n_rep:
-            pass
-        elif pbc_t.dim() == 2 and pbc_t.shape[1] == 3 and pbc_t.shape[0] > n_rep and cell is None:
-            n_rep = pbc_t.shape[0]
-            if n_rep > MAX_REPLICAS:
-                raise ValueError(f"pbc has {n_rep} replicas; at most MAX_REPLICAS = {MAX_REPLICAS} are supported")
-        else:
-            raise ValueError(f"pbc must be a bool, [3] or [R, 3] with R = {n_rep}, got shape {tuple(pbc_t.shape)}")
-        pbc_t = pbc_t.to(device)
-
-    any_pbc = bool(pbc_t.any())
-    if any_pbc:
-        if cell is None:
-            raise ValueError("cell is required when pbc is True along some axis (cell must be [R, 3, 3])")
+    if bool(pbc_t.any()):
         eff = _reference.effective_cell(cell, pbc_t)
         det = torch.linalg.det(eff).abs()
         scale = eff.norm(dim=2).prod(dim=1)

@@ -24,9 +24,9 @@ from ._checks import (
     check_float,
     check_index,
     positive_float,
-    replica_count,
 )
 from .ops.histogram import WINDOW_SIGMAS, smeared_histogram
+from .system import System
 
 __all__ = [
     "DistanceHistogram",
@@ -54,50 +54,17 @@ MAX_TERMS = 2**26
 # --------------------------------------------------------------------------- helpers
 
 
+def _system(positions, batch=None, cell=None, pbc=False, *, need_cell: bool = False) -> System:
+    """The validated batch (:meth:`System.of`); ``need_cell``: a cell is required even without periodic axes."""
+    s = System.of(as_tensor("positions", positions), batch=batch, cell=cell, pbc=pbc)
+    if need_cell and s.cell is None:
+        raise ValueError("cell [R, 3, 3] (Å, box vectors as rows) is required here")
+    return s
+
+
 def _check_positions(positions, batch):
-    positions = as_tensor("positions", positions)
-    check_float("positions", positions)
-    if positions.dim() != 2 or positions.shape[1] != 3:
-        raise ValueError(f"positions must be [n_atoms, 3], got shape {tuple(positions.shape)}")
-    check_finite("positions", positions)
-    n = positions.shape[0]
-    if batch is None:
-        batch = torch.zeros(n, dtype=torch.int64, device=positions.device)
-        n_rep = 1
-    else:
-        batch = as_tensor("batch", batch, device=positions.device)
-        if batch.shape != (n,):
-            raise ValueError(f"batch must be [n_atoms] = [{n}], got shape {tuple(batch.shape)}")
-        if batch.dtype != torch.int64:
-            raise ValueError(f"batch must be int64, got {batch.dtype}")
-        if batch.device != positions.device:
-            raise ValueError(f"batch must be on the device of positions ({positions.device}), got {batch.device}")
-        n_rep = replica_count(batch)
-    return positions, batch, n_rep
-
-
-def _check_cell(cell, n_rep, like, *, required):
-    if cell is None:
-        if required:
-            raise ValueError("cell [R, 3, 3] (Å, box vectors as rows) is required here")
-        return None
-    cell = as_tensor("cell", cell, dtype=like.dtype, device=like.device)
-    if cell.shape == (3, 3):
-        cell = cell.expand(n_rep, 3, 3)
-    if cell.shape != (n_rep, 3, 3):
-        raise ValueError(f"cell must be [R, 3, 3] = [{n_rep}, 3, 3] or [3, 3], got shape {tuple(cell.shape)}")
-    return cell.to(like.dtype)
-
-
-def _pbc_tensor(pbc, n_rep, device):
-    p = torch.as_tensor(pbc, dtype=torch.bool, device=device)
-    if p.dim() == 0:
-        p = p.expand(n_rep, 3)
-    elif p.shape == (3,):
-        p = p.expand(n_rep, 3)
-    if p.shape != (n_rep, 3):
-        raise ValueError(f"pbc must be a bool, [3] or [R, 3] = [{n_rep}, 3], got shape {tuple(p.shape)}")
-    return p
+    s = _system(positions, batch)
+    return s.positions, s.batch, s.n_replicas
 
 
 def _all_pairs(batch: torch.Tensor, n_rep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,12 +264,12 @@ class RDF(_Reference):
         """
         from .neighbors import neighbor_list
 
-        positions, batch, n_rep = _check_positions(positions, batch)
+        system = _system(positions, batch, cell, pbc, need_cell=True)
+        positions, batch, n_rep, cell = system.positions, system.batch, system.n_replicas, system.cell
         species = as_tensor("species", species, device=positions.device)
         if species.shape != batch.shape or species.dtype != torch.int64:
             raise ValueError(f"species must be int64 [n_atoms] = [{batch.shape[0]}], got {species.dtype} "
                              f"of shape {tuple(species.shape)}")
-        cell = _check_cell(cell, n_rep, positions, required=True)
         kinds = self.kinds(species)
         n_k = len(kinds)
         if n_k == 0:  # no atoms, no species pairs
@@ -361,7 +328,8 @@ def bonds_from_structure(species, positions, *, mult: float = 1.0, cell=None, pb
     Returns:
         ``[n_bonds, 2]`` int64, ``i < j``, sorted.
     """
-    positions, _, _ = _check_positions(positions, None)
+    system = _system(positions, None, cell, pbc)
+    positions = system.positions
     species = as_tensor("species", species, device=positions.device)
     if species.shape != (positions.shape[0],) or species.dtype != torch.int64:
         raise ValueError(f"species must be int64 [N] = [{positions.shape[0]}], got {species.dtype} "
@@ -369,10 +337,8 @@ def bonds_from_structure(species, positions, *, mult: float = 1.0, cell=None, pb
     with torch.no_grad():
         i, j = _all_pairs(torch.zeros_like(species), 1)
         d = positions[j] - positions[i]
-        cell = _check_cell(cell, 1, positions, required=bool(torch.as_tensor(pbc).any()))
-        if cell is not None:
-            p = _pbc_tensor(pbc, 1, positions.device)
-            d = _minimum_image(d, cell.expand(d.shape[0], 3, 3), p.expand(d.shape[0], 3))
+        if system.cell is not None:
+            d = _minimum_image(d, system.cell.expand(d.shape[0], 3, 3), system.pbc.expand(d.shape[0], 3))
         r = _covalent_radii(species, float(mult)).to(positions.dtype)
         bonded = d.norm(dim=1) < r[i] + r[j]
     return torch.stack([i[bonded], j[bonded]], dim=1)
@@ -437,7 +403,8 @@ class BondLengths(_Reference):
         Returns:
             ``[R, n_bonds]`` Å, or ``[R, n_types]`` mean lengths per type when ``bond_types`` was given.
         """
-        positions, batch, n_rep = _check_positions(positions, batch)
+        system = _system(positions, batch, cell, pbc)
+        positions, batch, n_rep = system.positions, system.batch, system.n_replicas
         counts = torch.bincount(batch, minlength=n_rep)
         bonds = self.bonds.to(positions.device)
         if bonds.numel() and n_rep and int(bonds.max()) >= int(counts.min()):
@@ -447,11 +414,9 @@ class BondLengths(_Reference):
         gi = (ptr[:, None] + bonds[None, :, 0]).reshape(-1)
         gj = (ptr[:, None] + bonds[None, :, 1]).reshape(-1)
         d = positions[gj] - positions[gi]
-        periodic = bool(torch.as_tensor(pbc).any())
-        cell = _check_cell(cell, n_rep, positions, required=periodic)
-        if cell is not None and periodic:  # a non-periodic batch may carry zero cells (datasets do)
+        if system.cell is not None and bool(system.pbc.any()):  # non-periodic batches may carry zero cells
             rep = batch[gi]
-            d = _minimum_image(d, cell[rep], _pbc_tensor(pbc, n_rep, positions.device)[rep])
+            d = _minimum_image(d, system.cell[rep], system.pbc[rep])
         lengths = d.norm(dim=1).view(n_rep, bonds.shape[0])
         if self.bond_types is None:
             return lengths
@@ -477,17 +442,16 @@ def min_intermolecular_distance(positions, molecule, *, batch=None, cell=None, p
     Returns:
         ``[R]`` Å (``inf`` where no intermolecular pair exists within the search).
     """
-    positions, batch, n_rep = _check_positions(positions, batch)
+    system = _system(positions, batch, cell, pbc)
+    positions, batch, n_rep, cell = system.positions, system.batch, system.n_replicas, system.cell
     molecule = as_tensor("molecule", molecule, device=positions.device)
     if molecule.shape != batch.shape or molecule.dtype != torch.int64:
         raise ValueError(f"molecule must be int64 [n_atoms] = [{batch.shape[0]}], got {molecule.dtype} of "
                          f"shape {tuple(molecule.shape)}")
-    periodic = bool(torch.as_tensor(pbc).any())
-    if periodic:
+    if bool(system.pbc.any()):
         from .neighbors import neighbor_list
 
         cutoff = positive_float("cutoff", cutoff, "Å")
-        cell = _check_cell(cell, n_rep, positions, required=True)
         pairs = neighbor_list(positions, cutoff, batch=batch, cell=cell, pbc=pbc)
         i, j, d = pairs.i, pairs.j, pairs.distances
     else:
@@ -524,9 +488,8 @@ class AngleDistribution(_Reference):
         """All angles ``[n_triplets]`` (degrees) and the replica of each ``[n_triplets]``."""
         from .neighbors import neighbor_list
 
-        positions, batch, n_rep = _check_positions(positions, batch)
-        if bool(torch.as_tensor(pbc).any()):
-            cell = _check_cell(cell, n_rep, positions, required=True)
+        system = _system(positions, batch, cell, pbc)
+        positions, batch, cell, n_rep = system.positions, system.batch, system.cell, system.n_replicas
         pairs = neighbor_list(positions, self.cutoff, batch=batch, cell=cell, pbc=pbc, full_list=True)
         i, vec = pairs.i, pairs.vectors
         if self.center_species is not None:

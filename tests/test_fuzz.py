@@ -44,7 +44,7 @@ SECONDS = 60  # a call that runs longer than this is a hang
 def small_limits():
     with pytest.MonkeyPatch.context() as mp:
         for module, name, value in [(neighbors, "MAX_PAIRS", 2**14), (neighbors, "MAX_IMAGES", 2**10),
-                                    (neighbors, "MAX_REPLICAS", 2**12), (_checks, "MAX_REPLICAS", 2**12),
+                                    (_checks, "MAX_REPLICAS", 2**12),
                                     (histogram_mod, "MAX_ENTRIES", 2**16), (covariance_mod, "MAX_ENTRIES", 2**16),
                                     (observables, "MAX_TERMS", 2**14), (observables, "MAX_BINS", 2**12)]:
             mp.setattr(module, name, value)

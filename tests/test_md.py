@@ -138,8 +138,11 @@ def test_bad_input_raises_clear_value_errors():
         bg.md.State(bad, v, m, z)
     with pytest.raises(ValueError, match="batch must be sorted"):
         bg.md.State(pos, v, m, z, batch=torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match=r"cell must have shape \[R, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"replica 1 of R = 2 .* has no atoms"):
         bg.md.State(pos, v, m, z, cell=torch.eye(3, dtype=torch.float64).repeat(2, 1, 1), pbc=True)
+    with pytest.raises(ValueError, match=r"pbc has 3 replicas but cell says R = 2"):
+        bg.md.State(pos, v, m, z, cell=torch.eye(3, dtype=torch.float64).repeat(2, 1, 1),
+                    pbc=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="dt must be finite and > 0"):
         bg.md.VelocityVerlet(0.0)
     with pytest.raises(ValueError, match="dt must be finite and > 0"):

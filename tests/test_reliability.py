@@ -335,9 +335,9 @@ def test_cli_checkpoint_lacking_a_key(toy, tmp_path):
     trainer = StableTrainer(weak_model(), data, config(n_replicas=4), out_dir=tmp_path)
     path = trainer.save_checkpoint()
     ck = bg.stable.load_checkpoint(path)
-    del ck["history"]
+    del ck["run"]["history"]
     bg.stable.save_checkpoint(path, ck)
-    with pytest.raises(CheckpointError, match=r"lacks \['history'\]"):
+    with pytest.raises(CheckpointError, match=r"lacks \['run.history'\]"):
         StableTrainer(weak_model(), data, config(n_replicas=4), out_dir=tmp_path).fit(resume=True)
 
 

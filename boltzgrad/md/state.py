@@ -147,6 +147,10 @@ class State:
             raise TypeError(f"positions must be a torch.Tensor [n_atoms, 3], got {type(positions).__name__}")
         species = as_tensor("species", species, dtype=torch.int64, device=positions.device)
         system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc)
+        empty = torch.nonzero(system.atoms_per_replica() == 0).flatten()
+        if empty.numel():
+            raise ValueError(f"replica {int(empty[0])} of R = {system.n_replicas} (the rows of cell [R, 3, 3] or pbc "
+                             "[R, 3], else batch[-1] + 1) has no atoms: every replica of an MD state needs atoms")
         n = positions.shape[0]
         velocities = as_tensor("velocities", velocities, dtype=positions.dtype, device=positions.device)
         if velocities.shape != (n, 3):

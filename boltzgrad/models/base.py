@@ -19,89 +19,28 @@ no gradient) and drops the pairs beyond its cutoff (see ``bg.models.pair.pair_ge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .._checks import as_tensor, check_dim, check_finite, check_float
-
-
-@dataclass
-class System:
-    """A validated batch of systems (see :func:`normalize_system`)."""
-
-    batch: torch.Tensor  # [n_atoms] int64
-    n_replicas: int
-    cell: torch.Tensor | None  # [R, 3, 3] or None
-    pbc: torch.Tensor  # [R, 3] bool
+from .._checks import check_dim
+from ..system import System
 
 
 def normalize_system(positions, species=None, *, batch=None, cell=None, pbc=False, check_values: bool = True
                      ) -> System:
-    """Check the shapes of a flat batch of systems and bring ``batch``, ``cell`` and ``pbc`` to full form.
+    """The :class:`~boltzgrad.system.System` of a flat batch (:meth:`System.of`, the one set of rules).
 
     Args:
         positions: [n_atoms, 3] float, Å.
         species: [n_atoms] integer (atomic numbers or type indices), or None to skip its check.
-        batch: [n_atoms] int64 sorted replica index 0..R-1, or None for a single system.
-        cell: [R, 3, 3] (or [3, 3] for one system) float, Å, box vectors as rows; None when not periodic.
+        batch: [n_atoms] int64 sorted replica index, or None for a single system.
+        cell: [R, 3, 3] (or [3, 3] for every replica) float, Å, box vectors as rows; None when not periodic.
         pbc: bool, [3] bool or [R, 3] bool: periodicity along each box vector.
-        check_values: also check that ``batch`` is sorted and that positions are finite (one host sync).
+        check_values: also check the values (finite positions, sorted batch; one host sync).
 
     Returns:
         A :class:`System` with ``batch`` [n_atoms], ``n_replicas`` R, ``cell`` [R, 3, 3] or None, ``pbc`` [R, 3].
     """
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a torch.Tensor of shape [n_atoms, 3], got {type(positions).__name__}")
-    check_float("positions", positions)
-    if positions.dim() != 2 or positions.shape[1] != 3:
-        raise ValueError(f"positions must have shape [n_atoms, 3], got {tuple(positions.shape)}")
-    n = positions.shape[0]
-    dev = positions.device
-    if species is not None:
-        if not isinstance(species, torch.Tensor):
-            raise TypeError(f"species must be a torch.Tensor of shape [n_atoms], got {type(species).__name__}")
-        if species.shape != (n,):
-            raise ValueError(f"species must have shape [n_atoms] = [{n}], got {tuple(species.shape)}")
-        if species.is_floating_point():
-            raise ValueError(f"species must be an integer tensor, got dtype {species.dtype}")
-    if batch is None:
-        batch = torch.zeros(n, dtype=torch.int64, device=dev)
-        n_rep = 1
-    else:
-        if not isinstance(batch, torch.Tensor):
-            raise TypeError(f"batch must be a torch.Tensor of shape [n_atoms], got {type(batch).__name__}")
-        if batch.shape != (n,):
-            raise ValueError(f"batch must have shape [n_atoms] = [{n}], got {tuple(batch.shape)}")
-        if batch.dtype != torch.int64:
-            raise ValueError(f"batch must be an int64 tensor, got dtype {batch.dtype}")
-        n_rep = int(batch[-1]) + 1 if n > 0 else 0
-        if check_values and n > 0:
-            if int(batch[0]) != 0 or bool((batch[1:] < batch[:-1]).any()):
-                raise ValueError("batch must be sorted and start at 0 (replica indices 0..R-1)")
-            if bool(((batch[1:] - batch[:-1]) > 1).any()):
-                raise ValueError("batch must not skip replica indices (every replica 0..R-1 needs atoms)")
-    if cell is not None:
-        cell = as_tensor("cell", cell, dtype=positions.dtype, device=dev)
-        if cell.dim() == 2:
-            cell = cell.unsqueeze(0)
-        if cell.shape != (n_rep, 3, 3):
-            raise ValueError(f"cell must have shape [R, 3, 3] = [{n_rep}, 3, 3] (box vectors as rows), "
-                             f"got {tuple(cell.shape)}")
-        if cell.dtype != positions.dtype:
-            raise ValueError(f"cell must have the dtype of positions ({positions.dtype}), got {cell.dtype}")
-    pbc = torch.as_tensor(pbc, dtype=torch.bool, device=dev)
-    if pbc.dim() == 0:
-        pbc = pbc.expand(n_rep, 3)
-    elif pbc.shape == (3,):
-        pbc = pbc.unsqueeze(0).expand(n_rep, 3)
-    elif pbc.shape != (n_rep, 3):
-        raise ValueError(f"pbc must be a bool, [3] or [R, 3] = [{n_rep}, 3], got shape {tuple(pbc.shape)}")
-    if cell is None and check_values and bool(pbc.any()):
-        raise ValueError("cell is required when pbc is True along any direction")
-    if check_values:
-        check_finite("positions", positions.detach())
-    return System(batch=batch, n_replicas=n_rep, cell=cell, pbc=pbc)
+    return System.of(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=check_values)
 
 
 def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:

@@ -16,24 +16,8 @@ import torch
 from torch import nn
 
 from .._checks import as_int
-from .base import accepts_pairs, n_replicas_of, segment_sum
-
-
-def _batch_of(positions: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
-    if batch is None:
-        return torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
-    return batch
-
-
-def _cell3(cell, positions: torch.Tensor, n_rep: int):
-    if cell is None:
-        return None
-    cell = torch.as_tensor(cell, dtype=positions.dtype, device=positions.device)
-    if cell.dim() == 2:
-        cell = cell.unsqueeze(0)
-    if cell.shape[0] == 1 and n_rep > 1:
-        cell = cell.expand(n_rep, 3, 3)
-    return cell
+from ..system import System
+from .base import accepts_pairs, segment_sum
 
 
 def safe_distance(d2: torch.Tensor) -> torch.Tensor:
@@ -56,9 +40,8 @@ def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False,
         ``(i [P] int64, j [P] int64, vectors [P, 3] Å, distances [P] Å, batch [n_atoms] int64, R)``; the distance
         of two coincident atoms is 0 with a zero gradient (not NaN).
     """
-    batch = _batch_of(positions, batch)
-    n_rep = n_replicas_of(batch)
-    cell = _cell3(cell, positions, n_rep)
+    system = System.of(positions, batch=batch, cell=cell, pbc=pbc, check_values=False)
+    batch, n_rep, cell = system.batch, system.n_replicas, system.cell
     if pairs is None:
         from ..neighbors import neighbor_list
 
@@ -214,18 +197,19 @@ class Harmonic(nn.Module):
         self.register_buffer("k", k)
         self.register_buffer("r0", r0)
 
-    def _global_bonds(self, batch: torch.Tensor):
+    def _global_bonds(self, batch: torch.Tensor, n_rep: int | None = None):
         """Bonds as flat atom indices [R*B, 2], their replica [R*B] and R.
 
         Cached for the last ``batch`` seen (MD passes the same tensor every step): the cache is used only for
         that very tensor object, unmodified in place since (same storage and version counter), and for the
         same, unmodified ``bonds``.
         """
-        key = (batch.data_ptr(), batch._version, self.bonds.data_ptr(), self.bonds._version)
+        if n_rep is None:
+            n_rep = int(batch[-1]) + 1 if batch.numel() else 0
+        key = (batch.data_ptr(), batch._version, self.bonds.data_ptr(), self.bonds._version, n_rep)
         cache = self.__dict__.get("_bond_cache")
         if cache is not None and cache[0] is batch and cache[1] == key:
             return cache[2]
-        n_rep = n_replicas_of(batch)
         counts = torch.bincount(batch, minlength=n_rep)
         offsets = torch.cumsum(counts, 0) - counts
         if self.bonds.numel() and int(self.bonds.max()) >= int(counts.min()):
@@ -238,16 +222,12 @@ class Harmonic(nn.Module):
 
     def forward(self, positions, species=None, *, batch=None, cell=None, pbc=False):
         """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface."""
-        batch = _batch_of(positions, batch)
-        n = positions.shape[0]
-        b, bond_rep, n_rep = self._global_bonds(batch)
+        system = System.of(positions, batch=batch, cell=cell, pbc=pbc, check_values=False)
+        batch, n = system.batch, positions.shape[0]
+        b, bond_rep, n_rep = self._global_bonds(batch, system.n_replicas)
         d = positions[b[:, 1]] - positions[b[:, 0]]
-        if cell is not None:
-            pbc_t = torch.as_tensor(pbc, dtype=torch.bool, device=positions.device)
-            if bool(pbc_t.any()):
-                cell3 = _cell3(cell, positions, n_rep)
-                pbc_t = pbc_t.expand(n_rep, 3) if pbc_t.dim() < 2 else pbc_t
-                d = _minimum_image(d, cell3[bond_rep], pbc_t[bond_rep])
+        if system.cell is not None and bool(system.pbc.any()):
+            d = _minimum_image(d, system.cell[bond_rep], system.pbc[bond_rep])
         k = self.k.to(positions.dtype).repeat(n_rep)
         r0 = self.r0.to(positions.dtype).repeat(n_rep)
         d2 = (d * d).sum(-1)

@@ -808,6 +808,8 @@ class StableTrainer:
         if ck.get("format") != "boltzgrad-stable-trainer":
             raise CheckpointError(f"checkpoint {path!r} was not written by StableTrainer")
         missing = sorted(_CHECKPOINT_KEYS - set(ck))
+        if not missing and isinstance(ck["run"], dict):
+            missing = [f"run.{f.name}" for f in fields(RunState) if f.name not in ck["run"]]
         if missing:
             raise CheckpointError(f"checkpoint {path!r} lacks {missing} (written by another program or version)")
         try:

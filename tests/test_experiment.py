@@ -166,6 +166,7 @@ def test_experiment_command_runs_every_arm_resumes_and_writes_the_summary(tmp_pa
         ("stable", train), ("stable", "T = 350 K"), ("stable", "T = 700 K"), ("stable", "dt = 1 fs")]
     main_eval = json.loads((out / "eval" / "stable_s0.json").read_text())
     assert gen[4]["stable_to_end"] == int((~np.asarray(main_eval["unstable"])).sum())  # the main evaluation's row
+    assert 0.0 <= gen[5]["logrank_p_vs_pretrained"] <= 1.0 and "logrank_p_vs_pretrained" not in gen[1]
     for r in gen[1:3]:
         assert 1.0 <= r["ess"] < r["n_reference"] == 40  # the reference pool: 10 frames of each of 4 chains
     for name in ("generalization.png", "generalization_structure.png"):

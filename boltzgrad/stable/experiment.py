@@ -225,7 +225,7 @@ def _generalization(models, records, cfg, out, settings, data, verbose) -> tuple
     g = settings["generalization"]
     base = evaluate_config(cfg, settings["evaluate"])
     data_t = stable_config(cfg, settings["train"]).temperature
-    rows = []
+    rows, times = [], {}
     if not (g["temperatures"] or g["timesteps"]):
         return rows, {}
     # the reweighted reference depends on the temperature only: once per temperature, for every arm and seed
@@ -238,6 +238,7 @@ def _generalization(models, records, cfg, out, settings, data, verbose) -> tuple
             rows.append({"arm": arm, "seed": seed, "condition": f"training: T = {main['temperature']:g} K, "
                          f"dt = {main['dt']:g} fs", "temperature": main["temperature"], "dt": main["dt"],
                          **_survival_row(main), "hr_error": main["structure_error"]})
+            times[(seed, rows[-1]["condition"], arm)] = main
             for t in g["temperatures"]:
                 ov = {**settings["evaluate"], "replicas": g["replicas"], "temperature": float(t)}
                 rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_T{t:g}")
@@ -247,6 +248,7 @@ def _generalization(models, records, cfg, out, settings, data, verbose) -> tuple
                 rows.append({"arm": arm, "seed": seed, "condition": f"T = {t:g} K", "temperature": float(t),
                              "dt": base.dt, "ess": ess, "n_reference": len(data["reference"]),
                              **_survival_row(rec), "hr_error_reweighted": err})
+                times[(seed, rows[-1]["condition"], arm)] = rec
             for dt in g["timesteps"]:
                 scale = base.dt / float(dt)  # the same checks and samples per fs as the main evaluation
                 check = max(1, round(base.check_every * scale))
@@ -256,6 +258,15 @@ def _generalization(models, records, cfg, out, settings, data, verbose) -> tuple
                 rec = _evaluate(model, cfg, out, arm, seed, ov, data, verbose, tag=f"_dt{dt:g}")
                 rows.append({"arm": arm, "seed": seed, "condition": f"dt = {dt:g} fs", "temperature": base.temperature,
                              "dt": float(dt), **_survival_row(rec), "hr_error": rec["structure_error"]})
+                times[(seed, rows[-1]["condition"], arm)] = rec
+    # each trained arm against the pre-trained model under the same condition (same seed, starts and noise)
+    for row in rows:
+        ref = times.get((row["seed"], row["condition"], "pretrained"))
+        if row["arm"] != "pretrained" and ref is not None:
+            rec = times[(row["seed"], row["condition"], row["arm"])]
+            test = logrank_test(np.asarray(rec["stable_time"], dtype=float), np.asarray(rec["unstable"], dtype=bool),
+                                np.asarray(ref["stable_time"], dtype=float), np.asarray(ref["unstable"], dtype=bool))
+            row["logrank_p_vs_pretrained"] = test["p"]
     references = {f"{t:g}": {"h": np.asarray(h).tolist(), "ess": ess, "n_reference": len(data["reference"])}
                   for t, (h, ess, _) in refs.items()}
     return rows, references
@@ -402,14 +413,16 @@ def format_markdown(summary: dict) -> str:
     if summary.get("generalization"):
         lines += ["", "Away from the training conditions (one seed per arm; h(r) error against the reference "
                   "Boltzmann-reweighted to the temperature, with its effective sample size):", "",
-                  "| arm | seed | condition | replicas | median stable time (ps) | stable to the end | h(r) error | "
-                  "reference ESS |", "|---|---|---|---|---|---|---|---|"]
+                  "| arm | seed | condition | replicas | median stable time (ps) | stable to the end | log-rank p vs "
+                  "pretrained | h(r) error | reference ESS |", "|---|---|---|---|---|---|---|---|---|"]
         for row in summary["generalization"]:
             err = row.get("hr_error_reweighted", row.get("hr_error"))
             ess = f"{row['ess']:.0f} of {row['n_reference']}" if "ess" in row else "-"
+            p = row.get("logrank_p_vs_pretrained")
             lines.append(f"| {row['arm']} | {row['seed']} | {row['condition']} | {row['replicas']} | "
                          f"{row['median_stable_time_fs'] / 1000:.3g} | {row['stable_to_end']}/{row['replicas']} | "
-                         f"{'n/a' if err is None else format(err, '.4f')} | {ess} |")
+                         f"{'-' if p is None else format(p, '.2g')} | {'n/a' if err is None else format(err, '.4f')} | "
+                         f"{ess} |")
     return "\n".join(lines) + "\n"
 
 

@@ -697,3 +697,49 @@ def test_state_round_trips_through_a_dict_and_rejects_a_wrong_shape():
         bg.md.State.from_dict(d)
     with pytest.raises(ValueError, match="missing fields \\['positions'\\]"):
         bg.md.State.from_dict({k: v for k, v in st.to_dict().items() if k != "positions"})
+
+
+def test_counter_based_noise_is_normal_and_uncorrelated_across_its_coordinates():
+    from scipy import stats
+
+    from boltzgrad.md.random import counter_normal
+
+    idx = torch.arange(200_000)
+    z = counter_normal(0, 1, torch.zeros_like(idx), 5, idx)
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.var()) - 1) < 0.01
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-3
+    for other in (counter_normal(0, 1, torch.zeros_like(idx), 6, idx),  # next step
+                  counter_normal(0, 1, torch.ones_like(idx), 5, idx),  # another replica
+                  counter_normal(1, 1, torch.zeros_like(idx), 5, idx),  # another seed
+                  counter_normal(0, 2, torch.zeros_like(idx), 5, idx),  # another stream
+                  counter_normal(0, 1, torch.zeros_like(idx), 5 + 2**32, idx)):  # the step's high word
+        assert abs(float(torch.corrcoef(torch.stack([z, other]))[0, 1])) < 0.015  # 6.7 sigma for 2e5 pairs
+    assert torch.equal(z, counter_normal(0, 1, torch.zeros_like(idx), 5, idx))  # a function of its coordinates
+
+
+def test_a_replica_with_counter_noise_follows_the_same_trajectory_alone_or_in_a_batch():
+    """Langevin noise and initial velocities keyed by replica id: replica 1 of a batch of three, run alone
+    (with its id), takes the same steps."""
+    cluster = Icosahedron("Ar", 2)
+    lj = bg.models.LennardJones(sigma=3.4, epsilon=0.0104, cutoff=8.5).double()
+    n = len(cluster)
+    pos0 = torch.tensor(cluster.positions, dtype=torch.float64)
+    pos = torch.cat([pos0 + 0.01 * k for k in range(3)])
+    batch = torch.arange(3).repeat_interleave(n)
+    masses = torch.full((3 * n,), 39.95, dtype=torch.float64)
+    z = torch.full((3 * n,), 18, dtype=torch.int64)
+    kT = units.kT(40.0)
+    v = bg.md.maxwell_boltzmann(masses, kT, batch=batch, seed=7)
+    full = bg.md.State(pos, v, masses, z, batch=batch)
+    sim = bg.md.Simulator(lj, bg.md.Langevin(2.0, kT, 0.01, seed=3))
+    end = sim.run(full, 25)
+
+    alone = full.select(torch.tensor([False, True, False]))
+    assert alone.replica_id.tolist() == [1]
+    v1 = bg.md.maxwell_boltzmann(masses[:n], kT, seed=7, replica_id=torch.tensor([1]))
+    assert torch.equal(v1, v[n:2 * n])  # the initial velocities, drawn alone, are the batch's
+    end1 = bg.md.Simulator(lj, bg.md.Langevin(2.0, kT, 0.01, seed=3)).run(alone, 25)
+    assert torch.allclose(end1.positions, end.positions[n:2 * n], rtol=0, atol=1e-12)
+    assert not torch.allclose(end.positions[:n] - pos[:n], end.positions[n:2 * n] - pos[n:2 * n])
+    with pytest.raises(ValueError, match="not both"):
+        bg.md.Langevin(1.0, kT, 0.01, seed=1, generator=torch.Generator())

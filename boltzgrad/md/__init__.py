@@ -3,7 +3,7 @@
 Units: Å, fs, amu, eV (see :mod:`boltzgrad.md.units`); ``kT`` in eV, per replica allowed.
 """
 
-from . import units
+from . import random, units
 from .integrators import BerendsenNPT, Integrator, Langevin, NoseHoover, VelocityVerlet
 from .simulator import Simulator
 from .state import State, kinetic_energy, maxwell_boltzmann, remove_com_velocity
@@ -12,6 +12,7 @@ from .verlet import VerletPairs
 
 __all__ = [
     "units",
+    "random",
     "State",
     "maxwell_boltzmann",
     "kinetic_energy",

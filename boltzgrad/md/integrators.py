@@ -19,6 +19,7 @@ import torch
 from .._checks import positive_float
 from ..models.base import segment_sum
 from . import units
+from .random import STREAM_THERMOSTAT, replica_normal
 from .state import State, _kT_tensor, kinetic_energy
 
 Compute = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
@@ -89,14 +90,24 @@ class Langevin(Integrator):
         kT: float or [R] tensor, eV, >= 0 (per-replica temperatures allowed).
         friction: γ, 1/fs, > 0 (e.g. 0.01/fs = 10/ps).
         generator: torch random generator for the noise (reproducible runs).
+        seed: instead of ``generator``, counter-based noise (:mod:`boltzgrad.md.random`) keyed by ``seed``,
+            ``stream``, the step and each replica's ``state.replica_id``: a replica's trajectory is then the same
+            whichever replicas share its batch or process.
+        stream: the stream of the counter-based noise (an int >= 0; e.g. a pass number of a run that replays
+            the same steps).
     """
 
-    def __init__(self, dt: float, kT, friction: float, *, generator: torch.Generator | None = None):
+    def __init__(self, dt: float, kT, friction: float, *, generator: torch.Generator | None = None,
+                 seed: int | None = None, stream: int = STREAM_THERMOSTAT):
         super().__init__(dt)
         self.friction = positive_float("friction", friction, "1/fs")
         _check_kT(kT, positive=False)
         self.kT = kT
+        if seed is not None and generator is not None:
+            raise ValueError("give generator or seed (counter-based noise), not both")
         self.generator = generator
+        self.seed = None if seed is None else int(seed)
+        self.stream = int(stream)
 
     def init(self, state: State) -> None:
         self._kT_for(state)
@@ -108,7 +119,11 @@ class Langevin(Integrator):
         sigma = torch.sqrt((1.0 - c1 * c1) * units.ACCELERATION * kT_atom / state.masses).unsqueeze(-1)
         v = state.velocities + (0.5 * dt) * _acceleration(state, state.forces)
         x = state.positions + (0.5 * dt) * v
-        noise = torch.randn(v.shape, generator=self.generator, dtype=v.dtype, device=v.device)
+        if self.seed is None:
+            noise = torch.randn(v.shape, generator=self.generator, dtype=v.dtype, device=v.device)
+        else:
+            noise = replica_normal(self.seed, self.stream, state.step, state.replica_id, state.batch, 3,
+                                   dtype=v.dtype)
         v = c1 * v + sigma * noise
         x = x + (0.5 * dt) * v
         energy, forces, virial = compute(x, state.cell)

@@ -7,6 +7,7 @@ import torch
 from .._checks import as_tensor, replica_count
 from ..models.base import normalize_system, segment_sum
 from . import units
+from .random import STREAM_VELOCITIES, replica_normal
 
 #: Scopes of the fields of a :class:`State`: per atom (leading dimension n_atoms), per replica (leading dimension R)
 #: or global (one value for the whole batch).
@@ -15,9 +16,10 @@ SCOPES = (ATOM, REPLICA, GLOBAL)
 #: The scope of every tensor field of a :class:`State` (``aux`` entries declare theirs, :meth:`State.set_aux`).
 FIELD_SCOPES = {"positions": ATOM, "velocities": ATOM, "masses": ATOM, "species": ATOM, "batch": ATOM,
                 "image": ATOM, "forces": ATOM, "cell": REPLICA, "pbc": REPLICA, "energy": REPLICA,
-                "virial": REPLICA, "frozen": REPLICA, "frozen_step": REPLICA, "step": GLOBAL, "n_replicas": GLOBAL}
+                "virial": REPLICA, "frozen": REPLICA, "frozen_step": REPLICA, "replica_id": REPLICA, "step": GLOBAL,
+                "n_replicas": GLOBAL}
 #: Fields that describe the system and are the same in every state of one run: :meth:`State.merge` keeps them.
-STATIC_FIELDS = frozenset({"masses", "species", "batch", "pbc", "n_replicas"})
+STATIC_FIELDS = frozenset({"masses", "species", "batch", "pbc", "replica_id", "n_replicas"})
 _FIELDS = (*FIELD_SCOPES, "aux", "aux_scopes")
 
 
@@ -62,7 +64,8 @@ def remove_com_velocity(velocities: torch.Tensor, masses: torch.Tensor, batch: t
 
 
 def maxwell_boltzmann(masses, kT, *, batch=None, generator: torch.Generator | None = None,
-                      remove_com: bool = True, exact: bool = False, dtype=None) -> torch.Tensor:
+                      remove_com: bool = True, exact: bool = False, dtype=None, seed: int | None = None,
+                      replica_id=None, stream: int = STREAM_VELOCITIES) -> torch.Tensor:
     """Velocities drawn from the Maxwell-Boltzmann distribution at ``kT``, per replica.
 
     Each Cartesian component of atom a is Gaussian with variance ``kT / m_a`` (in Å²/fs² after the unit
@@ -76,6 +79,10 @@ def maxwell_boltzmann(masses, kT, *, batch=None, generator: torch.Generator | No
         remove_com: subtract each replica's centre-of-mass velocity (then 3N - 3 degrees of freedom).
         exact: rescale each replica so that its instantaneous temperature ``2K / n_dof`` equals kT exactly.
         dtype: floating dtype of the result (default: that of ``masses``).
+        seed: instead of ``generator``, counter-based draws (:mod:`boltzgrad.md.random`) keyed by ``seed``,
+            ``stream`` and ``replica_id``: each replica's velocities then do not depend on the other replicas.
+        replica_id: [R] int64 replica identities for ``seed`` (default 0..R-1).
+        stream: the stream of the counter-based draws.
 
     Returns:
         velocities [n_atoms, 3], Å/fs.
@@ -99,7 +106,17 @@ def maxwell_boltzmann(masses, kT, *, batch=None, generator: torch.Generator | No
                              f"{batch.dtype}")
     n_rep = replica_count(batch)
     kT_t = _kT_tensor("kT", kT, n_rep, dtype, masses.device)
-    z = torch.randn(n, 3, generator=generator, dtype=dtype, device=masses.device)
+    if seed is None:
+        z = torch.randn(n, 3, generator=generator, dtype=dtype, device=masses.device)
+    else:
+        if generator is not None:
+            raise ValueError("give generator or seed (counter-based draws), not both")
+        ids = torch.arange(n_rep, device=masses.device) if replica_id is None else \
+            as_tensor("replica_id", replica_id, device=masses.device)
+        if ids.shape != (n_rep,) or ids.dtype != torch.int64:
+            raise ValueError(f"replica_id must be an int64 tensor of shape [R] = [{n_rep}], got "
+                             f"{tuple(ids.shape)} {ids.dtype}")
+        z = replica_normal(int(seed), int(stream), 0, ids, batch, 3, dtype=dtype)
     v = z * torch.sqrt(kT_t[batch] * units.ACCELERATION / masses).unsqueeze(-1)
     if remove_com:
         v = remove_com_velocity(v, masses, batch, n_rep)
@@ -132,6 +149,9 @@ class State:
             adds them back (for diffusion).
         frozen: [R] bool, replicas whose dynamics stopped (non-finite state, or set by the user).
         frozen_step: [R] int64, the step at which each replica froze (-1 when running).
+        replica_id: [R] int64, each replica's identity (default 0..R-1; kept by :meth:`select`): counter-based
+            random streams (:mod:`boltzgrad.md.random`) are keyed by it, so a replica's noise does not depend on
+            which other replicas share its batch.
         step: int, number of steps taken.
         aux: dict of integrator variables (e.g. the Nosé-Hoover chain), each per replica ``[R, ...]``, per atom
             ``[n_atoms, ...]`` or global, as declared in ``aux_scopes`` (:meth:`set_aux`).
@@ -186,6 +206,7 @@ class State:
         self.virial: torch.Tensor | None = None
         self.frozen = torch.zeros(R, dtype=torch.bool, device=dev)
         self.frozen_step = torch.full((R,), -1, dtype=torch.int64, device=dev)
+        self.replica_id = torch.arange(R, dtype=torch.int64, device=dev)
         self.step = 0
         self.aux: dict[str, torch.Tensor] = {}
         self.aux_scopes: dict[str, str] = {}
@@ -384,6 +405,8 @@ class State:
         scopes."""
         if not isinstance(d, dict):
             raise TypeError(f"a State dict must be a dict, got {type(d).__name__}")
+        if "replica_id" not in d and "positions" in d and "n_replicas" in d:  # dicts written before replica ids
+            d = {**d, "replica_id": torch.arange(int(d["n_replicas"]), device=d["positions"].device)}
         missing = sorted(k for k in FIELD_SCOPES if k not in d)
         unknown = sorted(k for k in d if k not in _FIELDS)
         if missing or unknown:

@@ -160,8 +160,8 @@ def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 def _pretrain(args: argparse.Namespace) -> dict:
     import torch
 
+    from .pretrain import fit_energy_forces
     from .stable.systems import build_model, load_data, save_model
-    from .train import fit_energy_forces
 
     _set_threads(args)
     cfg = _load_run(args)

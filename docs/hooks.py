@@ -111,7 +111,7 @@ def _evaluate_config() -> str:
 
 def _pretrain_fields() -> str:
     from boltzgrad.cli import _PRETRAIN_FIELDS
-    from boltzgrad.train import fit_energy_forces
+    from boltzgrad.pretrain import fit_energy_forces
 
     sig = inspect.signature(fit_energy_forces)
     text = field_descriptions(fit_energy_forces.__doc__ or "", list(sig.parameters))

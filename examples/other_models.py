@@ -10,7 +10,7 @@ boltzgrad runs any potential with the interface ``model(positions, species, *, b
   (padded coordinates ``[R, N, 3]``, atomic numbers ``[R, N]`` and a mask in, one energy per structure out).
 
 Each model is pre-trained on energies and forces of aspirin structures shipped with boltzgrad
-(``bg.train.fit_energy_forces``) and then trained with StABlE on the same structures (``StableTrainer``:
+(``bg.pretrain.fit_energy_forces``) and then trained with StABlE on the same structures (``StableTrainer``:
 simulate replicas, detect instabilities with the bond-length criterion, learn from h(r) with the Boltzmann
 estimator plus the energy/force loss). A model that stays stable for the whole simulation budget needs no
 learning: the trainer then stops as ``stable`` after ``max_simulation_steps``. If mace-torch is not installed, the
@@ -90,7 +90,7 @@ def train_both_ways(name: str, model: torch.nn.Module, data: dict, args) -> dict
     """Pre-train ``model`` on energies and forces, then StABlE-train it; returns the test errors before/after."""
     t0 = time.perf_counter()
     out = os.path.join(args.out_dir, name)
-    fit = bg.train.fit_energy_forces(model, data["train"], val_dataset=data["val"], test_dataset=data["test"],
+    fit = bg.pretrain.fit_energy_forces(model, data["train"], val_dataset=data["val"], test_dataset=data["test"],
                                      epochs=args.epochs, batch_size=8, lr=3e-3, progress=False,
                                      checkpoint_dir=os.path.join(out, "pretrain"))
     quick = args.quick
@@ -104,7 +104,7 @@ def train_both_ways(name: str, model: torch.nn.Module, data: dict, args) -> dict
     trainer = bg.stable.StableTrainer(model, data["train"], config, reference=data["reference"],
                                       out_dir=os.path.join(out, "stable"))
     result = trainer.fit()
-    after = bg.train.evaluate_energy_forces(model, data["test"])
+    after = bg.pretrain.evaluate_energy_forces(model, data["test"])
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters; test force MAE after pre-training "
           f"{fit.test_metrics['force_mae']:.3f} eV/A, after StABlE {after['force_mae']:.3f} eV/A; StABlE "
           f"{result.cycles} cycle(s), stopped by {result.stop_reason}, {result.history[-1]['md_steps']} MD steps per "

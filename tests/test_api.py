@@ -109,3 +109,19 @@ def test_command_line_commands_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "boltzgrad", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: boltzgrad") and all(c in out.stdout for c in COMMANDS)
+
+
+def test_renamed_modules_keep_their_old_names_for_one_release_with_a_warning():
+    import importlib
+    import sys
+
+    import boltzgrad as bg
+
+    for old, new in (("stability", "criteria"), ("train", "pretrain")):
+        with pytest.warns(DeprecationWarning, match=f"boltzgrad.{old} is now boltzgrad.{new}"):
+            assert getattr(bg, old) is getattr(bg, new)
+        sys.modules.pop(f"boltzgrad.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"boltzgrad.{old} is now boltzgrad.{new}"):
+            module = importlib.import_module(f"boltzgrad.{old}")
+        for name in getattr(bg, new).__all__:
+            assert getattr(module, name) is getattr(getattr(bg, new), name)

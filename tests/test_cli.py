@@ -174,8 +174,8 @@ def test_demo_runs_on_a_tiny_lj_setting(tmp_path, capsys):
 def test_shipped_aspirin_model_reproduces_its_recorded_test_errors():
     """The shipped pre-trained model loads, and its errors on the test split of the committed data are the ones
     recorded when `boltzgrad pretrain --config configs/aspirin_schnet.yaml` made it."""
+    from boltzgrad.pretrain import evaluate_energy_forces
     from boltzgrad.stable.systems import load_data
-    from boltzgrad.train import evaluate_energy_forces
 
     cfg = load_run_config(ROOT / "configs" / "aspirin_schnet.yaml")
     model, blob = load_model(cfg["model"]["checkpoint"])

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from boltzgrad.cli import main
+from boltzgrad.pretrain import qm_loss
 from boltzgrad.stable.config import StableConfig
 from boltzgrad.stable.survival import kaplan_meier, logrank_test, median_with_ci
 from boltzgrad.stable.systems import load_model
 from boltzgrad.stable.trainer import qm_only_control
-from boltzgrad.train import qm_loss
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent

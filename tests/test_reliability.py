@@ -205,11 +205,11 @@ def test_checkpoint_of_another_data_split_or_model_is_refused(toy, tmp_path):
 def test_pretraining_checkpoint_of_another_data_split_is_refused(toy, tmp_path):
     data, weak_model, _ = toy
     kw = dict(epochs=1, batch_size=40, progress=False, checkpoint_dir=tmp_path, fit_shift_scale=False)
-    bg.train.fit_energy_forces(weak_model(), data, **kw)
-    bg.train.fit_energy_forces(weak_model(), data, resume=True, **kw)  # the same run resumes
+    bg.pretrain.fit_energy_forces(weak_model(), data, **kw)
+    bg.pretrain.fit_energy_forces(weak_model(), data, resume=True, **kw)  # the same run resumes
     other = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(1))]
     with pytest.raises(ValueError, match="belongs to another run: the train and val structures differ"):
-        bg.train.fit_energy_forces(weak_model(), other, resume=True, **kw)
+        bg.pretrain.fit_energy_forces(weak_model(), other, resume=True, **kw)
 
 
 def test_model_file_of_another_kind_or_with_unknown_fields_is_refused(tmp_path):
@@ -249,7 +249,7 @@ def test_nan_weights_or_losses_stop_training(toy, tmp_path):
     with pytest.raises(ValueError, match=r"parameter 'correction\.mlp\.4\.bias' has 1 non-finite"):
         StableTrainer(bad, data, config(n_replicas=4))
     with pytest.raises(ValueError, match="non-finite"):
-        bg.train.fit_energy_forces(bad, data, epochs=1, progress=False)
+        bg.pretrain.fit_energy_forces(bad, data, epochs=1, progress=False)
     # energies that turn NaN during the learning phase: no optimizer step, a clear error
     model = _NaNAfter(weak_model())
     trainer = StableTrainer(model, data, config(n_replicas=4, qm_weight=0.1, qm_batch_size=4))
@@ -260,7 +260,7 @@ def test_nan_weights_or_losses_stop_training(toy, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # pre-training likewise
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
-        bg.train.fit_energy_forces(model, data, epochs=1, progress=False, fit_shift_scale=False)
+        bg.pretrain.fit_energy_forces(model, data, epochs=1, progress=False, fit_shift_scale=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -268,7 +268,7 @@ def _window_of(trainer):
     """A learning window of two valid samples (the first structures of the training set)."""
     from boltzgrad.stable.trainer import _Window
 
-    w = _Window(bg.stability.StabilityMonitor(trainer.criteria, 1), 0, 1, None, False)
+    w = _Window(bg.criteria.StabilityMonitor(trainer.criteria, 1), 0, 1, None, False)
     for k in range(2):
         w.positions.append(trainer.dataset.collate([k] * trainer.state.n_replicas, dtype=D).positions)
         w.valid.append(torch.ones(trainer.state.n_replicas, dtype=torch.bool))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import boltzgrad as bg
-from boltzgrad.stability import (
+from boltzgrad.criteria import (
     BondLengthCriterion,
     MinDistanceCriterion,
     NonFinite,

@@ -16,7 +16,7 @@ import torch
 
 import boltzgrad as bg
 import boltzgrad.data  # noqa: F401  (bg.data)
-from boltzgrad.stability import StabilityMonitor
+from boltzgrad.criteria import StabilityMonitor
 from boltzgrad.stable import CheckpointError, StableConfig, StableTrainer, bonded_molecules
 
 torch.set_num_threads(1)

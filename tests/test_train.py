@@ -8,7 +8,7 @@ import torch
 from boltzgrad.data import AtomsDataset
 from boltzgrad.models import LennardJones
 from boltzgrad.models.schnet import SchNet
-from boltzgrad.train import evaluate_energy_forces, fit_energy_forces, qm_loss
+from boltzgrad.pretrain import evaluate_energy_forces, fit_energy_forces, qm_loss
 
 EPS, SIGMA = 0.1, 2.0  # eV, Å
 
@@ -167,7 +167,7 @@ def test_bad_arguments():
 
 def test_digest_covers_scalar_buffers():
     # models such as MACE hold 0-d buffers; the run identity of a checkpoint hashes them like any tensor
-    from boltzgrad.train import digest
+    from boltzgrad.pretrain import digest
 
     a = digest([torch.tensor(1.0), torch.ones(2)])
     assert a == digest([torch.tensor(1.0), torch.ones(2)])

@@ -1,11 +1,11 @@
 """StABlE training (docs/method.md, "StABlE training"): simulate replicas, detect instabilities, rewind, learn.
 
 ``StableConfig`` holds the settings (YAML in and out), ``StableTrainer(model, dataset, config).fit()``
-runs the training with checkpoints and logs. The stability criteria live in :mod:`boltzgrad.stability`
+runs the training with checkpoints and logs. The stability criteria live in :mod:`boltzgrad.criteria`
 and are re-exported here.
 """
 
-from ..stability import (
+from ..criteria import (
     BondLengthCriterion,
     MinDistanceCriterion,
     NonFinite,

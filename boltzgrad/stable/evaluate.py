@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from .. import observables as obs
-from ..md import Langevin, Simulator, State, maxwell_boltzmann, units
-from ..stability import (
+from ..criteria import (
     EVAL_BOND_THRESHOLD,
     EVAL_RDF_THRESHOLD,
     TRAIN_MIN_DISTANCE,
@@ -46,7 +45,8 @@ from ..stability import (
     NonFinite,
     RDFCriterion,
 )
-from ..train import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
+from ..md import Langevin, Simulator, State, maxwell_boltzmann, units
+from ..pretrain import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
 from .trainer import bonded_molecules
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "structure_observable",
@@ -190,7 +190,7 @@ class EvaluationResult:
         structure_error: per row ``∫ |model - reference| dr`` (the h(r)/RDF MAE of the paper).
         vacf: ``[n_lags]`` VACF averaged over the stable blocks of all replicas; ``vacf_dt`` its lag spacing, fs.
         diffusivity: Å²/fs averaged over replicas with a stable trajectory, or None.
-        test_metrics: energy/force errors on the test set (``bg.train.evaluate_energy_forces``) or None.
+        test_metrics: energy/force errors on the test set (``bg.pretrain.evaluate_energy_forces``) or None.
         settings: the :class:`EvaluateConfig` as a dict; ``seconds``: wall time.
     """
 

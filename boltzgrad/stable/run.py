@@ -183,7 +183,7 @@ def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, da
     Returns a summary with ``frames`` (per replica), ``structures`` (in all files) and ``outputs``.
     """
     from ..md import Langevin, Simulator, TrajectoryBuffer, units, write_extxyz
-    from ..train import _model_dtype_device
+    from ..pretrain import _model_dtype_device
     from .evaluate import start_state
 
     s = simulate_settings(cfg)

@@ -3,7 +3,7 @@
 Training proceeds in *units* of τ MD steps of all R replicas at once:
 
 * simulation phase (learning rate 0): replicas run τ steps at a time; a
-  :class:`~boltzgrad.stability.StabilityMonitor` checks the criterion every ``check_every`` steps and
+  :class:`~boltzgrad.criteria.StabilityMonitor` checks the criterion every ``check_every`` steps and
   freezes the replicas it finds unstable. The states of the last τ steps are kept at every check, so
   when a replica is found unstable at step t its state at step t − τ is known (its *anchor*; τ is
   rounded up to a multiple of ``check_every``, and the phase's first state is used when t < τ). When
@@ -30,7 +30,7 @@ number is accepted with a warning). The checkpoint records the run's identity --
 (source, split, seed), of the reference observable and of the starting model -- and a checkpoint of another run
 is refused.
 
-A NaN or infinite loss or gradient stops training with :class:`~boltzgrad.train.NonFiniteLossError` before the
+A NaN or infinite loss or gradient stops training with :class:`~boltzgrad.pretrain.NonFiniteLossError` before the
 optimizer step (the choice of issue 18: stop rather than skip, since a model that produces NaN once keeps doing
 so); the last checkpoint stays intact. A model with non-finite weights is refused at construction.
 """
@@ -52,14 +52,14 @@ import torch
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
 from .._tensorboard import Scalars
+from ..criteria import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
 from ..estimators import _observable_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
 from ..md.integrators import Langevin, NoseHoover
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..models.base import model_dtype_device as _model_dtype_device
-from ..stability import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
-from ..train import NonFiniteLossError, check_finite_parameters, dataset_digest, digest, qm_loss
+from ..pretrain import NonFiniteLossError, check_finite_parameters, dataset_digest, digest, qm_loss
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -361,7 +361,7 @@ class StableTrainer:
         out_dir: directory for ``checkpoint.pt``, ``history.json``, ``log.csv``, ``config.yaml``,
             ``model.pt`` (final weights) and ``tensorboard/``; None: nothing is written (no resume).
         criteria: stability criteria overriding the configured one (a list of
-            :class:`~boltzgrad.stability.Criterion`; :class:`~boltzgrad.stability.NonFinite` is added
+            :class:`~boltzgrad.criteria.Criterion`; :class:`~boltzgrad.criteria.NonFinite` is added
             when absent).
     """
 

@@ -1,0 +1,394 @@
+"""QM pre-training of a potential on labelled energies and forces (docs/method.md, Eq. 1).
+
+    L_QM(θ) = mean_s [ w_E (E_s − U_θ(x_s))² + w_F · mean_{atoms of s} ‖F_s,i − (−∇_i U_θ(x_s))‖² ]
+
+The mean runs over the structures s of a minibatch (every structure counts equally, whatever its size).
+:func:`fit_energy_forces` trains with Adam, lowers the learning rate when the validation loss reaches a
+plateau, stops early when it no longer improves, saves the best model and a resumable training state
+atomically, and reports energy/force errors on a test set. :func:`evaluate_energy_forces` gives the errors
+of any potential on any labelled dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ._files import atomic_write, atomic_write_text
+from ._tensorboard import Scalars
+from .models.base import energy_and_forces
+from .models.base import model_dtype_device as _model_dtype_device
+
+__all__ = ["fit_energy_forces", "evaluate_energy_forces", "qm_loss", "FitResult", "NonFiniteLossError",
+           "check_finite_parameters"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss or its gradient became NaN or infinite: training stops (the last checkpoint is kept)
+    rather than take optimizer steps that would turn every weight into NaN."""
+
+
+def check_finite_parameters(model: torch.nn.Module, what: str = "model") -> None:
+    """ValueError naming the first parameter or buffer of ``model`` with NaN or infinite entries."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{what} {'parameter' if isinstance(t, torch.nn.Parameter) else 'buffer'} {name!r} has "
+                             f"{bad} non-finite entries (NaN or inf) of {t.numel()}; a model file damaged or trained "
+                             "into NaN cannot be trained further")
+
+
+def digest(tensors) -> str:
+    """sha256 of tensors' dtypes, shapes and values (run identities in checkpoints)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
+    return h.hexdigest()
+
+
+def dataset_digest(d) -> str:
+    """sha256 of an ``AtomsDataset``'s structures and labels: another split, seed or source gives another one."""
+    return digest([d.positions, d.species, d.n_atoms, d.energy, d.forces, d.cell, d.pbc])
+
+
+def _system_args(b) -> dict:
+    periodic = bool(b.pbc.any())
+    return {"batch": b.batch, "cell": b.cell if periodic else None, "pbc": b.pbc if periodic else False}
+
+
+def _per_structure_force_sq(df: torch.Tensor, batch: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
+    sq = (df * df).sum(1)
+    return sq.new_zeros(n_atoms.shape[0]).index_add(0, batch, sq) / n_atoms.to(sq.dtype)
+
+
+def qm_loss(model, b, *, energy_weight: float = 1.0, force_weight: float = 100.0, create_graph: bool = True):
+    """Eq. 1 on one collated batch.
+
+    Args:
+        model: a boltzgrad potential.
+        b: an ``AtomsBatch`` (``bg.data``) with ``energy [S]`` eV and ``forces [n_atoms, 3]`` eV/Å labels.
+        energy_weight: w_E, 1/eV² (the loss is dimensionless by convention; weights carry the units).
+        force_weight: w_F, Å²/eV².
+        create_graph: keep the graph of the forces so the loss can be differentiated w.r.t. parameters.
+    Returns:
+        ``(loss, energy [S], forces [n_atoms, 3])`` with the model's predictions.
+    """
+    need_forces = force_weight != 0
+    if need_forces:
+        energy, forces = energy_and_forces(model, b.positions, b.species, create_graph=create_graph,
+                                           **_system_args(b))
+    else:
+        energy, forces = model(b.positions, b.species, **_system_args(b))["energy"], None
+    loss = energy.new_zeros(())
+    if energy_weight != 0:
+        loss = loss + energy_weight * (energy - b.energy).pow(2).mean()
+    if need_forces:
+        loss = loss + force_weight * _per_structure_force_sq(forces - b.forces, b.batch, b.n_atoms).mean()
+    return loss, energy, forces
+
+
+def evaluate_energy_forces(model, dataset, *, batch_size: int = 32, energy_weight: float = 1.0,
+                           force_weight: float = 100.0, dtype: torch.dtype | None = None) -> dict:
+    """Errors of ``model`` on a labelled ``bg.data.AtomsDataset``.
+
+    Inputs are cast to ``dtype`` (default: the dtype of the model's parameters, or torch's default dtype
+    for a model without any) and to the device of the model's parameters.
+
+    Returns a dict of floats:
+        ``energy_mae``, ``energy_rmse``: total energy per structure, eV;
+        ``energy_per_atom_mae``: |ΔE| / n_atoms averaged over structures, eV/atom;
+        ``force_mae``, ``force_rmse``: over all force components of all atoms, eV/Å;
+        ``loss``: Eq. 1 with the given weights, averaged over structures;
+        ``n_structures``: number of structures.
+    Energy entries are NaN when the dataset has no energies, force entries when it has no forces.
+    """
+    model_dtype, device = _model_dtype_device(model)
+    dtype = dtype or model_dtype
+    has_e, has_f = dataset.has_energy, dataset.has_forces
+    ae = se = aepa = 0.0
+    af = sf = 0.0
+    n_comp = 0
+    loss_sum = 0.0
+    for b in dataset.batches(batch_size, dtype=dtype, device=device):
+        energy, forces = energy_and_forces(model, b.positions, b.species, **_system_args(b))
+        de = (energy - b.energy).double()
+        ae += float(de.abs().sum())
+        se += float((de * de).sum())
+        aepa += float((de.abs() / b.n_atoms).sum())
+        df = (forces - b.forces).double()
+        af += float(df.abs().sum())
+        sf += float((df * df).sum())
+        n_comp += df.numel()
+        per = torch.zeros_like(de)
+        if has_e:
+            per = per + energy_weight * de * de
+        if has_f:
+            per = per + force_weight * _per_structure_force_sq(df, b.batch, b.n_atoms)
+        loss_sum += float(per.sum())
+    n = len(dataset)
+    nan = math.nan
+    return {
+        "energy_mae": ae / n if has_e else nan,
+        "energy_rmse": math.sqrt(se / n) if has_e else nan,
+        "energy_per_atom_mae": aepa / n if has_e else nan,
+        "force_mae": af / n_comp if has_f else nan,
+        "force_rmse": math.sqrt(sf / n_comp) if has_f else nan,
+        "loss": loss_sum / n,
+        "n_structures": n,
+    }
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_energy_forces` returns.
+
+    Attributes:
+        history: one dict per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_energy_mae`` (eV),
+            ``val_force_mae`` (eV/Å), ``lr``, ``seconds``.
+        best_epoch: epoch with the lowest validation loss (its weights are loaded into the model).
+        best_val_loss: that loss.
+        test_metrics: :func:`evaluate_energy_forces` of the best model on ``test_dataset`` (None without one).
+        stopped_early: True when training ended because the validation loss stopped improving.
+        checkpoint_dir: where ``best.pt``, ``last.pt`` and ``log.jsonl`` were written (None if nowhere).
+    """
+
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    test_metrics: dict | None = None
+    stopped_early: bool = False
+    checkpoint_dir: str | None = None
+
+
+def _atomic_save(obj, path: str) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _atomic_write_text(text: str, path: str) -> None:
+    atomic_write_text(path, text)
+
+
+def _check_run(saved: dict, config: dict, path: str) -> None:
+    """A pre-training checkpoint must belong to this run (same settings, training and validation structures)."""
+    missing = [k for k in config if k not in saved]
+    if missing:  # checkpoints of boltzgrad before these entries
+        warnings.warn(f"checkpoint {path} does not record {missing}: resuming without checking them",
+                      RuntimeWarning, stacklevel=3)
+    differ = [k for k in config if k in saved and saved[k] != config[k]]
+    if differ:
+        data = [k for k in differ if k.endswith("_data")]
+        raise ValueError(f"checkpoint {path} belongs to another run: "
+                         + (f"the {' and '.join(k[:-5] for k in data)} structures differ (another data source, split "
+                            "or data.seed?); " if data else "")
+                         + ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {config[k]!r}" for k in differ
+                                     if k not in data))
+
+
+def _check_positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def fit_energy_forces(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    val_fraction: float = 0.1,
+    val_dataset=None,
+    test_dataset=None,
+    energy_weight: float = 1.0,
+    force_weight: float = 100.0,
+    epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    lr_factor: float = 0.5,
+    lr_patience: int = 5,
+    min_lr: float = 1e-6,
+    early_stopping_patience: int = 20,
+    grad_clip: float | None = None,
+    fit_shift_scale: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> FitResult:
+    """Train ``model`` on energies and forces with the loss of Eq. 1 (docs/method.md).
+
+    Args:
+        model: a boltzgrad potential (trained in place; on return it holds the best validation weights).
+            Inputs are cast to the dtype and device of its parameters.
+        dataset: ``bg.data.AtomsDataset`` with energies (eV) and forces (eV/Å); split into training and
+            validation sets (seeded) unless ``val_dataset`` is given.
+        val_fraction: fraction of ``dataset`` held out for validation (at least one structure).
+        val_dataset: explicit validation set (then all of ``dataset`` is used for training).
+        test_dataset: optional labelled set, evaluated with the best weights at the end.
+        energy_weight: w_E of Eq. 1 (1/eV²). force_weight: w_F (Å²/eV²).
+        epochs: largest epoch count (an epoch is one pass over the training set in shuffled minibatches).
+        batch_size: structures per minibatch.
+        lr, weight_decay: Adam's learning rate and L2 weight decay.
+        lr_factor, lr_patience, min_lr: ReduceLROnPlateau on the validation loss.
+        early_stopping_patience: stop after this many epochs without a lower validation loss.
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        fit_shift_scale: before training, call ``model.fit_shift_scale(energy, species, batch, forces)`` on the
+            training set if the model has that method (SchNet's per-species energy shift and scale).
+        checkpoint_dir: directory for ``best.pt`` (best weights and metrics), ``last.pt`` (the full training
+            state after the last finished epoch) and ``log.jsonl`` (one line per epoch); each written
+            atomically. None: nothing written.
+        tensorboard: with ``checkpoint_dir``, also write the losses, validation errors and learning rate of each
+            epoch as TensorBoard scalars (``pretrain/...``) to ``checkpoint_dir/tensorboard`` (when the
+            tensorboard package is installed), as :class:`~boltzgrad.stable.StableTrainer` does.
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists (the result equals that of an
+            uninterrupted run with the same arguments); ``epochs`` may be larger than before.
+        seed: seed of the split and of the minibatch order (epoch e uses ``seed`` and e).
+        progress: show a tqdm progress bar over epochs.
+    Returns:
+        :class:`FitResult`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name in ("epochs", "batch_size", "lr_patience", "early_stopping_patience"):
+        _check_positive_int(name, locals()[name])
+    for name, v in (("energy_weight", energy_weight), ("force_weight", force_weight)):
+        if not (v >= 0) or not math.isfinite(v):
+            raise ValueError(f"{name} must be finite and >= 0, got {v}")
+    if energy_weight == 0 and force_weight == 0:
+        raise ValueError("energy_weight and force_weight are both 0: nothing to train on")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (where last.pt was written)")
+    check_finite_parameters(model)
+
+    if val_dataset is None:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        n_val = max(1, int(round(val_fraction * len(dataset))))
+        if n_val >= len(dataset):
+            raise ValueError(f"dataset has {len(dataset)} structures, too few to hold out {n_val} for validation")
+        train_set, val_set = dataset.split([len(dataset) - n_val, n_val], seed=seed)
+    else:
+        train_set, val_set = dataset, val_dataset
+    for name, ds in (("dataset", train_set), ("val_dataset", val_set)):
+        if energy_weight and not ds.has_energy:
+            raise ValueError(f"{name} lacks energy labels for some structures, but energy_weight={energy_weight}")
+        if force_weight and not ds.has_forces:
+            raise ValueError(f"{name} lacks force labels for some structures, but force_weight={force_weight}")
+
+    dtype, device = _model_dtype_device(model)
+    config = {"n_train": len(train_set), "n_val": len(val_set), "seed": seed, "batch_size": batch_size,
+              "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
+              "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set)}
+    ckpt_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+    if ckpt_dir is not None:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    last_path = None if ckpt_dir is None else os.path.join(ckpt_dir, "last.pt")
+
+    result = FitResult(checkpoint_dir=ckpt_dir)
+    state = None
+    if resume and os.path.exists(last_path):
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        _check_run(state["config"], config, last_path)
+    elif fit_shift_scale and hasattr(model, "fit_shift_scale") and train_set.has_energy:
+        b = train_set.collate(dtype=torch.float64)
+        model.fit_shift_scale(b.energy, b.species, b.batch, b.forces if train_set.has_forces else None)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=lr_factor,
+                                                           patience=lr_patience, min_lr=min_lr)
+    start_epoch, bad_epochs = 0, 0
+    best_state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, bad_epochs = state["epoch"] + 1, state["bad_epochs"]
+        result.history, result.best_epoch, result.best_val_loss = state["history"], state["best_epoch"], state[
+            "best_val_loss"]
+        best_state = state["best_model"]
+        if state["stopped_early"]:
+            result.stopped_early = True
+            start_epoch = epochs  # an early-stopped run stays stopped
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start_epoch, epochs), desc="fit_energy_forces", disable=not progress, leave=False)
+    scalars = Scalars(os.path.join(ckpt_dir, "tensorboard") if ckpt_dir is not None and tensorboard else None,
+                      "pretrain", ("train_loss", "val_loss", "val_energy_mae", "val_force_mae", "lr"),
+                      purge_step=start_epoch)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for b in train_set.batches(batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, dtype=dtype,
+                                   device=device):
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"epoch {epoch}: the training loss is {value}: training stopped before an "
+                                         "optimizer step on it (the files of the last finished epoch are intact; "
+                                         "check the data labels and lower lr)")
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            total += value * b.n_structures
+            count += b.n_structures
+        model.eval()
+        val = evaluate_energy_forces(model, val_set, batch_size=batch_size, energy_weight=energy_weight,
+                                     force_weight=force_weight)
+        scheduler.step(val["loss"])
+        row = {"epoch": epoch, "train_loss": total / count, "val_loss": val["loss"],
+               "val_energy_mae": val["energy_mae"], "val_force_mae": val["force_mae"],
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        result.history.append(row)
+        improved = val["loss"] < result.best_val_loss
+        if improved:
+            result.best_val_loss, result.best_epoch, bad_epochs = val["loss"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stop = bad_epochs >= early_stopping_patience
+        result.stopped_early = stop
+        bar.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{val['loss']:.3g}", f_mae=f"{val['force_mae']:.3g}")
+        scalars.add(row, epoch)
+        log.info("epoch %d: train loss %.6g, val loss %.6g, val energy MAE %.4g eV, val force MAE %.4g eV/A, lr %.3g",
+                 epoch, row["train_loss"], row["val_loss"], row["val_energy_mae"], row["val_force_mae"], row["lr"])
+        if ckpt_dir is not None:
+            if improved:
+                _atomic_save({"model": best_state, "epoch": epoch, "val": val, "config": config},
+                             os.path.join(ckpt_dir, "best.pt"))
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
+                          "history": result.history, "best_epoch": result.best_epoch,
+                          "best_val_loss": result.best_val_loss, "best_model": best_state, "config": config,
+                          "stopped_early": stop}, last_path)
+            _atomic_write_text("".join(json.dumps(r) + "\n" for r in result.history),
+                               os.path.join(ckpt_dir, "log.jsonl"))
+        if stop:
+            break
+    bar.close()
+    scalars.close()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if test_dataset is not None:
+        result.test_metrics = evaluate_energy_forces(model, test_dataset, batch_size=batch_size,
+                                                     energy_weight=energy_weight, force_weight=force_weight)
+    return result

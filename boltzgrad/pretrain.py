@@ -201,6 +201,78 @@ def _check_positive_int(name, v):
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
+def _check_fit_arguments(model, *, epochs, batch_size, lr_patience, early_stopping_patience, energy_weight,
+                         force_weight, lr, resume, checkpoint_dir) -> None:
+    """The argument checks of :func:`fit_energy_forces` (ValueError/TypeError naming the argument)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("lr_patience", lr_patience),
+                    ("early_stopping_patience", early_stopping_patience)):
+        _check_positive_int(name, v)
+    for name, v in (("energy_weight", energy_weight), ("force_weight", force_weight)):
+        if not (v >= 0) or not math.isfinite(v):
+            raise ValueError(f"{name} must be finite and >= 0, got {v}")
+    if energy_weight == 0 and force_weight == 0:
+        raise ValueError("energy_weight and force_weight are both 0: nothing to train on")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (where last.pt was written)")
+    check_finite_parameters(model)
+
+
+def _fit_sets(dataset, val_dataset, val_fraction, seed, energy_weight, force_weight):
+    """The training and validation sets (a seeded split of ``dataset`` unless ``val_dataset`` is given), with the
+    labels the loss weights need."""
+    if val_dataset is None:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        n_val = max(1, int(round(val_fraction * len(dataset))))
+        if n_val >= len(dataset):
+            raise ValueError(f"dataset has {len(dataset)} structures, too few to hold out {n_val} for validation")
+        train_set, val_set = dataset.split([len(dataset) - n_val, n_val], seed=seed)
+    else:
+        train_set, val_set = dataset, val_dataset
+    for name, ds in (("dataset", train_set), ("val_dataset", val_set)):
+        if energy_weight and not ds.has_energy:
+            raise ValueError(f"{name} lacks energy labels for some structures, but energy_weight={energy_weight}")
+        if force_weight and not ds.has_forces:
+            raise ValueError(f"{name} lacks force labels for some structures, but force_weight={force_weight}")
+    return train_set, val_set
+
+
+def _train_epoch(model, train_set, optimizer, params, epoch: int, *, batch_size, seed, dtype, device, energy_weight,
+                 force_weight, grad_clip) -> float:
+    """One pass over ``train_set`` in shuffled minibatches (seeded by ``seed`` and ``epoch``); the mean loss per
+    structure. A non-finite loss stops before the optimizer step on it."""
+    model.train()
+    total, count = 0.0, 0
+    for b in train_set.batches(batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, dtype=dtype, device=device):
+        optimizer.zero_grad(set_to_none=True)
+        loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"epoch {epoch}: the training loss is {value}: training stopped before an "
+                                     "optimizer step on it (the files of the last finished epoch are intact; "
+                                     "check the data labels and lower lr)")
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        total += value * b.n_structures
+        count += b.n_structures
+    model.eval()
+    return total / count
+
+
+def _write_fit_files(ckpt_dir: str, last: dict, *, best: dict | None) -> None:
+    """``last.pt`` (the full state after an epoch), ``best.pt`` when the epoch improved, ``log.jsonl``; atomic."""
+    if best is not None:
+        _atomic_save(best, os.path.join(ckpt_dir, "best.pt"))
+    _atomic_save(last, os.path.join(ckpt_dir, "last.pt"))
+    _atomic_write_text("".join(json.dumps(r) + "\n" for r in last["history"]), os.path.join(ckpt_dir, "log.jsonl"))
+
+
 def fit_energy_forces(
     model: torch.nn.Module,
     dataset,
@@ -258,36 +330,10 @@ def fit_energy_forces(
     Returns:
         :class:`FitResult`.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name in ("epochs", "batch_size", "lr_patience", "early_stopping_patience"):
-        _check_positive_int(name, locals()[name])
-    for name, v in (("energy_weight", energy_weight), ("force_weight", force_weight)):
-        if not (v >= 0) or not math.isfinite(v):
-            raise ValueError(f"{name} must be finite and >= 0, got {v}")
-    if energy_weight == 0 and force_weight == 0:
-        raise ValueError("energy_weight and force_weight are both 0: nothing to train on")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir (where last.pt was written)")
-    check_finite_parameters(model)
-
-    if val_dataset is None:
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        n_val = max(1, int(round(val_fraction * len(dataset))))
-        if n_val >= len(dataset):
-            raise ValueError(f"dataset has {len(dataset)} structures, too few to hold out {n_val} for validation")
-        train_set, val_set = dataset.split([len(dataset) - n_val, n_val], seed=seed)
-    else:
-        train_set, val_set = dataset, val_dataset
-    for name, ds in (("dataset", train_set), ("val_dataset", val_set)):
-        if energy_weight and not ds.has_energy:
-            raise ValueError(f"{name} lacks energy labels for some structures, but energy_weight={energy_weight}")
-        if force_weight and not ds.has_forces:
-            raise ValueError(f"{name} lacks force labels for some structures, but force_weight={force_weight}")
-
+    _check_fit_arguments(model, epochs=epochs, batch_size=batch_size, lr_patience=lr_patience,
+                         early_stopping_patience=early_stopping_patience, energy_weight=energy_weight,
+                         force_weight=force_weight, lr=lr, resume=resume, checkpoint_dir=checkpoint_dir)
+    train_set, val_set = _fit_sets(dataset, val_dataset, val_fraction, seed, energy_weight, force_weight)
     dtype, device = _model_dtype_device(model)
     config = {"n_train": len(train_set), "n_val": len(val_set), "seed": seed, "batch_size": batch_size,
               "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
@@ -332,28 +378,13 @@ def fit_energy_forces(
                       purge_step=start_epoch)
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        for b in train_set.batches(batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, dtype=dtype,
-                                   device=device):
-            optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"epoch {epoch}: the training loss is {value}: training stopped before an "
-                                         "optimizer step on it (the files of the last finished epoch are intact; "
-                                         "check the data labels and lower lr)")
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            total += value * b.n_structures
-            count += b.n_structures
-        model.eval()
+        train_loss = _train_epoch(model, train_set, optimizer, params, epoch, batch_size=batch_size, seed=seed,
+                                  dtype=dtype, device=device, energy_weight=energy_weight, force_weight=force_weight,
+                                  grad_clip=grad_clip)
         val = evaluate_energy_forces(model, val_set, batch_size=batch_size, energy_weight=energy_weight,
                                      force_weight=force_weight)
         scheduler.step(val["loss"])
-        row = {"epoch": epoch, "train_loss": total / count, "val_loss": val["loss"],
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                "val_energy_mae": val["energy_mae"], "val_force_mae": val["force_mae"],
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
@@ -370,16 +401,12 @@ def fit_energy_forces(
         log.info("epoch %d: train loss %.6g, val loss %.6g, val energy MAE %.4g eV, val force MAE %.4g eV/A, lr %.3g",
                  epoch, row["train_loss"], row["val_loss"], row["val_energy_mae"], row["val_force_mae"], row["lr"])
         if ckpt_dir is not None:
-            if improved:
-                _atomic_save({"model": best_state, "epoch": epoch, "val": val, "config": config},
-                             os.path.join(ckpt_dir, "best.pt"))
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
-                          "history": result.history, "best_epoch": result.best_epoch,
-                          "best_val_loss": result.best_val_loss, "best_model": best_state, "config": config,
-                          "stopped_early": stop}, last_path)
-            _atomic_write_text("".join(json.dumps(r) + "\n" for r in result.history),
-                               os.path.join(ckpt_dir, "log.jsonl"))
+            _write_fit_files(ckpt_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "bad_epochs": bad_epochs, "history": result.history, "best_epoch": result.best_epoch,
+                "best_val_loss": result.best_val_loss, "best_model": best_state, "config": config,
+                "stopped_early": stop}, best={"model": best_state, "epoch": epoch, "val": val, "config": config}
+                if improved else None)
         if stop:
             break
     bar.close()

@@ -407,6 +407,98 @@ def _structure_of_frames(structure, frames: list[torch.Tensor], state: State) ->
     return g.view(T, R, *g.shape[1:]).sum(0)
 
 
+def _evaluation_inputs(config, starts, reference, test_set):
+    """The config and datasets of :func:`evaluate`: a run configuration (path or dict) fills in what is not
+    passed; the starting structures are checked."""
+    if isinstance(config, (str, os.PathLike)) or (isinstance(config, dict) and {"data", "evaluate"} <= set(config)):
+        from .systems import load_data, load_run_config
+
+        run = load_run_config(config) if isinstance(config, (str, os.PathLike)) else config
+        data = load_data(run["data"])
+        config = EvaluateConfig.from_dict(run["evaluate"])
+        starts = data["starts"] if starts is None else starts
+        reference = data["reference"] if reference is None else reference
+        test_set = data["test"] if test_set is None else test_set
+    if config is None:
+        config = EvaluateConfig()
+    elif isinstance(config, dict):
+        config = EvaluateConfig.from_dict(config)
+    elif not isinstance(config, EvaluateConfig):
+        raise TypeError(f"config must be an EvaluateConfig or a dict, got {type(config).__name__}")
+    else:
+        config.validate()
+    if starts is None or not hasattr(starts, "collate") or len(starts) == 0:
+        raise ValueError("starts must be a non-empty bg.data.AtomsDataset of starting structures")
+    if len(set(starts.n_atoms.tolist())) != 1:
+        raise ValueError(f"starts must hold structures of one size, got sizes {sorted(set(starts.n_atoms.tolist()))}")
+    return config, starts, starts if reference is None else reference, test_set
+
+
+class _Tally:
+    """What the evaluation keeps per replica (global index 0..R-1) while replicas are dropped from the state:
+    first-passage times, and the observables of the blocks each replica finished stable."""
+
+    def __init__(self, R: int, config: EvaluateConfig):
+        self.config = config
+        self.stable_time = torch.full((R,), float(config.n_steps) * config.dt, dtype=torch.float64)
+        self.unstable = torch.zeros(R, dtype=torch.bool)
+        self.reason = [""] * R
+        self.active = torch.arange(R)  # global index of each replica in the current (compacted) state
+        self.s_sum = self.s_count = None
+        self.vacf_sum = torch.zeros(R, config.vacf_window, dtype=torch.float64)
+        self.vacf_count = torch.zeros(R, dtype=torch.float64)
+        self.unwrapped: list[list[torch.Tensor]] = [[] for _ in range(R)]
+
+    def observe(self, sampler, state, ok: torch.Tensor, structure, diffusion_atoms) -> None:
+        """Add the block's observables of the replicas ``ok`` ([R'] bool, stable at the block's end)."""
+        if not bool(ok.any()):
+            return
+        active, R = self.active, self.stable_time.shape[0]
+        if sampler.positions:
+            part = _structure_of_frames(structure, sampler.positions, state).cpu()
+            if self.s_sum is None:
+                self.s_sum = torch.zeros(R, *part.shape[1:], dtype=torch.float64)
+                self.s_count = torch.zeros(R, dtype=torch.float64)
+            self.s_sum[active[ok]] += part[ok]
+            self.s_count[active[ok]] += len(sampler.positions)
+        if len(sampler.velocities) >= self.config.vacf_window:
+            c = obs.vacf(torch.stack(sampler.velocities), window=self.config.vacf_window, batch=state.batch).cpu()
+            self.vacf_sum[active[ok]] += c[ok]
+            self.vacf_count[active[ok]] += 1
+        if diffusion_atoms is not None and sampler.unwrapped:
+            frames = torch.stack(sampler.unwrapped)  # [T, n_atoms, 3]
+            per = frames.view(frames.shape[0], state.n_replicas, -1, 3)
+            for k in torch.nonzero(ok).flatten().tolist():
+                self.unwrapped[int(active[k])].append(per[:, k][:, diffusion_atoms.cpu()].double())
+
+    def record_first_passage(self, state, fired: torch.Tensor, which: list[str]) -> None:
+        """Stable times of the replicas whose criterion fired ([R'] bool, CPU); they leave ``active``."""
+        frozen_step = state.frozen_step.cpu()
+        for k in torch.nonzero(fired).flatten().tolist():
+            gk = int(self.active[k])
+            step = int(frozen_step[k]) if which[k] == "non_finite" and int(frozen_step[k]) >= 0 else state.step
+            self.stable_time[gk] = step * self.config.dt
+            self.unstable[gk] = True
+            self.reason[gk] = which[k]
+        self.active = self.active[~fired]
+
+
+def _structure_summary(tally: _Tally, structure, reference, first, periodic: bool):
+    """The model's h(r)/g(r) over all stable blocks, the reference's, their L1 error per row, and the frame count."""
+    s_sum, s_count = tally.s_sum, tally.s_count
+    if s_sum is None:
+        n_kinds = len(structure.kinds(first["species"].long())) if periodic else 1
+        s_sum = torch.zeros(1, n_kinds, structure.n_bins, dtype=torch.float64)
+        s_count = torch.zeros(1, dtype=torch.float64)
+    n_kinds = s_sum.shape[1]
+    total = s_count.sum()
+    model_s = (s_sum.sum(0) / total).numpy() if total > 0 else np.full(tuple(s_sum.shape[1:]), np.nan)
+    ref_s = structure.reference(reference).double()
+    ref_s = (ref_s if ref_s.dim() == 2 else ref_s.unsqueeze(0)).numpy()
+    err = (np.abs(model_s - ref_s).sum(-1) * structure.bin_width).tolist() if total > 0 else [math.nan] * n_kinds
+    return model_s, ref_s, err, total
+
+
 def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.PathLike | None = None, starts=None, *,
              reference=None, test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = ""
              ) -> EvaluationResult:
@@ -430,28 +522,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
-    if isinstance(config, (str, os.PathLike)) or (isinstance(config, dict) and {"data", "evaluate"} <= set(config)):
-        from .systems import load_data, load_run_config
-
-        run = load_run_config(config) if isinstance(config, (str, os.PathLike)) else config
-        data = load_data(run["data"])
-        config = EvaluateConfig.from_dict(run["evaluate"])
-        starts = data["starts"] if starts is None else starts
-        reference = data["reference"] if reference is None else reference
-        test_set = data["test"] if test_set is None else test_set
-    if config is None:
-        config = EvaluateConfig()
-    elif isinstance(config, dict):
-        config = EvaluateConfig.from_dict(config)
-    elif not isinstance(config, EvaluateConfig):
-        raise TypeError(f"config must be an EvaluateConfig or a dict, got {type(config).__name__}")
-    else:
-        config.validate()
-    if starts is None or not hasattr(starts, "collate") or len(starts) == 0:
-        raise ValueError("starts must be a non-empty bg.data.AtomsDataset of starting structures")
-    if len(set(starts.n_atoms.tolist())) != 1:
-        raise ValueError(f"starts must hold structures of one size, got sizes {sorted(set(starts.n_atoms.tolist()))}")
-    reference = starts if reference is None else reference
+    config, starts, reference, test_set = _evaluation_inputs(config, starts, reference, test_set)
     t_start = time.perf_counter()
     dtype, device = _model_dtype_device(model)
     was_training = model.training
@@ -476,16 +547,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     n_steps = config.n_steps
     n_blocks = n_steps // config.check_every
 
-    stable_time = torch.full((R,), float(n_steps) * config.dt, dtype=torch.float64)
-    unstable = torch.zeros(R, dtype=torch.bool)
-    reason = [""] * R
-    active = torch.arange(R)  # global index of each replica in the current (compacted) state
-    n_kinds = 1
-    s_sum = s_count = None
-    n_lags = config.vacf_window
-    vacf_sum = torch.zeros(R, n_lags, dtype=torch.float64)
-    vacf_count = torch.zeros(R, dtype=torch.float64)
-    unwrapped: list[list[torch.Tensor]] = [[] for _ in range(R)]
+    tally = _Tally(R, config)
     sampler = _Sampler(config, diffusion_atoms is not None)
 
     from tqdm.auto import tqdm
@@ -505,61 +567,29 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
                 which[k] = name
             fired = fired | now
         fired_cpu = fired.cpu()
-        ok = ~fired_cpu
         # observables of the block, kept for the replicas still stable at its end
-        if sampler.positions and bool(ok.any()):
-            part = _structure_of_frames(structure, sampler.positions, state).cpu()
-            if s_sum is None:
-                n_kinds = part.shape[1]
-                s_sum = torch.zeros(R, *part.shape[1:], dtype=torch.float64)
-                s_count = torch.zeros(R, dtype=torch.float64)
-            s_sum[active[ok]] += part[ok]
-            s_count[active[ok]] += len(sampler.positions)
-        if len(sampler.velocities) >= n_lags and bool(ok.any()):
-            c = obs.vacf(torch.stack(sampler.velocities), window=n_lags, batch=state.batch).cpu()
-            vacf_sum[active[ok]] += c[ok]
-            vacf_count[active[ok]] += 1
-        if diffusion_atoms is not None and sampler.unwrapped:
-            frames = torch.stack(sampler.unwrapped)  # [T, n_atoms, 3]
-            per = frames.view(frames.shape[0], state.n_replicas, -1, 3)
-            for k in torch.nonzero(ok).flatten().tolist():
-                unwrapped[int(active[k])].append(per[:, k][:, diffusion_atoms.cpu()].double())
+        tally.observe(sampler, state, ~fired_cpu, structure, diffusion_atoms)
         # first passage: record and drop the replicas whose criterion fired
         if bool(fired_cpu.any()):
-            frozen_step = state.frozen_step.cpu()
-            for k in torch.nonzero(fired_cpu).flatten().tolist():
-                gk = int(active[k])
-                step = int(frozen_step[k]) if which[k] == "non_finite" and int(frozen_step[k]) >= 0 else state.step
-                stable_time[gk] = step * config.dt
-                unstable[gk] = True
-                reason[gk] = which[k]
+            tally.record_first_passage(state, fired_cpu, which)
             keep = ~fired
             for crit in criteria:
                 crit.select(torch.nonzero(keep).flatten())
-            active = active[ok]
-            if active.numel() == 0:
+            if tally.active.numel() == 0:
                 break
             state = state.select(keep)
             simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
-        bar.set_postfix(stable=f"{active.numel()}/{R}", t_ps=f"{state.step * config.dt / 1000:.1f}")
+        bar.set_postfix(stable=f"{tally.active.numel()}/{R}", t_ps=f"{state.step * config.dt / 1000:.1f}")
     bar.close()
 
-    # ------------------------------------------------------------------ observables of the stable parts
-    if s_sum is None:
-        n_bins = structure.n_bins
-        n_kinds = len(structure.kinds(first["species"].long())) if periodic else 1
-        s_sum = torch.zeros(R, n_kinds, n_bins, dtype=torch.float64)
-        s_count = torch.zeros(R, dtype=torch.float64)
-    total = s_count.sum()
-    model_s = (s_sum.sum(0) / total).numpy() if total > 0 else np.full(tuple(s_sum.shape[1:]), np.nan)
-    ref_s = structure.reference(reference).double()
-    ref_s = (ref_s if ref_s.dim() == 2 else ref_s.unsqueeze(0)).numpy()
-    err = (np.abs(model_s - ref_s).sum(-1) * structure.bin_width).tolist() if total > 0 else [math.nan] * n_kinds
+    model_s, ref_s, err, total = _structure_summary(tally, structure, reference, first, periodic)
+    n_lags = config.vacf_window
+    vacf_sum, vacf_count = tally.vacf_sum, tally.vacf_count
     vacf_mean = (vacf_sum.sum(0) / vacf_count.sum()).numpy() if vacf_count.sum() > 0 else np.full(n_lags, np.nan)
     diff = None
     if diffusion_atoms is not None:
         values = []
-        for frames in unwrapped:
+        for frames in tally.unwrapped:
             if len(frames) and sum(f.shape[0] for f in frames) >= 8:
                 traj = torch.cat(frames)
                 values.append(float(obs.diffusivity(traj, config.sample_every * config.dt)))
@@ -570,7 +600,8 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     if was_training:
         model.train()
     result = EvaluationResult(
-        stable_time=stable_time.numpy(), unstable=unstable.numpy(), reason=reason, start_index=indices.numpy(),
+        stable_time=tally.stable_time.numpy(), unstable=tally.unstable.numpy(), reason=tally.reason,
+        start_index=indices.numpy(),
         max_time=float(n_steps) * config.dt, structure="rdf" if periodic else "hr",
         r=structure.centers.double().numpy(),
         kinds=[list(k) for k in structure.kinds(first["species"].long())] if periodic else [],

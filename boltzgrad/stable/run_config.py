@@ -125,6 +125,18 @@ class DataConfig(Section):
     stride: int = setting(1, ge=1)
     lj: LJConfig = setting(default_factory=LJConfig)
 
+    def _relations(self, bad: set[str]) -> Iterable[Problem]:
+        if "split" in bad:
+            return
+        split = []
+        for k, v in enumerate(self.split):  # a count is an int (2e2 read as 200), a fraction a float in (0, 1]
+            if isinstance(v, float) and v > 1 and v.is_integer():
+                v = int(v)
+            elif isinstance(v, float) and not 0 < v <= 1:
+                yield Problem(f"split[{k}]", f"must be a count (an int) or a fraction in (0, 1], got {v!r}")
+            split.append(v)
+        self.split = split
+
 
 @dataclass
 class ModelConfig(Section):

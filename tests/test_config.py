@@ -154,6 +154,17 @@ def test_1e_3_in_a_run_file_and_in_model_arguments(tmp_path):
     assert StableConfig(lr="1e-3", max_steps="1e5").max_steps == 100_000  # the dataclasses read them too
 
 
+def test_1e_3_in_the_arguments_of_an_import_path_model(tmp_path, monkeypatch):
+    from boltzgrad.stable.systems import build_model
+
+    (tmp_path / "my_models.py").write_text("import boltzgrad as bg\n\n"
+                                           "def small(cutoff=8.5, width=8, name='x'):\n"
+                                           "    return bg.models.PairMLP(cutoff=cutoff, hidden=(width,))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model({"kind": "my_models:small", "cutoff": "7e0", "width": "6", "name": "1e3"})
+    assert model.mlp[0].out_features == 6 and model.cutoff == 7.0
+
+
 def test_all_problems_of_a_file_are_reported_at_once(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("pretrain: {lr: -1, epoch: 3}\ntrain: {n_replicas: 0, lr: fast}\nevaluate: {replicas: 0}\n"

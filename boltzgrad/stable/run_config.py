@@ -42,7 +42,7 @@ from .sections import (
 
 __all__ = ["SECTIONS", "ARMS", "MODEL_KINDS", "RunConfig", "DataConfig", "LJConfig", "ModelConfig", "PretrainConfig",
            "SimulateConfig", "ExperimentConfig", "GeneralizationConfig", "load_run_config", "read_run_file",
-           "check_run_config", "parse_run_config", "is_run_mapping"]
+           "check_run_config", "parse_run_config", "is_run_mapping", "read_model_numbers"]
 
 #: The top-level keys of a run configuration.
 SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate", "experiment")
@@ -177,28 +177,41 @@ class ModelConfig(Section):
                                   f"returning a potential, got {kind!r}")
             return
         cls_name, allowed = MODEL_KINDS[kind]
-        hints = _argument_types(cls_name)
-        for key, value in list(self.args.items()):
+        for key in self.args:
             if key not in allowed:
                 yield Problem(key, f"is not an argument of {cls_name}{did_you_mean(key, allowed)}")
-            elif isinstance(value, str) and key in hints and split_optional(hints[key])[0] in (int, float):
-                read, problems = check_value(hints[key], value, {"finite": False})
-                if not problems:  # a number written as a string; anything else is left to the model to refuse
-                    self.args[key] = read
+        from .. import models
+
+        self.args = read_model_numbers(getattr(models, cls_name), self.args)
 
     def normalized(self, given: Mapping) -> dict:
         return {str(k): getattr(self, k) if k in self.OWN else self.args[str(k)] for k in given}
 
 
-def _argument_types(cls_name: str) -> dict:
-    """The annotated types of the arguments of a built-in model's constructor ({} where they cannot be read)."""
-    from .. import models
+def read_model_numbers(build, args: Mapping) -> dict:
+    """``args`` of the model builder ``build`` with numbers written as strings (``"5e0"``) read as numbers, for the
+    arguments that ``build``'s signature annotates as (or gives a default of) int or float; anything else as it is,
+    for the builder to accept or refuse."""
+    import inspect
 
-    build = getattr(models, cls_name, None)
     try:
-        return typing.get_type_hints(build.__init__ if isinstance(build, type) else build)
-    except Exception:  # noqa: BLE001 - annotations that do not resolve: no numbers read from strings
-        return {}
+        target = build.__init__ if isinstance(build, type) else build
+        params = inspect.signature(target).parameters
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - a signature or annotations that cannot be read: nothing to go by
+        params, hints = {}, {}
+    out = dict(args)
+    for key, value in args.items():
+        if not isinstance(value, str) or key not in params:
+            continue
+        default = params[key].default
+        kind = split_optional(hints[key])[0] if key in hints else (
+            type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else None)
+        if kind in (int, float):
+            read, problems = check_value(kind, value, {"finite": False})
+            if not problems:
+                out[key] = read
+    return out
 
 
 # --------------------------------------------------------------------------- commands

@@ -35,7 +35,7 @@ from .._files import atomic_write
 from .._paths import resolve_path
 from ..data import AtomsDataset
 from ..data.io import dataset_dir, load, load_reference
-from .run_config import MODEL_KINDS, SECTIONS, DataConfig, load_run_config
+from .run_config import MODEL_KINDS, SECTIONS, DataConfig, load_run_config, read_model_numbers
 
 __all__ = ["SECTIONS", "load_run_config", "resolve_path", "model_dtype", "build_model", "save_model", "load_model",
            "check_model_spec", "load_data", "lennard_jones_reference", "LJ_ARGON"]
@@ -99,6 +99,7 @@ def build_model(spec: dict) -> torch.nn.Module:
     is ignored here)."""
     kind, dtype, args = _parse_spec(spec)
     build, cls_name, _ = _builder(kind)
+    args = read_model_numbers(build, args)  # "5e0" is 5.0 for an import-path kind too
     try:
         model = build(**args)
     except (TypeError, ValueError, ImportError) as err:  # ImportError: an optional package (e.g. mace-torch) missing

@@ -16,9 +16,10 @@ Commands here:
 * ``experiment``: StABlE against a QM-only control that differs from it only by the observable term, over
   several training seeds, with survival statistics and plots (``boltzgrad.stable.experiment``).
 
-These four take ``--config RUN.yaml``, a run configuration with sections (``data``, ``model``, ``pretrain``,
-``train``, ``evaluate``, ``simulate``; see ``boltzgrad.stable.systems`` and ``configs/``), and
-``--set section.field=value`` to override single fields (the value is read as YAML).
+These take ``--config RUN.yaml``, a run configuration with sections (``data``, ``model``, ``pretrain``,
+``train``, ``evaluate``, ``simulate``, ``experiment``; see ``boltzgrad.stable.run_config`` and ``configs/``), and
+``--set section.field=value`` to override single fields (the value is read as YAML). The whole file is checked
+before any work, and every problem in it is reported at once.
 
 An error stops a command with one line, ``boltzgrad <command>: error: <what went wrong>``, and exit status 1
 (2 for a command line argparse rejects); ``--debug`` shows the traceback instead.
@@ -76,13 +77,14 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_run(args: argparse.Namespace) -> dict:
-    """The run configuration of ``args.config`` with the ``--set`` overrides applied."""
+    """The run configuration of ``args.config`` with the ``--set`` overrides applied, checked as a whole (every
+    problem of the file at once)."""
     import yaml
 
     from ._yaml import load as yaml_load
-    from .stable.systems import SECTIONS, load_run_config
+    from .stable.run_config import SECTIONS, check_run_config, read_run_file
 
-    cfg = load_run_config(args.config)
+    cfg = read_run_file(args.config)
     for item in args.overrides:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
@@ -90,9 +92,11 @@ def _load_run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION in {list(SECTIONS)}")
         target = cfg
         for part in parts[:-1]:
-            if not isinstance(target.get(part, {}), dict):
+            if target.get(part) is None:
+                target[part] = {}
+            if not isinstance(target[part], dict):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
-            target = target.setdefault(part, {})
+            target = target[part]
         try:
             target[parts[-1]] = yaml_load(text)
         except yaml.YAMLError as err:
@@ -100,8 +104,7 @@ def _load_run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--set {item!r}: the value {text!r} is not valid YAML ({problem})") from err
     if args.out_dir is not None:
         cfg["out_dir"] = args.out_dir
-    if not isinstance(cfg["out_dir"], str):
-        raise ValueError(f"config field 'out_dir' must be a path string, got {cfg['out_dir']!r}")
+    cfg = check_run_config(cfg)
     check_writable_dir(cfg["out_dir"], "--out-dir" if args.out_dir is not None else "config field 'out_dir'")
     return cfg
 
@@ -146,11 +149,6 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
 
-_PRETRAIN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience", "min_lr",
-                    "early_stopping_patience", "grad_clip", "energy_weight", "force_weight", "fit_shift_scale",
-                    "tensorboard", "progress")
-
-
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
     parser.add_argument("--output", default=None, help="model file to write (default: the config's model.checkpoint)")
@@ -161,15 +159,12 @@ def _pretrain(args: argparse.Namespace) -> dict:
     import torch
 
     from .pretrain import fit_energy_forces
+    from .stable.run_config import PretrainConfig
     from .stable.systems import build_model, load_data, save_model
 
     _set_threads(args)
     cfg = _load_run(args)
-    section = dict(cfg["pretrain"])
-    unknown = sorted(set(section) - set(_PRETRAIN_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['pretrain.' + k for k in unknown]}; "
-                         f"known: {list(_PRETRAIN_FIELDS)}")
+    section = PretrainConfig.from_dict(cfg["pretrain"], path="pretrain").to_dict()
     output = args.output or cfg["model"].get("checkpoint")
     if not output:
         raise ValueError("config field 'model.checkpoint' (or --output) must name the model file to write")
@@ -339,7 +334,9 @@ def _apply_config(args: argparse.Namespace, argv: list[str]) -> None:
 def describe_error(err: BaseException) -> str:
     """One line saying what went wrong: the message of a ValueError/TypeError (they name the argument or field),
     otherwise also the kind of error; out-of-memory errors say so."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or repr(err)
+    one_line = getattr(err, "one_line", None)  # a ConfigError: its problems separated by "; "
+    text = (one_line() if callable(one_line) else
+            " ".join(line.strip() for line in str(err).splitlines() if line.strip())) or repr(err)
     if isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
         return f"out of memory ({type(err).__name__}: {text}); use fewer replicas or smaller systems"
     if isinstance(err, (ValueError, TypeError)):

@@ -4,7 +4,9 @@ A page line ``<!-- generated: NAME -->`` is replaced by the Markdown that ``GENE
 
 * ``stable-config`` / ``evaluate-config``: the fields of ``bg.stable.StableConfig`` / ``EvaluateConfig`` (type,
   default, and the description from the class docstring);
-* ``pretrain-fields`` / ``simulate-fields``: the ``pretrain`` and ``simulate`` sections of a run configuration;
+* ``pretrain-fields``, ``simulate-fields``, ``data-fields``, ``lj-fields``, ``experiment-fields``,
+  ``generalization-fields``: the other sections of a run configuration (the dataclasses of
+  ``boltzgrad.stable.run_config``; ``pretrain`` described by ``bg.pretrain.fit_energy_forces``);
 * ``cli``: the ``--help`` of every ``boltzgrad`` command, from the argument parser itself.
 
 So the configuration and command-line reference cannot drift from the code. ``tests/test_docs.py`` checks that
@@ -71,7 +73,7 @@ def markdown_text(text: str) -> str:
 
 
 def _type_name(tp) -> str:
-    text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    text = tp if isinstance(tp, str) or typing.get_args(tp) else getattr(tp, "__name__", str(tp))  # list[int] whole
     return str(text).replace("typing.", "").replace(" | ", " or ")
 
 
@@ -87,14 +89,38 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def dataclass_reference(cls) -> str:
-    """The fields of the dataclass ``cls`` as a Markdown table (descriptions from its docstring)."""
-    fields = dataclasses.fields(cls)
-    text = field_descriptions(cls.__doc__ or "", [f.name for f in fields])
+def dataclass_reference(cls, doc: str | None = None) -> str:
+    """The fields of the dataclass ``cls`` as a Markdown table (descriptions from its docstring, or from ``doc``)."""
+    fields = [f for f in dataclasses.fields(cls) if f.name != "args"]
+    text = field_descriptions(cls.__doc__ if doc is None else doc, [f.name for f in fields])
     hints = typing.get_type_hints(cls)
-    rows = [(f.name, f"`{_type_name(hints.get(f.name, f.type))}`", _default(f.default), text.get(f.name, ""))
+    rows = [(f.name, f"`{_type_name(hints.get(f.name, f.type))}`", _field_default(f), text.get(f.name, ""))
             for f in fields]
     return _table(rows)
+
+
+def _field_default(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return "its fields' defaults" if dataclasses.is_dataclass(value) else _default(value)
+
+
+def section_doc(cls) -> str:
+    """The docstring that describes the fields of a run-configuration section (``pretrain``: the arguments of
+    ``bg.pretrain.fit_energy_forces``)."""
+    from boltzgrad.pretrain import fit_energy_forces
+    from boltzgrad.stable.run_config import PretrainConfig
+
+    return fit_energy_forces.__doc__ if cls is PretrainConfig else cls.__doc__
+
+
+def _section(name: str):
+    def generate() -> str:
+        from boltzgrad.stable import run_config
+
+        cls = getattr(run_config, name)
+        return dataclass_reference(cls, section_doc(cls))
+
+    return generate
 
 
 def _stable_config() -> str:
@@ -107,26 +133,6 @@ def _evaluate_config() -> str:
     from boltzgrad.stable import EvaluateConfig
 
     return dataclass_reference(EvaluateConfig)
-
-
-def _pretrain_fields() -> str:
-    from boltzgrad.cli import _PRETRAIN_FIELDS
-    from boltzgrad.pretrain import fit_energy_forces
-
-    sig = inspect.signature(fit_energy_forces)
-    text = field_descriptions(fit_energy_forces.__doc__ or "", list(sig.parameters))
-    rows = [(name, f"`{_type_name(sig.parameters[name].annotation)}`", _default(sig.parameters[name].default),
-             text.get(name, "")) for name in _PRETRAIN_FIELDS]
-    return _table(rows)
-
-
-def _simulate_fields() -> str:
-    from boltzgrad.stable.run import SIMULATE_FIELDS, simulate
-
-    text = field_descriptions(simulate.__doc__ or "", list(SIMULATE_FIELDS))
-    rows = [(name, f"`{type(value).__name__}`", _default(value), text.get(name, ""))
-            for name, value in SIMULATE_FIELDS.items()]
-    return _table(rows)
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
@@ -155,8 +161,12 @@ def _cli() -> str:
 GENERATORS = {
     "stable-config": _stable_config,
     "evaluate-config": _evaluate_config,
-    "pretrain-fields": _pretrain_fields,
-    "simulate-fields": _simulate_fields,
+    "pretrain-fields": _section("PretrainConfig"),
+    "simulate-fields": _section("SimulateConfig"),
+    "data-fields": _section("DataConfig"),
+    "lj-fields": _section("LJConfig"),
+    "experiment-fields": _section("ExperimentConfig"),
+    "generalization-fields": _section("GeneralizationConfig"),
     "cli": _cli,
 }
 

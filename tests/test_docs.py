@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import boltzgrad as bg
+from boltzgrad.stable import run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -36,10 +37,12 @@ def test_field_descriptions_parse_grouped_and_inline_entries():
         "a": "first (1).", "b": "second, continued.", "c": "shared text.", "d": "shared text.", "e": "last."}
 
 
-@pytest.mark.parametrize("cls", [bg.stable.StableConfig, bg.stable.EvaluateConfig])
+@pytest.mark.parametrize("cls", [bg.stable.StableConfig, bg.stable.EvaluateConfig, *(
+    getattr(run_config, name) for name in ("RunConfig", "DataConfig", "LJConfig", "ModelConfig", "PretrainConfig",
+                                           "SimulateConfig", "ExperimentConfig", "GeneralizationConfig"))])
 def test_every_config_field_is_described(cls):
     names = [f.name for f in dataclasses.fields(cls)]
-    text = _hooks().field_descriptions(cls.__doc__, names)
+    text = _hooks().field_descriptions(_hooks().section_doc(cls), names)
     assert [n for n in names if not text.get(n)] == []
 
 
@@ -87,6 +90,8 @@ def test_snippets_run(page, tmp_path, monkeypatch):
     torch.manual_seed(0)
     for code in blocks:
         if "load_model(" in code:  # needs a trained model: check that it names a real function instead
-            assert callable(bg.stable.systems.load_model)
+            from boltzgrad.stable.systems import load_model
+
+            assert callable(load_model)
             continue
         exec(compile(code, f"{page} snippet", "exec"), {"__name__": "__snippet__"})

@@ -12,11 +12,13 @@ Default run: a few dozen examples per function. ``pytest -m slow tests/test_fuzz
 """
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import math
 import signal
 import tempfile
+import typing
 import zipfile
 from pathlib import Path
 
@@ -409,3 +411,48 @@ def test_npz_member_sizes_are_checked_before_numpy_allocates():
             z.writestr("R.npy", buf.getvalue() + bytes(8))
         with no_hang(10), pytest.raises(DataFileError, match="claims shape"):
             bg.data.load(path)
+
+
+# --------------------------------------------------------------------------- run configurations
+
+
+def _config_fields():
+    from boltzgrad.stable import run_config
+
+    paths = []
+    for section in ("data", "model", "pretrain", "train", "evaluate", "simulate", "experiment"):
+        cls = typing.get_type_hints(run_config.RunConfig)[section]
+        paths += [(section, f.name) for f in dataclasses.fields(cls) if f.name != "args"]
+    return paths + [(None, "seed"), (None, "name"), (None, "out_dir"), ("data", "lj"), ("experiment", "generalization"),
+                    ("experiment", "train"), ("model", "cutoff"), ("train", "bogus"), (None, "bogus")]
+
+
+config_value = st.one_of(scalar, st.sampled_from(["1e-3", "3e0", "-1e2", "nan", "inf", "", "1_000", True, 2**70]),
+                         st.lists(scalar, max_size=4), st.dictionaries(st.sampled_from(["lr", "seed", "dt", "x"]),
+                                                                      scalar, max_size=3))
+
+
+@st.composite
+def run_configs(draw):
+    fields = _config_fields()
+    changes = draw(st.lists(st.tuples(st.sampled_from(fields), config_value), min_size=1, max_size=4))
+    return changes
+
+
+def check_run_config(changes):
+    from boltzgrad.stable.run import evaluate_config, simulate_settings, stable_config
+    from boltzgrad.stable.run_config import check_run_config as check
+    from boltzgrad.stable.run_config import read_run_file
+
+    raw = read_run_file(Path(__file__).resolve().parent.parent / "configs" / "aspirin_schnet.yaml")
+    for (section, key), value in changes:
+        node = raw if section is None else raw.setdefault(section, {})
+        if isinstance(node, dict):
+            node[key] = value
+    cfg = outcome(check, raw)
+    if cfg is not None:  # a valid configuration: read again unchanged, and every section builds
+        assert check(cfg) == cfg
+        stable_config(cfg), evaluate_config(cfg), simulate_settings(cfg)
+
+
+test_fuzz_run_config, test_fuzz_run_config_slow = fuzz(run_configs())(check_run_config)

@@ -5,36 +5,23 @@ Nosé-Hoover with 20 fs coupling, 128 replicas, τ = 2000 steps, SGD with lr 1e-
 clip 1.0, minibatches of 40 samples, bond-length criterion at 0.25 Å, h(r) as the observable.
 The paper does not state the unstable-fraction thresholds, the check interval, the sampling
 interval or the learning-rate schedule; the defaults chosen here are documented per field.
+
+It is the ``train`` section of a run configuration (:mod:`boltzgrad.stable.run_config`); the checks come from the
+field types and their :func:`~boltzgrad.stable.sections.setting` metadata (:mod:`boltzgrad.stable.sections`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+
+from .sections import Problem, Section, setting
 
 __all__ = ["StableConfig"]
 
-_CHOICES = {
-    "thermostat": ("nose_hoover", "langevin"),
-    "criterion": ("bond_length", "min_distance"),
-    "observable": ("distance_histogram", "rdf", "bond_length"),
-    "estimator": ("global", "local"),
-    "optimizer": ("sgd", "adam"),
-}
-_POSITIVE_INT = ("n_replicas", "tau", "check_every", "n_dump", "n_bins", "qm_batch_size", "minibatch",
-                 "max_learning_steps", "max_cycles", "max_simulation_steps", "checkpoint_every", "lr_patience")
-_POSITIVE_FLOAT = ("temperature", "dt", "thermostat_tau", "friction", "bond_threshold", "bond_mult",
-                   "min_distance_threshold", "r_max", "sigma", "lr")
-_NON_NEGATIVE_FLOAT = ("qm_weight", "energy_weight", "force_weight", "momentum", "min_lr")
-_BUDGET = ("max_cycles", "max_steps", "max_simulation_steps", "max_learning_steps", "progress", "tensorboard",
-           "checkpoint_every")
-
 
 @dataclass
-class StableConfig:
+class StableConfig(Section):
     """Settings of :class:`~boltzgrad.stable.StableTrainer`. Units: K, fs, Å, eV.
 
     Ensemble and dynamics:
@@ -104,172 +91,80 @@ class StableConfig:
         progress: tqdm progress bar. tensorboard: also write TensorBoard scalars when available.
     """
 
-    temperature: float = 500.0
-    dt: float = 0.5
-    thermostat: str = "nose_hoover"
-    thermostat_tau: float = 20.0
-    friction: float = 1e-4
-    n_replicas: int = 128
-    tau: int = 2000
-    check_every: int = 100
-    n_dump: int = 50
-    criterion: str = "bond_length"
-    bond_threshold: float = 0.25
-    bond_mult: float = 1.2
-    min_distance_threshold: float = 1.2
-    upper_threshold: float = 0.5
-    lower_threshold: float = 0.2
-    observable: str = "distance_histogram"
-    estimator: str = "global"
-    r_max: float = 10.0
-    n_bins: int = 500
-    sigma: float = 0.01
+    KIND = "StableConfig"
+    SECTION = "train"
+
+    temperature: float = setting(500.0, gt=0)
+    dt: float = setting(0.5, gt=0)
+    thermostat: str = setting("nose_hoover", choices=("nose_hoover", "langevin"))
+    thermostat_tau: float = setting(20.0, gt=0)
+    friction: float = setting(1e-4, gt=0)
+    n_replicas: int = setting(128, ge=1)
+    tau: int = setting(2000, ge=1)
+    check_every: int = setting(100, ge=1)
+    n_dump: int = setting(50, ge=1)
+    criterion: str = setting("bond_length", choices=("bond_length", "min_distance"))
+    bond_threshold: float = setting(0.25, gt=0)
+    bond_mult: float = setting(1.2, gt=0)
+    min_distance_threshold: float = setting(1.2, gt=0)
+    upper_threshold: float = setting(0.5, ge=0, le=1)
+    lower_threshold: float = setting(0.2, ge=0, le=1)
+    observable: str = setting("distance_histogram", choices=("distance_histogram", "rdf", "bond_length"))
+    estimator: str = setting("global", choices=("global", "local"))
+    r_max: float = setting(10.0, gt=0)
+    n_bins: int = setting(500, ge=1)
+    sigma: float = setting(0.01, gt=0)
     split_halves: bool = False
     pooled_mean: bool = False
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    qm_weight: float = 10.0
-    energy_weight: float = 1.0
-    force_weight: float = 100.0
-    qm_batch_size: int = 32
-    minibatch: int = 40
-    grad_clip: float | None = 1.0
-    lr_factor: float = 0.5
-    lr_patience: int = 5
-    min_lr: float = 1e-5
-    max_learning_steps: int = 100
-    max_cycles: int = 4
-    max_steps: int | None = None
-    max_simulation_steps: int = 100_000
-    seed: int = 0
-    checkpoint_every: int = 1
-    progress: bool = True
-    tensorboard: bool = True
+    optimizer: str = setting("sgd", choices=("sgd", "adam"))
+    lr: float = setting(1e-3, gt=0)
+    momentum: float = setting(0.0, ge=0)
+    qm_weight: float = setting(10.0, ge=0)
+    energy_weight: float = setting(1.0, ge=0)
+    force_weight: float = setting(100.0, ge=0)
+    qm_batch_size: int = setting(32, ge=1)
+    minibatch: int = setting(40, ge=1)
+    grad_clip: float | None = setting(1.0, gt=0, finite=False)
+    lr_factor: float = setting(0.5, gt=0, lt=1)
+    lr_patience: int = setting(5, ge=1)
+    min_lr: float = setting(1e-5, ge=0)
+    max_learning_steps: int = setting(100, ge=1, budget=True)
+    max_cycles: int = setting(4, ge=1, budget=True)
+    max_steps: int | None = setting(None, ge=1, budget=True)
+    max_simulation_steps: int = setting(100_000, ge=1, budget=True)
+    seed: int = setting(0, ge=0)
+    checkpoint_every: int = setting(1, ge=1, budget=True)
+    progress: bool = setting(True, budget=True)
+    tensorboard: bool = setting(True, budget=True)
 
-    def __post_init__(self):
-        self.validate()
+    def _relations(self, bad: set[str]) -> Iterable[Problem]:
+        def ok(*names):
+            return not bad.intersection(names)
 
-    # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name in _POSITIVE_INT:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ValueError(f"{f.name} must be an int >= 1, got {v!r}")
-            elif f.name in _POSITIVE_FLOAT:
-                if not _number(v) or not (v > 0) or not math.isfinite(v):
-                    raise ValueError(f"{f.name} must be a finite number > 0, got {v!r}")
-            elif f.name in _NON_NEGATIVE_FLOAT:
-                if not _number(v) or not (v >= 0) or not math.isfinite(v):
-                    raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
-            elif f.name in _CHOICES and v not in _CHOICES[f.name]:
-                raise ValueError(f"{f.name} must be one of {list(_CHOICES[f.name])}, got {v!r}")
-        for name in ("split_halves", "pooled_mean", "progress", "tensorboard"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        for name in ("upper_threshold", "lower_threshold"):
-            v = getattr(self, name)
-            if not _number(v) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
-        if not self.lower_threshold < self.upper_threshold:
-            raise ValueError(f"lower_threshold ({self.lower_threshold}) must be < upper_threshold "
-                             f"({self.upper_threshold})")
-        if not _number(self.lr_factor) or not 0.0 < self.lr_factor < 1.0:
-            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
-        if self.min_lr >= self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must be < lr ({self.lr})")
-        if self.grad_clip is not None and (not _number(self.grad_clip) or not self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be a number > 0 or null, got {self.grad_clip!r}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps must be an int >= 1 or null, got {self.max_steps!r}")
-        if self.n_dump > self.tau:
-            raise ValueError(f"n_dump ({self.n_dump}) must be <= tau ({self.tau}): no sample would be taken")
-        if self.check_every > self.tau:
-            raise ValueError(f"check_every ({self.check_every}) must be <= tau ({self.tau})")
-        if self.estimator == "local" and self.observable != "bond_length":
-            raise ValueError(f"estimator 'local' works on per-molecule observables: observable must be "
-                             f"'bond_length', got {self.observable!r}")
-        if self.qm_weight > 0 and self.energy_weight == 0 and self.force_weight == 0:
-            raise ValueError("qm_weight > 0 but energy_weight and force_weight are both 0")
-
-    # ------------------------------------------------------------------ conversion
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StableConfig:
-        """Build from a mapping; unknown keys are an error naming them (``-`` in keys is read as ``_``)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a StableConfig needs a mapping of field names to values, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        clean = {}
-        for k, v in data.items():
-            key = str(k).replace("-", "_")
-            if key not in names:
-                raise ValueError(f"unknown StableConfig field {k!r}; known fields: {sorted(names)}")
-            clean[key] = v
-        # YAML reads 1e-3 as a string with PyYAML's YAML 1.1 rules; accept such numbers
-        for f in fields(cls):
-            if f.name in clean and isinstance(clean[f.name], str) and (f.name in _POSITIVE_FLOAT
-                                                                      or f.name in _NON_NEGATIVE_FLOAT
-                                                                      or f.name in ("grad_clip", "lr_factor",
-                                                                                    "upper_threshold",
-                                                                                    "lower_threshold")):
-                try:
-                    clean[f.name] = float(clean[f.name])
-                except ValueError as err:
-                    raise ValueError(f"{f.name} must be a number, got {clean[f.name]!r}") from err
-        return cls(**clean)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> StableConfig:
-        """Read a YAML file holding a mapping of field names to values (a ``train:`` section is also accepted)."""
-        import yaml
-
-        from .._yaml import load as yaml_load
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"config file {path!r} does not exist")
-        with open(path) as fh:
-            try:
-                data = yaml_load(fh)
-            except yaml.YAMLError as err:
-                raise ValueError(f"config file {path!r} is not valid YAML: {err}") from err
-        if data is None:
-            data = {}
-        if isinstance(data, dict) and set(data) == {"train"}:
-            data = data["train"]
-        return cls.from_dict(data)
-
-    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        """The YAML text of this config; written atomically to ``path`` when given."""
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            from .checkpoint import atomic_write_bytes
-
-            atomic_write_bytes(os.fspath(path), text.encode())
-        return text
+        if ok("lower_threshold", "upper_threshold") and not self.lower_threshold < self.upper_threshold:
+            yield Problem("lower_threshold", f"({self.lower_threshold}) must be < {{prefix}}upper_threshold "
+                                             f"({self.upper_threshold})")
+        if ok("min_lr", "lr") and self.min_lr >= self.lr:
+            yield Problem("min_lr", f"({self.min_lr}) must be < {{prefix}}lr ({self.lr})")
+        if ok("n_dump", "tau") and self.n_dump > self.tau:
+            yield Problem("n_dump", f"({self.n_dump}) must be <= {{prefix}}tau ({self.tau}): no sample would be taken")
+        if ok("check_every", "tau") and self.check_every > self.tau:
+            yield Problem("check_every", f"({self.check_every}) must be <= {{prefix}}tau ({self.tau})")
+        if ok("estimator", "observable") and self.estimator == "local" and self.observable != "bond_length":
+            yield Problem("estimator", f"'local' works on per-molecule observables: {{prefix}}observable must be "
+                                       f"'bond_length', got {self.observable!r}")
+        if (ok("qm_weight", "energy_weight", "force_weight") and self.qm_weight > 0 and self.energy_weight == 0
+                and self.force_weight == 0):
+            yield Problem("qm_weight", "> 0 but {prefix}energy_weight and {prefix}force_weight are both 0")
 
     def differences(self, other: StableConfig, *, ignore_budget: bool = True) -> dict[str, tuple]:
-        """Fields whose values differ, ``{name: (self, other)}``; budget and display fields are ignored
-        by default (a resumed run may extend its budget)."""
+        """Fields whose values differ, ``{name: (self, other)}``; budget and display fields (``budget`` in their
+        metadata) are ignored by default (a resumed run may extend its budget)."""
         out = {}
         for f in fields(self):
-            if ignore_budget and f.name in _BUDGET:
+            if ignore_budget and f.metadata.get("budget"):
                 continue
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a != b:
                 out[f.name] = (a, b)
         return out
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

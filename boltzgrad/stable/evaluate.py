@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ from ..criteria import (
 )
 from ..md import Langevin, Simulator, State, maxwell_boltzmann, units
 from ..pretrain import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
+from .sections import Problem, Section, section_and_run, setting
 from .trainer import bonded_molecules
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "structure_observable",
@@ -55,18 +57,8 @@ __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "structure_observab
 CRITERIA = ("bond_length", "min_distance", "rdf", "none")
 
 
-def _check_number(name: str, value, *, positive: bool = True, integer: bool = False, allow_none: bool = False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        kind = "an int" if integer else "a number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(float(value)) or (positive and not value > 0) or (not positive and value < 0):
-        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
-
-
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Section):
     """Settings of :func:`evaluate` (defaults: the paper's aspirin protocol, 256 replicas x 1 ns at 500 K).
 
     Attributes:
@@ -95,81 +87,53 @@ class EvaluateConfig:
         progress: show a progress bar.
     """
 
-    replicas: int = 256
-    max_time: float = 1_000_000.0
-    dt: float = 0.5
-    temperature: float = 500.0
-    friction: float = 1e-4
-    check_every: int = 200
-    criterion: str = "bond_length"
-    threshold: float | None = None
-    bond_mult: float = 1.2
-    rdf_window: int = 10
-    sample_every: int = 20
-    vacf_every: int = 2
-    vacf_window: int = 100
-    hr_r_max: float = 10.0
-    hr_bins: int = 500
-    hr_sigma: float = 0.01
-    rdf_r_max: float = 6.0
-    rdf_bins: int = 300
-    rdf_sigma: float = 0.02
-    diffusion_species: int | None = None
-    max_displacement: float = 1.0
-    batch_size: int = 32
-    seed: int = 0
+    KIND = "evaluation"
+    SECTION = "evaluate"
+
+    replicas: int = setting(256, ge=1)
+    max_time: float = setting(1_000_000.0, gt=0)
+    dt: float = setting(0.5, gt=0)
+    temperature: float = setting(500.0, gt=0)
+    friction: float = setting(1e-4, gt=0)
+    check_every: int = setting(200, ge=1)
+    criterion: str = setting("bond_length", choices=CRITERIA)
+    threshold: float | None = setting(None, gt=0)
+    bond_mult: float = setting(1.2, gt=0)
+    rdf_window: int = setting(10, ge=1)
+    sample_every: int = setting(20, ge=1)
+    vacf_every: int = setting(2, ge=1)
+    vacf_window: int = setting(100, ge=1)
+    hr_r_max: float = setting(10.0, gt=0)
+    hr_bins: int = setting(500, ge=1)
+    hr_sigma: float = setting(0.01, gt=0)
+    rdf_r_max: float = setting(6.0, gt=0)
+    rdf_bins: int = setting(300, ge=1)
+    rdf_sigma: float = setting(0.02, gt=0)
+    diffusion_species: int | None = setting(None, ge=1)
+    max_displacement: float = setting(1.0, gt=0)
+    batch_size: int = setting(32, ge=1)
+    seed: int = setting(0, ge=0)
     progress: bool = True
 
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        for name in ("replicas", "check_every", "rdf_window", "sample_every", "vacf_every", "vacf_window",
-                     "hr_bins", "rdf_bins", "batch_size"):
-            _check_number(name, getattr(self, name), integer=True)
-        for name in ("max_time", "dt", "temperature", "friction", "hr_r_max", "hr_sigma", "rdf_r_max", "rdf_sigma",
-                     "max_displacement", "bond_mult"):
-            _check_number(name, getattr(self, name))
-        _check_number("threshold", self.threshold, allow_none=True)
-        _check_number("seed", self.seed, positive=False, integer=True)
-        if self.diffusion_species is not None:
-            _check_number("diffusion_species", self.diffusion_species, integer=True)
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
-        for name in ("sample_every", "vacf_every"):
-            if self.check_every % getattr(self, name):
-                raise ValueError(f"check_every ({self.check_every}) must be a multiple of {name} "
-                                 f"({getattr(self, name)})")
-        if self.vacf_window > self.check_every // self.vacf_every:
-            raise ValueError(f"vacf_window ({self.vacf_window}) must be <= check_every // vacf_every "
-                             f"({self.check_every // self.vacf_every}): the VACF is measured within each checked block")
-        if self.max_time < self.dt * self.check_every:
-            raise ValueError(f"max_time ({self.max_time} fs) must cover at least one check "
-                             f"(check_every * dt = {self.check_every * self.dt} fs)")
+    def _relations(self, bad: set[str]) -> Iterable[Problem]:
+        if "check_every" not in bad:
+            for name in ("sample_every", "vacf_every"):
+                if name not in bad and self.check_every % getattr(self, name):
+                    yield Problem("check_every", f"({self.check_every}) must be a multiple of {{prefix}}{name} "
+                                                 f"({getattr(self, name)})")
+            if not bad & {"vacf_every", "vacf_window"} and self.vacf_window > self.check_every // self.vacf_every:
+                yield Problem("vacf_window", f"({self.vacf_window}) must be <= {{prefix}}check_every // "
+                                             f"{{prefix}}vacf_every ({self.check_every // self.vacf_every}): the VACF "
+                                             "is measured within each checked block")
+            if not bad & {"max_time", "dt"} and self.max_time < self.dt * self.check_every:
+                yield Problem("max_time", f"({self.max_time} fs) must cover at least one check "
+                                          f"({{prefix}}check_every * {{prefix}}dt = {self.check_every * self.dt} fs)")
 
     @property
     def n_steps(self) -> int:
         """Total MD steps per replica (a whole number of checks)."""
         n = int(round(self.max_time / self.dt))
         return max(self.check_every, (n // self.check_every) * self.check_every)
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> EvaluateConfig:
-        """A config from a mapping (e.g. the ``evaluate:`` section of a YAML file); unknown keys are errors."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown evaluation field(s) {unknown}; known: {sorted(known)}")
-        floats = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
-        for k, v in values.items():  # YAML 1.1 reads 1e-3 (no dot) as a string
-            if k in floats and isinstance(v, str):
-                try:
-                    values[k] = float(v)
-                except ValueError as err:
-                    raise ValueError(f"{k} must be a number, got {v!r}") from err
-        return cls(**values)
 
 
 @dataclass
@@ -410,23 +374,14 @@ def _structure_of_frames(structure, frames: list[torch.Tensor], state: State) ->
 def _evaluation_inputs(config, starts, reference, test_set):
     """The config and datasets of :func:`evaluate`: a run configuration (path or dict) fills in what is not
     passed; the starting structures are checked."""
-    if isinstance(config, (str, os.PathLike)) or (isinstance(config, dict) and {"data", "evaluate"} <= set(config)):
-        from .systems import load_data, load_run_config
+    config, run = section_and_run(EvaluateConfig, config)
+    if run is not None and run["data"]:
+        from .systems import load_data
 
-        run = load_run_config(config) if isinstance(config, (str, os.PathLike)) else config
         data = load_data(run["data"])
-        config = EvaluateConfig.from_dict(run["evaluate"])
         starts = data["starts"] if starts is None else starts
         reference = data["reference"] if reference is None else reference
         test_set = data["test"] if test_set is None else test_set
-    if config is None:
-        config = EvaluateConfig()
-    elif isinstance(config, dict):
-        config = EvaluateConfig.from_dict(config)
-    elif not isinstance(config, EvaluateConfig):
-        raise TypeError(f"config must be an EvaluateConfig or a dict, got {type(config).__name__}")
-    else:
-        config.validate()
     if starts is None or not hasattr(starts, "collate") or len(starts) == 0:
         raise ValueError("starts must be a non-empty bg.data.AtomsDataset of starting structures")
     if len(set(starts.n_atoms.tolist())) != 1:
@@ -506,10 +461,11 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
 
     Args:
         model: a boltzgrad potential (its parameters' dtype and device are used for the MD).
-        config: an :class:`EvaluateConfig` (or a dict of its fields; None: the defaults), or a run
-            configuration (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with ``data`` and
-            ``evaluate`` sections): then its ``evaluate`` section is the config and its ``data`` section gives
-            ``starts``, ``reference`` and ``test_set`` where they are not passed.
+        config: an :class:`EvaluateConfig`, a dict of its fields, None (the defaults), or a run configuration
+            (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with sections; the whole file is
+            checked, as :class:`~boltzgrad.stable.StableTrainer` does): then its ``evaluate`` section is the
+            config and its ``data`` section, when present, gives ``starts``, ``reference`` and ``test_set`` where
+            they are not passed. A YAML file holding only the fields of an ``EvaluateConfig`` is read as one.
         starts: ``bg.data.AtomsDataset`` of starting structures (held out from training); replica k starts
             from structure ``round(k * len(starts) / R)``. All must have the same atoms in the same order.
         reference: ``bg.data.AtomsDataset`` of reference structures: the reference h(r)/g(r) and, for the

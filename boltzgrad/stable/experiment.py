@@ -42,72 +42,25 @@ import time
 import numpy as np
 
 from .._files import atomic_write_text
+from .run_config import ARMS, ExperimentConfig, GeneralizationConfig, parse_run_config
 from .survival import kaplan_meier, logrank_test, median_with_ci
 
 __all__ = ["ARMS", "EXPERIMENT_FIELDS", "experiment_settings", "run_experiment", "summarize"]
 
-ARMS = ("pretrained", "qm_only", "stable", "obs_only")
-EXPERIMENT_FIELDS = {"seeds": [0, 1, 2], "arms": ["pretrained", "qm_only", "stable"], "train": {}, "evaluate": {},
-                     "bootstrap": 2000, "generalization": {}}
+#: The defaults of the ``experiment`` section (:class:`~boltzgrad.stable.run_config.ExperimentConfig`).
+EXPERIMENT_FIELDS = ExperimentConfig.defaults()
 #: Evaluation away from the training conditions (paper 4.2, A.9, A.12): other temperatures, with the reference
-#: h(r) Boltzmann-reweighted from the data's temperature, and other time steps; fewer replicas.
-GENERALIZATION_FIELDS = {"temperatures": [], "timesteps": [], "replicas": 16, "arms": ["pretrained", "stable"],
-                         "seeds": None}
+#: h(r) Boltzmann-reweighted from the data's temperature, and other time steps; fewer replicas
+#: (:class:`~boltzgrad.stable.run_config.GeneralizationConfig`).
+GENERALIZATION_FIELDS = GeneralizationConfig.defaults()
 
 
 def experiment_settings(cfg: dict) -> dict:
-    """The ``experiment`` section with defaults filled in, checked field by field."""
-    section = dict(cfg.get("experiment") or {})
-    unknown = sorted(set(section) - set(EXPERIMENT_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['experiment.' + k for k in unknown]}; "
-                         f"known: {list(EXPERIMENT_FIELDS)}")
-    s = {**copy.deepcopy(EXPERIMENT_FIELDS), **section}
-    seeds = s["seeds"]
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds)):
-        raise ValueError(f"config field 'experiment.seeds' must be a list of distinct ints >= 0, got {seeds!r}")
-    arms = s["arms"]
-    if not isinstance(arms, list) or not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
-        raise ValueError(f"config field 'experiment.arms' must be a list of distinct arms from {list(ARMS)}, "
-                         f"got {arms!r}")
-    for key in ("train", "evaluate"):
-        if not isinstance(s[key], dict):
-            raise ValueError(f"config field 'experiment.{key}' must be a mapping of field overrides, got {s[key]!r}")
-    if "seed" in s["train"] or "seed" in s["evaluate"]:
-        raise ValueError("experiment.train / experiment.evaluate must not set 'seed': the training seeds are "
-                         "experiment.seeds, and evaluation seed = evaluate.seed + training seed")
-    b = s["bootstrap"]
-    if isinstance(b, bool) or not isinstance(b, int) or b < 100:
-        raise ValueError(f"config field 'experiment.bootstrap' must be an int >= 100, got {b!r}")
-    s["generalization"] = _generalization_settings(s["generalization"], s)
-    return s
+    """The ``experiment`` section with defaults filled in (``generalization.seeds``: the first seed when unset).
 
-
-def _generalization_settings(section, s: dict) -> dict:
-    if not isinstance(section, dict):
-        raise ValueError(f"config field 'experiment.generalization' must be a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(GENERALIZATION_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['experiment.generalization.' + k for k in unknown]}; "
-                         f"known: {list(GENERALIZATION_FIELDS)}")
-    g = {**copy.deepcopy(GENERALIZATION_FIELDS), **section}
-    for key in ("temperatures", "timesteps"):
-        v = g[key]
-        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0
-                                          for x in v):
-            raise ValueError(f"config field 'experiment.generalization.{key}' must be a list of numbers > 0, got {v!r}")
-    r = g["replicas"]
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"config field 'experiment.generalization.replicas' must be an int >= 1, got {r!r}")
-    if any(a not in s["arms"] for a in g["arms"]):
-        raise ValueError(f"config field 'experiment.generalization.arms' must be arms of experiment.arms "
-                         f"{s['arms']}, got {g['arms']!r}")
-    g["seeds"] = s["seeds"][:1] if g["seeds"] is None else g["seeds"]
-    if not isinstance(g["seeds"], list) or any(x not in s["seeds"] for x in g["seeds"]):
-        raise ValueError(f"config field 'experiment.generalization.seeds' must be seeds of experiment.seeds "
-                         f"{s['seeds']}, got {g['seeds']!r}")
-    return g
+    The whole run configuration is checked (every problem at once), the experiment's ``train`` and ``evaluate``
+    overrides on top of those sections included."""
+    return parse_run_config(cfg).experiment.settings()
 
 
 def _write_json(path: str, obj) -> None:

@@ -13,8 +13,10 @@ import os
 
 import torch
 
+from .config import StableConfig
 from .evaluate import EvaluateConfig, EvaluationResult, evaluate
 from .plots import plot_stable_times, plot_structure, plot_unstable_fraction
+from .run_config import SimulateConfig
 from .systems import load_data, save_model
 
 __all__ = ["evaluate_models", "simulate", "train", "format_table", "evaluate_config", "stable_config",
@@ -51,44 +53,25 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
 
 
 def evaluate_config(cfg: dict, overrides: dict | None = None) -> EvaluateConfig:
-    """The ``evaluate`` section as an :class:`EvaluateConfig` (errors name the field)."""
-    try:
-        return EvaluateConfig.from_dict({**cfg["evaluate"], **(overrides or {})})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"config section 'evaluate': {err}") from err
+    """The ``evaluate`` section (with ``overrides``) as an :class:`EvaluateConfig`; errors name the field
+    (``evaluate.replicas must be >= 1, got 0``)."""
+    return EvaluateConfig.from_dict({**cfg["evaluate"], **(overrides or {})}, path="evaluate")
 
 
-def stable_config(cfg: dict, overrides: dict | None = None):
-    """The ``train`` section as a ``StableConfig`` (errors name the field)."""
-    from .config import StableConfig
-
-    try:
-        return StableConfig.from_dict({**cfg["train"], **(overrides or {})})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"config section 'train': {err}") from err
+def stable_config(cfg: dict, overrides: dict | None = None) -> StableConfig:
+    """The ``train`` section (with ``overrides``) as a ``StableConfig``; errors name the field
+    (``train.n_replicas must be >= 1, got 0``)."""
+    return StableConfig.from_dict({**cfg["train"], **(overrides or {})}, path="train")
 
 
-SIMULATE_FIELDS = {"replicas": 1, "steps": 1000, "dt": 0.5, "temperature": 500.0, "friction": 1e-3, "every": 10,
-                   "seed": 0}
+#: The defaults of the ``simulate`` section (:class:`~boltzgrad.stable.run_config.SimulateConfig`).
+SIMULATE_FIELDS = SimulateConfig.defaults()
 
 
 def simulate_settings(cfg: dict) -> dict:
-    """The ``simulate`` section with defaults filled in (``SIMULATE_FIELDS``), checked field by field."""
-    section = dict(cfg["simulate"])
-    unknown = sorted(set(section) - set(SIMULATE_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['simulate.' + k for k in unknown]}; "
-                         f"known: {list(SIMULATE_FIELDS)}")
-    s = {**SIMULATE_FIELDS, **section}
-    for k in ("replicas", "steps", "every"):
-        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
-            raise ValueError(f"config field 'simulate.{k}' must be an int >= 1, got {s[k]!r}")
-    for k in ("dt", "temperature", "friction"):
-        if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not s[k] > 0:
-            raise ValueError(f"config field 'simulate.{k}' must be a number > 0, got {s[k]!r}")
-    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or s["seed"] < 0:
-        raise ValueError(f"config field 'simulate.seed' must be an int >= 0, got {s['seed']!r}")
-    return s
+    """The ``simulate`` section with defaults filled in (a :class:`~boltzgrad.stable.run_config.SimulateConfig`
+    as a dict); errors name the field."""
+    return SimulateConfig.from_dict(cfg["simulate"], path="simulate").to_dict()
 
 
 def reference_diffusivity(cfg: dict) -> float | None:
@@ -169,14 +152,9 @@ def simulate_outputs(output: str, n_replicas: int) -> list[str]:
 def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, data: dict | None = None) -> dict:
     """Langevin MD of ``model`` from the run's starting structures; writes extended XYZ.
 
-    The ``simulate`` section of the run configuration (defaults in ``SIMULATE_FIELDS``):
-        replicas: number of replicas (starting structures taken evenly spread over the run's starts).
-        steps: MD steps.
-        dt: time step, fs.
-        temperature: K (Maxwell-Boltzmann velocities and thermostat).
-        friction: Langevin friction, 1/fs.
-        every: MD steps between written frames.
-        seed: seed of the velocities and the Langevin noise.
+    The settings are the ``simulate`` section of the run configuration
+    (:class:`~boltzgrad.stable.run_config.SimulateConfig`: ``replicas``, ``steps``, ``dt``, ``temperature``,
+    ``friction``, ``every``, ``seed``).
 
     Every replica goes to its own file (:func:`simulate_outputs` of ``output``, default
     ``<out_dir>/simulate.extxyz``), one structure per recorded frame, each tagged with ``replica`` and ``step``.

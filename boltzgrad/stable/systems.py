@@ -13,10 +13,11 @@ A run is described by one YAML file (see ``configs/``) with the sections
 ``model``
     ``kind`` (``schnet``, ``pair_mlp``, ``lennard_jones``) and its constructor arguments; ``checkpoint``:
     the pre-trained model file (written by ``boltzgrad pretrain``, read by the other commands).
-``pretrain``, ``train``, ``evaluate``, ``simulate``
+``pretrain``, ``train``, ``evaluate``, ``simulate``, ``experiment``
     the settings of each command.
 
-Top-level ``name``, ``seed`` and ``out_dir`` (default ``runs/<name>``) complete it. Relative paths are
+Top-level ``name``, ``seed`` and ``out_dir`` (default ``runs/<name>``) complete it. Every section is a dataclass
+of :mod:`boltzgrad.stable.run_config`, where :func:`load_run_config` reads and checks the whole file. Relative paths are
 taken from the working directory, then from the folder holding the shipped ``configs/`` and ``data/`` (the source
 checkout, or their copies inside an installed package; :mod:`boltzgrad._paths`), so the shipped configurations
 work from anywhere.
@@ -24,6 +25,7 @@ work from anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -33,66 +35,13 @@ from .._files import atomic_write
 from .._paths import resolve_path
 from ..data import AtomsDataset
 from ..data.io import dataset_dir, load, load_reference
+from .run_config import MODEL_KINDS, SECTIONS, DataConfig, load_run_config, read_model_numbers
 
 __all__ = ["SECTIONS", "load_run_config", "resolve_path", "model_dtype", "build_model", "save_model", "load_model",
            "check_model_spec", "load_data", "lennard_jones_reference", "LJ_ARGON"]
 
-SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate", "experiment")
-
 #: Argon: ε (eV), σ (Å), mass (amu).
 LJ_ARGON = {"epsilon": 0.0104, "sigma": 3.4, "mass": 39.948}
-
-
-def _section(cfg: dict, name: str) -> dict:
-    value = cfg.get(name) or {}
-    if not isinstance(value, dict):
-        raise ValueError(f"config field {name!r} must be a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def load_run_config(path: str | os.PathLike) -> dict:
-    """Read and check the top level of a run configuration (YAML); sections are checked by their users.
-
-    Raises ``ValueError`` naming the field for unknown sections or wrongly typed values.
-    """
-    import yaml
-
-    from .._yaml import load as yaml_load
-
-    p = resolve_path(path)
-    try:
-        with open(p) as fh:
-            cfg = yaml_load(fh) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"config {str(p)!r} is not valid YAML: {err}") from err
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config {str(p)!r} must be a YAML mapping with sections {list(SECTIONS)}")
-    unknown = sorted(set(cfg) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"config {str(p)!r}: unknown field(s) {unknown}; known: {list(SECTIONS)}")
-    name = cfg.setdefault("name", p.stem)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"config field 'name' must be a non-empty string, got {name!r}")
-    seed = cfg.setdefault("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"config field 'seed' must be an int >= 0, got {seed!r}")
-    cfg.setdefault("out_dir", os.path.join("runs", name))
-    if not isinstance(cfg["out_dir"], str):
-        raise ValueError(f"config field 'out_dir' must be a path string, got {cfg['out_dir']!r}")
-    for s in ("data", "model", "pretrain", "train", "evaluate", "simulate"):
-        cfg[s] = _section(cfg, s)
-    cfg["_path"] = str(p)
-    return cfg
-
-
-# --------------------------------------------------------------------------- models
-
-_MODEL_KINDS = {
-    "schnet": ("SchNet", {"n_features", "n_filters", "n_interactions", "n_rbf", "cutoff", "max_z"}),
-    "pair_mlp": ("PairMLP", {"cutoff", "hidden", "n_basis"}),
-    "lennard_jones": ("LennardJones", {"epsilon", "sigma", "cutoff"}),
-    "mace": ("mace_from_file", {"model_file", "head"}),  # a mace-torch model file (pip install 'boltzgrad[mace]')
-}
 
 
 def model_dtype(spec: dict) -> torch.dtype:
@@ -108,8 +57,8 @@ def _builder(kind, where: str = "config field"):
     ``package.module:function`` of any function (or class) that returns a boltzgrad potential."""
     from .. import models
 
-    if isinstance(kind, str) and kind in _MODEL_KINDS:
-        cls_name, allowed = _MODEL_KINDS[kind]
+    if isinstance(kind, str) and kind in MODEL_KINDS:
+        cls_name, allowed = MODEL_KINDS[kind]
         return getattr(models, cls_name), cls_name, allowed
     if isinstance(kind, str) and kind.count(":") == 1 and all(kind.split(":")):
         import importlib
@@ -124,7 +73,7 @@ def _builder(kind, where: str = "config field"):
         if not callable(fn):
             raise ValueError(f"{where} 'model.kind' {kind!r}: {module_name!r} has no callable {name!r}")
         return fn, kind, None
-    raise ValueError(f"{where} 'model.kind' must be one of {sorted(_MODEL_KINDS)} or an import path "
+    raise ValueError(f"{where} 'model.kind' must be one of {sorted(MODEL_KINDS)} or an import path "
                      f"'package.module:function' returning a potential, got {kind!r}")
 
 
@@ -150,6 +99,7 @@ def build_model(spec: dict) -> torch.nn.Module:
     is ignored here)."""
     kind, dtype, args = _parse_spec(spec)
     build, cls_name, _ = _builder(kind)
+    args = read_model_numbers(build, args)  # "5e0" is 5.0 for an import-path kind too
     try:
         model = build(**args)
     except (TypeError, ValueError, ImportError) as err:  # ImportError: an optional package (e.g. mace-torch) missing
@@ -321,37 +271,16 @@ def load_data(spec: dict) -> dict:
     ``train``/``val``/``test`` split the pool (seeded); ``starts`` are the evaluation's starting structures
     (``data.starts``: ``"test"`` or ``"heldout"``); ``reference`` is the pool (reference observables).
     """
-    spec = dict(spec)
-    allowed = {"source", "split", "seed", "starts", "lj", "stride", "per_chain"}
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {['data.' + k for k in unknown]}; known: {sorted(allowed)}")
-    source = spec.get("source")
-    if not isinstance(source, str) or not source:
-        raise ValueError(f"config field 'data.source' must be 'lj', a dataset name or a path, got {source!r}")
-    seed = spec.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"config field 'data.seed' must be an int >= 0, got {seed!r}")
-    starts_from = spec.get("starts", "test")
-    if starts_from not in ("test", "heldout"):
-        raise ValueError(f"config field 'data.starts' must be 'test' or 'heldout', got {starts_from!r}")
-    stride = spec.get("stride", 1)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"config field 'data.stride' must be an int >= 1, got {stride!r}")
-    per_chain = spec.get("per_chain")
-    if per_chain is not None and (isinstance(per_chain, bool) or not isinstance(per_chain, int) or per_chain < 1):
-        raise ValueError(f"config field 'data.per_chain' must be an int >= 1 or null, got {per_chain!r}")
-    lj = spec.get("lj") or {}
-    if not isinstance(lj, dict):
-        raise ValueError("config field 'data.lj' must be a mapping")
+    d = DataConfig.from_dict(spec, path="data")
+    source, seed, starts_from, stride, per_chain, split = d.source, d.seed, d.starts, d.stride, d.per_chain, d.split
+    if source is None:
+        raise ValueError("config field 'data.source' must be 'lj', a dataset name or a path, got None")
+    lj = dataclasses.asdict(d.lj)
     heldout = None
     if source == "lj":
-        try:
-            pool = lennard_jones_reference(seed=seed, **lj)
-            if starts_from == "heldout":
-                heldout = lennard_jones_reference(seed=seed + 1_000_003, **lj)
-        except TypeError as err:
-            raise ValueError(f"config section 'data.lj': {err}") from err
+        pool = lennard_jones_reference(seed=seed, **lj)
+        if starts_from == "heldout":
+            heldout = lennard_jones_reference(seed=seed + 1_000_003, **lj)
     elif per_chain is not None:
         pool = _first_frames_of_chains(source, per_chain)
         if starts_from == "heldout":
@@ -367,9 +296,6 @@ def load_data(spec: dict) -> dict:
                              "(boltzgrad make-data) have held-out trajectories")
     if stride > 1:
         pool = pool[torch.arange(0, len(pool), stride)]
-    split = spec.get("split", [0.8, 0.1, 0.1])
-    if not isinstance(split, (list, tuple)) or len(split) != 3:
-        raise ValueError(f"config field 'data.split' must be [n_train, n_val, n_test], got {split!r}")
     try:
         train, val, test = pool.split(list(split), seed=seed)
     except (TypeError, ValueError) as err:

@@ -352,8 +352,10 @@ class StableTrainer:
             of the replicas (R drawn without replacement when possible, seeded), the bonds of the
             criterion and molecules (from its first structure), and the QM loss (needs energies and
             forces when ``qm_weight > 0``). Every structure must hold the same atoms in the same order.
-        config: a :class:`StableConfig`, a dict of its fields, or a path to a YAML file (default:
-            the paper's settings).
+        config: a :class:`StableConfig`, a dict of its fields, None (the paper's settings), or a run
+            configuration (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with sections; the
+            whole file is checked, as :func:`~boltzgrad.stable.evaluate` does), whose ``train`` section is taken.
+            A YAML file holding only the fields of a ``StableConfig`` (``config.yaml`` of a run) is read as one.
         reference: where the reference observable comes from: an ``AtomsDataset`` of reference
             structures (its h(r) / RDF / mean bond lengths are the target, and its mean bond lengths
             the criterion's reference), a tensor holding the target observable itself, or None (the
@@ -370,15 +372,7 @@ class StableTrainer:
                  criteria: list[Criterion] | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
-        if config is None:
-            config = StableConfig()
-        elif isinstance(config, dict):
-            config = StableConfig.from_dict(config)
-        elif isinstance(config, (str, os.PathLike)):
-            config = StableConfig.from_yaml(config)
-        elif not isinstance(config, StableConfig):
-            raise TypeError(f"config must be a StableConfig, a dict or a YAML path, got {type(config).__name__}")
-        config.validate()
+        config = StableConfig.load(config)
         check_finite_parameters(model)
         self.config = cfg = config
         self.model = model

@@ -27,8 +27,12 @@ class StableConfig(Section):
     Ensemble and dynamics:
         temperature: K (500).
         dt: MD time step, fs (0.5).
-        thermostat: ``"nose_hoover"`` (paper, training) or ``"langevin"``.
-        thermostat_tau: Nosé-Hoover coupling time, fs (20).
+        thermostat: ``"nose_hoover"`` (paper, training), ``"langevin"`` or ``"berendsen_npt"`` (NPT, periodic
+            systems: Berendsen thermostat and isotropic barostat, as the paper's NPT water runs, A.10).
+        thermostat_tau: Nosé-Hoover (or Berendsen thermostat) coupling time, fs (20).
+        pressure: NPT target pressure, bar (1.01325 = 1 atm).
+        barostat_tau: NPT barostat coupling time, fs (2000, the paper's 2 ps).
+        compressibility: NPT isothermal compressibility, 1/bar (4.57e-5, liquid water).
         friction: Langevin friction, 1/fs (1e-4 = 0.1/ps).
         n_replicas: R, replicas simulated in parallel (128).
         tau: τ, MD steps per simulation chunk and per learning-phase window; unstable replicas are
@@ -96,8 +100,11 @@ class StableConfig(Section):
 
     temperature: float = setting(500.0, gt=0)
     dt: float = setting(0.5, gt=0)
-    thermostat: str = setting("nose_hoover", choices=("nose_hoover", "langevin"))
+    thermostat: str = setting("nose_hoover", choices=("nose_hoover", "langevin", "berendsen_npt"))
     thermostat_tau: float = setting(20.0, gt=0)
+    pressure: float = setting(1.01325, finite=True)
+    barostat_tau: float = setting(2000.0, gt=0)
+    compressibility: float = setting(4.57e-5, gt=0)
     friction: float = setting(1e-4, gt=0)
     n_replicas: int = setting(128, ge=1)
     tau: int = setting(2000, ge=1)

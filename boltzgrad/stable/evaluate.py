@@ -49,7 +49,7 @@ from ..criteria import (
 from ..md import Langevin, Simulator, State, maxwell_boltzmann, units
 from ..pretrain import _atomic_write_text, _model_dtype_device, evaluate_energy_forces
 from .sections import Problem, Section, section_and_run, setting
-from .trainer import bonded_molecules
+from .trainer import bonded_molecules, npt_integrator
 
 __all__ = ["EvaluateConfig", "EvaluationResult", "evaluate", "structure_observable",
            "start_state"]
@@ -67,6 +67,12 @@ class EvaluateConfig(Section):
         dt: time step, fs.
         temperature: K.
         friction: Langevin friction, 1/fs (1e-4 = 0.1/ps, the paper's evaluation setting).
+        thermostat: ``"langevin"`` (NVT) or ``"berendsen_npt"`` (NPT, periodic systems; the result then reports
+            the mean volume and density and their fluctuations, ``extra["npt"]``).
+        thermostat_tau: Berendsen thermostat coupling time of NPT, fs (20).
+        pressure: NPT target pressure, bar (1.01325 = 1 atm).
+        barostat_tau: NPT barostat coupling time, fs (2000).
+        compressibility: NPT isothermal compressibility, 1/bar (4.57e-5, liquid water).
         check_every: MD steps between criterion checks (the resolution of the stable times).
         criterion: ``"bond_length"`` (molecules), ``"rdf"`` (periodic liquids), ``"min_distance"`` or
             ``"none"`` (only non-finite energies/forces and blow-ups end a replica).
@@ -95,6 +101,11 @@ class EvaluateConfig(Section):
     dt: float = setting(0.5, gt=0)
     temperature: float = setting(500.0, gt=0)
     friction: float = setting(1e-4, gt=0)
+    thermostat: str = setting("langevin", choices=("langevin", "berendsen_npt"))
+    thermostat_tau: float = setting(20.0, gt=0)
+    pressure: float = setting(1.01325, finite=True)
+    barostat_tau: float = setting(2000.0, gt=0)
+    compressibility: float = setting(4.57e-5, gt=0)
     check_every: int = setting(200, ge=1)
     criterion: str = setting("bond_length", choices=CRITERIA)
     threshold: float | None = setting(None, gt=0)
@@ -341,13 +352,15 @@ class _Sampler:
         self.clear()
 
     def clear(self):
-        self.positions, self.velocities, self.unwrapped = [], [], []
+        self.positions, self.velocities, self.unwrapped, self.cells = [], [], [], []
 
     def __call__(self, state: State, step: int) -> None:
         if step % self.vacf_every == 0:
             self.velocities.append(state.velocities.detach().clone())
         if step % self.sample_every == 0:
             self.positions.append(state.positions.detach().clone())
+            if state.cell is not None:
+                self.cells.append(state.cell.detach().clone())
             if self.diffusion:
                 self.unwrapped.append(state.unwrapped_positions().detach().cpu().clone())
 
@@ -356,16 +369,18 @@ class _Sampler:
 
 
 @torch.no_grad()
-def _structure_of_frames(structure, frames: list[torch.Tensor], state: State) -> torch.Tensor:
-    """Sum over ``frames`` of the structural observable, per replica: ``[R, n_kinds, n_bins]``."""
+def _structure_of_frames(structure, frames: list[torch.Tensor], state: State,
+                         cells: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Sum over ``frames`` of the structural observable, per replica: ``[R, n_kinds, n_bins]`` (``cells``: the
+    cell of each frame, when it changes (NPT); else the state's)."""
     R = state.n_replicas
     T = len(frames)
     pos = torch.cat(frames).double()
     batch = (torch.arange(T, device=pos.device).repeat_interleave(state.batch.shape[0]) * R
              + state.batch.repeat(T))
     if isinstance(structure, obs.RDF):
-        g = structure(pos, state.species.repeat(T), batch=batch, cell=state.cell.double().repeat(T, 1, 1),
-                      pbc=state.pbc.repeat(T, 1))
+        cell = torch.cat(cells).double() if cells else state.cell.double().repeat(T, 1, 1)
+        g = structure(pos, state.species.repeat(T), batch=batch, cell=cell, pbc=state.pbc.repeat(T, 1))
     else:
         g = structure(pos, batch=batch).unsqueeze(1)
     return g.view(T, R, *g.shape[1:]).sum(0)
@@ -403,6 +418,7 @@ class _Tally:
         self.vacf_sum = torch.zeros(R, config.vacf_window, dtype=torch.float64)
         self.vacf_count = torch.zeros(R, dtype=torch.float64)
         self.unwrapped: list[list[torch.Tensor]] = [[] for _ in range(R)]
+        self.volume = torch.zeros(R, 3, dtype=torch.float64)  # per replica: frames, sum V, sum V^2 (NPT)
 
     def observe(self, sampler, state, ok: torch.Tensor, structure, diffusion_atoms) -> None:
         """Add the block's observables of the replicas ``ok`` ([R'] bool, stable at the block's end)."""
@@ -410,12 +426,16 @@ class _Tally:
             return
         active, R = self.active, self.stable_time.shape[0]
         if sampler.positions:
-            part = _structure_of_frames(structure, sampler.positions, state).cpu()
+            part = _structure_of_frames(structure, sampler.positions, state, sampler.cells).cpu()
             if self.s_sum is None:
                 self.s_sum = torch.zeros(R, *part.shape[1:], dtype=torch.float64)
                 self.s_count = torch.zeros(R, dtype=torch.float64)
             self.s_sum[active[ok]] += part[ok]
             self.s_count[active[ok]] += len(sampler.positions)
+        if sampler.cells and self.config.thermostat == "berendsen_npt":
+            v = torch.linalg.det(torch.stack(sampler.cells).double()).abs().cpu()  # [T, R']
+            self.volume[active[ok]] += torch.stack([torch.full_like(v[0], v.shape[0]), v.sum(0), (v * v).sum(0)],
+                                                   1)[ok]
         if len(sampler.velocities) >= self.config.vacf_window:
             c = obs.vacf(torch.stack(sampler.velocities), window=self.config.vacf_window, batch=state.batch).cpu()
             self.vacf_sum[active[ok]] += c[ok]
@@ -436,6 +456,25 @@ class _Tally:
             self.unstable[gk] = True
             self.reason[gk] = which[k]
         self.active = self.active[~fired]
+
+
+#: g/cm³ per amu/Å³.
+_DENSITY = 1.66053906660
+
+
+def _npt_summary(tally: _Tally, first) -> dict:
+    """NPT runs: mean volume and density over the frames of the stable blocks, and their fluctuations (the
+    standard deviation within a replica's run, pooled over replicas)."""
+    n, s, s2 = tally.volume.sum(0).tolist()
+    if n == 0:
+        return {}
+    per_n, per_s, per_s2 = tally.volume.unbind(1)
+    has = per_n > 0
+    within = float(((per_s2 - per_s * per_s / per_n.clamp_min(1))[has]).sum() / n)
+    mean_v, sd_v = s / n, math.sqrt(max(within, 0.0))
+    mass = float(_masses(first["species"], torch.float64).sum())
+    return {"npt": {"volume_A3": mean_v, "volume_sd_A3": sd_v, "density_g_cm3": _DENSITY * mass / mean_v,
+                    "density_sd_g_cm3": _DENSITY * mass * sd_v / mean_v**2, "frames": int(n)}}
 
 
 def _structure_summary(tally: _Tally, structure, reference, first, periodic: bool):
@@ -499,7 +538,12 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
         if not bool(diffusion_atoms.any()):
             raise ValueError(f"diffusion_species={config.diffusion_species}: no such atoms in the starting structures")
 
-    integrator = Langevin(config.dt, units.kT(config.temperature), config.friction, generator=g)
+    if config.thermostat == "berendsen_npt":
+        if not periodic:
+            raise ValueError("thermostat 'berendsen_npt' needs periodic starting structures (cell and pbc)")
+        integrator = npt_integrator(config, units.kT(config.temperature))
+    else:
+        integrator = Langevin(config.dt, units.kT(config.temperature), config.friction, generator=g)
     n_steps = config.n_steps
     n_blocks = n_steps // config.check_every
 
@@ -564,7 +608,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
         model_structure=model_s, reference_structure=ref_s, structure_error=err, vacf=vacf_mean,
         vacf_dt=config.vacf_every * config.dt, diffusivity=diff, test_metrics=test_metrics,
         settings=dataclasses.asdict(config), seconds=time.perf_counter() - t_start,
-        n_stable_frames=int(total), extra={"criterion": crit_info})
+        n_stable_frames=int(total), extra={"criterion": crit_info, **_npt_summary(tally, first)})
     if out_dir is not None:
         result.save(out_dir, prefix)
     return result

@@ -55,7 +55,7 @@ from .._tensorboard import Scalars
 from ..criteria import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
 from ..estimators import _observable_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
 from ..md import units
-from ..md.integrators import Langevin, NoseHoover
+from ..md.integrators import BerendsenNPT, Langevin, NoseHoover
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..models.base import model_dtype_device as _model_dtype_device
@@ -235,6 +235,13 @@ def bonded_molecules(n_atoms: int, bonds: torch.Tensor) -> torch.Tensor:
     roots = [find(a) for a in range(int(n_atoms))]
     index = {r: k for k, r in enumerate(sorted(set(roots)))}
     return torch.tensor([index[r] for r in roots], dtype=torch.int64)
+
+
+def npt_integrator(cfg, kT) -> BerendsenNPT:
+    """The Berendsen NPT integrator of a config with ``dt``, ``thermostat_tau``, ``pressure`` (bar),
+    ``barostat_tau`` (fs) and ``compressibility`` (1/bar) fields (:class:`StableConfig`, ``EvaluateConfig``)."""
+    return BerendsenNPT(cfg.dt, kT, cfg.pressure * units.BAR, cfg.thermostat_tau, cfg.barostat_tau,
+                        cfg.compressibility / units.BAR)
 
 
 def _merge(base: State, other: State, mask: torch.Tensor) -> State:
@@ -570,6 +577,8 @@ class StableTrainer:
         cfg = self.config
         if cfg.thermostat == "nose_hoover":
             return NoseHoover(cfg.dt, self.kT, cfg.thermostat_tau)
+        if cfg.thermostat == "berendsen_npt":
+            return npt_integrator(cfg, self.kT)
         return Langevin(cfg.dt, self.kT, cfg.friction, generator=self.md_generator)
 
     def _run_window(self, start: State, *, sample: bool, bar, on_check=None

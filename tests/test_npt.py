@@ -66,3 +66,17 @@ def test_npt_evaluation_reports_density_and_volume_fluctuations(lj_run):
 def test_an_unknown_thermostat_is_named():
     with pytest.raises(SystemExit, match="train.thermostat"):
         main(["train", "--config", str(LJ), "--set", "train.thermostat=berendsen_nvt"])
+
+
+def test_the_diffusion_fit_window_is_an_evaluation_setting(lj_run):
+    model, cfg, data = lj_run
+    base = {"replicas": 2, "max_time": 400.0, "check_every": 20, "sample_every": 2, "vacf_window": 5,
+            "progress": False, "diffusion_species": 18}
+    window = evaluate(model, evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 200.0]}), data["starts"],
+                      reference=data["reference"])
+    assert window.diffusivity is not None and window.diffusivity > 0
+    too_long = evaluate(model, evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 10000.0]}), data["starts"],
+                        reference=data["reference"])
+    assert too_long.diffusivity is None  # no replica ran long enough for the window
+    with pytest.raises(ValueError, match="evaluate.diffusion_fit must be \\[t_min, t_max\\] with t_min < t_max"):
+        evaluate_config(cfg, {"diffusion_fit": [300.0, 100.0]})

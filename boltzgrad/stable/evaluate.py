@@ -87,6 +87,9 @@ class EvaluateConfig(Section):
         rdf_r_max, rdf_bins, rdf_sigma: g(r) range, bins and smearing, for periodic systems.
         diffusion_species: atomic number whose self-diffusion coefficient is measured (periodic systems
             only, e.g. 8 for the oxygens of water); None: no diffusion coefficient.
+        diffusion_fit: ``[t_min, t_max]`` fs, a fixed window of the MSD line fit (``bg.observables.diffusivity``'s
+            ``fit``; e.g. ``[2000, 10000]`` as the water reference); replicas whose stable trajectory is shorter
+            than ``t_max`` then give no estimate. None: the lags from a quarter to a half of each trajectory.
         max_displacement: Å per step beyond which the Simulator freezes an exploding replica.
         batch_size: structures per batch for the test-set errors.
         seed: seed of the initial velocities and of the Langevin noise.
@@ -121,12 +124,16 @@ class EvaluateConfig(Section):
     rdf_bins: int = setting(300, ge=1)
     rdf_sigma: float = setting(0.02, gt=0)
     diffusion_species: int | None = setting(None, ge=1)
+    diffusion_fit: list[float] | None = setting(None, ge=0, length=2)
     max_displacement: float = setting(1.0, gt=0)
     batch_size: int = setting(32, ge=1)
     seed: int = setting(0, ge=0)
     progress: bool = True
 
     def _relations(self, bad: set[str]) -> Iterable[Problem]:
+        if "diffusion_fit" not in bad and self.diffusion_fit is not None and \
+                not self.diffusion_fit[0] < self.diffusion_fit[1]:
+            yield Problem("diffusion_fit", f"must be [t_min, t_max] with t_min < t_max (fs), got {self.diffusion_fit}")
         if "check_every" not in bad:
             for name in ("sample_every", "vacf_every"):
                 if name not in bad and self.check_every % getattr(self, name):
@@ -589,10 +596,13 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     diff = None
     if diffusion_atoms is not None:
         values = []
+        frame_dt = config.sample_every * config.dt
+        fit = None if config.diffusion_fit is None else tuple(config.diffusion_fit)
         for frames in tally.unwrapped:
-            if len(frames) and sum(f.shape[0] for f in frames) >= 8:
-                traj = torch.cat(frames)
-                values.append(float(obs.diffusivity(traj, config.sample_every * config.dt)))
+            n_frames = sum(f.shape[0] for f in frames)
+            if n_frames < 8 or (fit is not None and (n_frames - 1) * frame_dt < fit[1]):
+                continue  # too short for a slope (or for the fixed window)
+            values.append(float(obs.diffusivity(torch.cat(frames), frame_dt, fit=fit)))
         diff = float(np.mean(values)) if values else None
     test_metrics = None
     if test_set is not None:

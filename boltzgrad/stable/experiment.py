@@ -8,7 +8,9 @@ Arms (the ``experiment`` section of a run configuration chooses them):
 * ``qm_only``: the control. The same optimizer steps as the StABlE run of the same seed, with the same
   learning rate at every step, the same QM minibatches, λ, loss weights and clipping, and no observable term
   (:func:`~boltzgrad.stable.trainer.qm_only_control`). Only the Boltzmann-estimator gradient differs;
-* ``obs_only``: StABlE with λ = 0 (observable loss alone).
+* ``obs_only``: StABlE with λ = 0 (observable loss alone);
+* ``global``: StABlE with the global estimator (``estimator: global``), for runs whose ``train`` section uses the
+  localized one: the same budget and observable, what the local estimator adds.
 
 Every trained arm is run for each training seed. Each model is evaluated (``evaluate`` section with the
 experiment's ``evaluate`` overrides) with evaluation seed ``evaluate.seed + training seed``, so the arms of one
@@ -76,7 +78,7 @@ def _read_json(path: str):
 
 
 def _train_stable(pretrained, cfg, out, arm, seed, overrides, data, verbose):
-    """A StABlE run (arm ``stable`` or ``obs_only``) for one seed: the model and the trainer's history."""
+    """A StABlE run (arm ``stable``, ``obs_only`` or ``global``) for one seed: the model and the trainer's history."""
     from .run import train
     from .systems import load_model
 
@@ -269,6 +271,9 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
         if "obs_only" in arms:
             models[("obs_only", seed)], _ = _train_stable(pretrained, cfg, out, "obs_only", seed,
                                                           {**settings["train"], "qm_weight": 0.0}, data, verbose)
+        if "global" in arms:
+            models[("global", seed)], _ = _train_stable(pretrained, cfg, out, "global", seed,
+                                                        {**settings["train"], "estimator": "global"}, data, verbose)
         if "pretrained" in arms:
             models[("pretrained", seed)] = pretrained
         for arm in arms:
@@ -321,7 +326,8 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
             "hr_error": stat([r["structure_error"] for r in recs]),
         }
     tests = {}
-    pairs = [("stable", "qm_only"), ("stable", "pretrained"), ("qm_only", "pretrained"), ("obs_only", "qm_only")]
+    pairs = [("stable", "qm_only"), ("stable", "pretrained"), ("qm_only", "pretrained"), ("obs_only", "qm_only"),
+             ("stable", "global"), ("global", "qm_only")]
     for a, b in pairs:
         if a in records and b in records:
             ta, ea, sa = _pooled(records[a])

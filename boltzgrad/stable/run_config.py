@@ -48,7 +48,7 @@ __all__ = ["SECTIONS", "ARMS", "MODEL_KINDS", "RunConfig", "DataConfig", "LJConf
 SECTIONS = ("name", "seed", "out_dir", "data", "model", "pretrain", "train", "evaluate", "simulate", "experiment")
 
 #: The arms of ``boltzgrad experiment`` (:mod:`boltzgrad.stable.experiment`).
-ARMS = ("pretrained", "qm_only", "stable", "obs_only")
+ARMS = ("pretrained", "qm_only", "stable", "obs_only", "global")
 
 #: Built-in model kinds: ``kind -> (builder in bg.models, its arguments a model section may set)``.
 MODEL_KINDS = {
@@ -301,7 +301,8 @@ class ExperimentConfig(Section):
         seeds: training seeds, each a StABlE run (and its control); evaluation seed = ``evaluate.seed`` + training
             seed, the same for every arm of that seed.
         arms: from ``pretrained``, ``qm_only`` (the StABlE run's optimizer steps replayed without the observable
-            term), ``stable``, ``obs_only`` (StABlE with λ = 0).
+            term), ``stable``, ``obs_only`` (StABlE with λ = 0), ``global`` (StABlE with ``estimator: global``, the
+            same budget: what a localized estimator adds over the global one).
         train: fields of the ``train`` section replaced for every trained arm (not ``seed``).
         evaluate: fields of the ``evaluate`` section replaced for every evaluation (not ``seed``).
         bootstrap: bootstrap draws of the median's 95% interval (seeds, then replicas).

@@ -110,6 +110,13 @@ def _prepare(positions, cutoff, batch, cell, pbc):
 
 _METHODS = {"auto": 0, "brute": 1, "cells": 2, "reference": -1}
 
+#: Mode flag of the compiled op: the CPU runs the CUDA op's search (csrc/neighbors_portable.h: its host code and
+#: the kernel bodies of csrc/neighbors.h in CPU loops) instead of its own vectorised loops; the same pairs in the
+#: same order. ``_MODE_FLAGS`` is or-ed into every search's mode; ``boltzgrad.testing.portable_neighbor_search``
+#: sets it, so that the CPU tests cover the CUDA search.
+_PORTABLE = 4
+_MODE_FLAGS = 0
+
 
 if HAS_CPU_OPS:
 
@@ -279,7 +286,8 @@ def _search(positions, cutoff, batch, cell, pbc, n_rep, full_list, method="auto"
             j = torch.cat([j[:max_pairs], j.new_zeros(extra)])
             shifts = torch.cat([shifts[:max_pairs], shifts.new_zeros(extra, 3)])
         return i, j, shifts, n_found
-    return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
+    return torch.ops.boltzgrad.neighbor_search(positions.detach(), ptr, eff, pbc, cutoff, full_list, max_pairs,
+                                               mode | _MODE_FLAGS)
 
 
 def _finish(positions, cell, batch, n_rep, candidates, cutoff) -> Pairs:

@@ -2,7 +2,8 @@
 //
 // Every kernel body is written once as an inline BG_HD function. The CPU launchers
 // (csrc/*.cpp) call it from at::parallel_for; the CUDA launchers (csrc/cuda/*.cu) call
-// the same function from a grid-stride loop. The CPU tests therefore test the GPU math.
+// the same function from a grid-stride loop. The CPU tests therefore test the GPU math. The neighbour
+// search's CPU op also has a vectorised path of its own; its CPU tests run both (see neighbors_portable.h).
 //
 // Sign convention for pair vectors, used by every op that produces one:
 //     vector_ij = r_j - r_i + shift_ij @ cell      (cell rows are box vectors)

@@ -5,8 +5,14 @@
 //   cell: effective cells (invertible, see neighbors.h); ptr: atom offsets of the replicas.
 //   max_pairs < 0: P = n_found. max_pairs >= 0: P = max_pairs, the first min(n_found, max_pairs)
 //   entries are valid, the rest are zeros; n_found > max_pairs means the list overflowed.
-//   mode: 0 automatic, 1 brute force, 2 cell list (for every replica).
-// Output order: sorted by (i, j, shift), independent of the number of threads.
+//   mode: 0 automatic, 1 brute force, 2 cell list (for every replica); plus nl::kPortable (4): the CPU op runs
+//   nl::portable_search, the CUDA op's search with the kernel bodies of neighbors.h in at::parallel_for loops
+//   (the CUDA op always runs it; the flag changes nothing there). Without the flag the CPU op runs search_cpu
+//   below, vectorised loops of its own over the same predicates (nl::pair_wanted, nl::self_image_ok); the
+//   two agree pair for pair and in order (tests/test_neighbors.py), except in an overflowed fixed-capacity
+//   list, where the atom cut by the capacity may keep other entries (nl::fill_one).
+// Output order: sorted by (i, j, shift), independent of the number of threads, on both paths and devices.
+// Argument checks: nl::check_search_args / check_pair_vectors_args (neighbors_portable.h), shared with CUDA.
 //
 // pair_vectors(positions, cell, batch, i, j, shifts) -> (vectors, distances): the differentiable
 // part, r_j - r_i + shifts @ cell[batch[i]] and its length, in one pass (backward in Python).
@@ -21,6 +27,7 @@
 #include <vector>
 
 #include "neighbors.h"
+#include "neighbors_portable.h"
 
 namespace boltzgrad {
 namespace {
@@ -66,11 +73,6 @@ void sort_entries(Entry* e, int64_t m) {
     }
 }
 
-// Replica of each chunk start, found by binary search in ptr; then advanced atom by atom.
-int64_t replica_of(const int64_t* ptr, int64_t R, int64_t atom) {
-    return static_cast<int64_t>(std::upper_bound(ptr, ptr + R + 1, atom) - ptr) - 1;
-}
-
 // Atoms in bin order for the cell-list scan: wrapped positions per component, atom indices,
 // wraps (3 per slot) and bin offsets.
 template <typename T>
@@ -113,9 +115,7 @@ void cell_neighbors(int64_t i, const nl::Replica<T>& rep, const T* xi, const int
                 T base[3];
                 nl::image_offset(rep.cell, k0, k1, k2, base);
                 for (int c = 0; c < 3; ++c) base[c] -= xi[c];
-                // self images: i == j is a pair only for k != 0 (full list) or k "positive" (half list)
-                const bool self_ok =
-                    full_list ? (k0 != 0 || k1 != 0 || k2 != 0) : nl::first_nonzero_positive(k0, k1, k2);
+                const bool self_ok = nl::self_image_ok(k0, k1, k2, full_list);
                 if (static_cast<int64_t>(hits.size()) < qb - qa) hits.resize(qb - qa);
                 int64_t* h = hits.data();
                 int64_t cnt = 0;
@@ -125,7 +125,7 @@ void cell_neighbors(int64_t i, const nl::Replica<T>& rep, const T* xi, const int
                     const T dx = x[q] + base[0], dy = y[q] + base[1], dz = z[q] + base[2];
                     const T d2 = dx * dx + dy * dy + dz * dz;
                     const int64_t j = atom[q];
-                    const bool ok = (d2 < rc2) & ((j > i) | (full_list & (j < i)) | ((j == i) & self_ok));
+                    const bool ok = (d2 < rc2) & nl::pair_wanted(i, j, full_list, self_ok);
                     h[cnt] = q;
                     cnt += ok;
                 }
@@ -200,21 +200,6 @@ void single_image_neighbors(int64_t i, const nl::Replica<T>& rep, const T* pw, c
     }
 }
 
-void check_inputs(const at::Tensor& positions, const at::Tensor& ptr, const at::Tensor& cell, const at::Tensor& pbc,
-                  double cutoff, int64_t mode) {
-    TORCH_CHECK(positions.dim() == 2 && positions.size(1) == 3, "positions must be [n_atoms, 3], got ",
-                positions.sizes());
-    TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) >= 1 && ptr.scalar_type() == at::kLong, "ptr must be int64 [R + 1]");
-    const int64_t R = ptr.size(0) - 1;
-    TORCH_CHECK(cell.dim() == 3 && cell.size(0) == R && cell.size(1) == 3 && cell.size(2) == 3,
-                "cell must be [R, 3, 3] with R = ", R, ", got ", cell.sizes());
-    TORCH_CHECK(cell.scalar_type() == positions.scalar_type(), "cell must have the dtype of positions");
-    TORCH_CHECK(pbc.dim() == 2 && pbc.size(0) == R && pbc.size(1) == 3 && pbc.scalar_type() == at::kBool,
-                "pbc must be bool [R, 3]");
-    TORCH_CHECK(cutoff > 0 && std::isfinite(cutoff), "cutoff must be finite and > 0, got ", cutoff);
-    TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (auto), 1 (brute force) or 2 (cell list), got ", mode);
-}
-
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::Tensor& positions_,
                                                                       const at::Tensor& ptr_, const at::Tensor& cell_,
@@ -230,14 +215,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     const int64_t* ptr = ptr_t.data_ptr<int64_t>();
     const double* cell = cell_t.data_ptr<double>();
     const bool* pbc = pbc_t.data_ptr<bool>();
-    TORCH_CHECK(ptr[0] == 0 && ptr[R] == n, "ptr must run from 0 to n_atoms");
+    nl::check_ptr_values(ptr, R, n);
 
     // per-replica setup: inverse cells, fractional ranges along non-periodic axes
     std::vector<double> inv(9 * R), fmin(3 * R, 0.0), fmax(3 * R, 0.0);
     std::vector<nl::Replica<T>> reps(R);
     at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-            TORCH_CHECK(ptr[r + 1] >= ptr[r], "ptr must be non-decreasing");
             nl::invert3(cell + 9 * r, inv.data() + 9 * r);
             if (pbc[3 * r] && pbc[3 * r + 1] && pbc[3 * r + 2]) continue;
             double lo[3] = {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity(),
@@ -266,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     std::vector<T> pw(3 * n), fw(3 * n);
     std::vector<int64_t> wrap(3 * n), bin(n);
     at::parallel_for(0, n, 1024, [&](int64_t a0, int64_t a1) {
-        int64_t r = replica_of(ptr, R, a0);
+        int64_t r = nl::replica_of_atom(ptr, R, a0);
         for (int64_t a = a0; a < a1; ++a) {
             while (a >= ptr[r + 1]) ++r;
             nl::atom_place(pos + 3 * a, reps[r], pw.data() + 3 * a, fw.data() + 3 * a, wrap.data() + 3 * a, &bin[a]);
@@ -279,8 +263,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         ++bin_start[bin[a] + 1];
         for (int c = 0; c < 3; ++c) max_wrap = std::max(max_wrap, std::abs(wrap[3 * a + c]));
     }
-    TORCH_CHECK_VALUE(max_wrap <= kMaxWrap, "positions are ", max_wrap, " box lengths outside their box; at most ",
-                      kMaxWrap, " are supported");
+    // (the Python wrapper checks this bound first, with the value)
+    TORCH_CHECK_VALUE(max_wrap <= kMaxWrap, "positions are more than 2**29 box lengths outside their box");
     for (int64_t b = 0; b < n_bins; ++b) bin_start[b + 1] += bin_start[b];
     {
         std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1);
@@ -315,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         size_t expect = 0;  // entries of the previous chunk: the next one's capacity
         for (int64_t ch = c0; ch < c1; ++ch) {
             const int64_t q0 = ch * kChunk, q1 = std::min(n, q0 + kChunk);
-            int64_t r = replica_of(ptr, R, q0);
+            int64_t r = nl::replica_of_atom(ptr, R, q0);
             auto& out = found[ch];
             out.reserve(expect + expect / 8);
             for (int64_t q = q0; q < q1; ++q) {
@@ -381,13 +365,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
     return {out_i, out_j, out_s, at::scalar_tensor(total, opts)};
 }
 
+// The kernels of nl::portable_search on the CPU: the loops of the CUDA kernels (cuda/neighbors.cu), one
+// kernel body call per atom, from at::parallel_for instead of a grid.
+struct CpuKernels {
+    template <typename T>
+    void place(int64_t n, const T* positions, const int64_t* ptr, int64_t R, const nl::Replica<T>* reps, T* pw, T* fw,
+               int64_t* wrap, int64_t* bin) const {
+        at::parallel_for(0, n, 256, [&](int64_t a0, int64_t a1) {
+            for (int64_t a = a0; a < a1; ++a) nl::place_one(a, positions, ptr, R, reps, pw, fw, wrap, bin);
+        });
+    }
+    template <typename T>
+    void count(int64_t n, const nl::SearchData<T>& s, int64_t* counts) const {
+        at::parallel_for(0, n, 64, [&](int64_t a0, int64_t a1) {
+            for (int64_t a = a0; a < a1; ++a) counts[a] = nl::count_one(a, s);
+        });
+    }
+    template <typename T>
+    void fill(int64_t n, const nl::SearchData<T>& s, const int64_t* offsets, int64_t capacity, int64_t* oi,
+              int64_t* oj, int64_t* os) const {
+        at::parallel_for(0, n, 64, [&](int64_t a0, int64_t a1) {
+            for (int64_t a = a0; a < a1; ++a) nl::fill_one(a, s, offsets, capacity, oi, oj, os);
+        });
+    }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_search_cpu(
     const at::Tensor& positions, const at::Tensor& ptr, const at::Tensor& cell, const at::Tensor& pbc, double cutoff,
     bool full_list, int64_t max_pairs, int64_t mode) {
-    check_inputs(positions, ptr, cell, pbc, cutoff, mode);
+    nl::check_search_args(positions, ptr, cell, pbc, cutoff, mode);
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
     AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "neighbor_search_cpu", [&] {
-        out = search_cpu<scalar_t>(positions, ptr, cell, pbc, cutoff, full_list, max_pairs, mode);
+        if (mode & nl::kPortable) {
+            out = nl::portable_search<scalar_t>(positions, ptr, cell, pbc, cutoff, full_list, max_pairs, mode,
+                                                CpuKernels{});
+        } else {
+            out = search_cpu<scalar_t>(positions, ptr, cell, pbc, cutoff, full_list, max_pairs, mode);
+        }
     });
     return out;
 }
@@ -397,13 +411,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> neighbor_search_cpu(
 std::tuple<at::Tensor, at::Tensor> pair_vectors_cpu(const at::Tensor& positions_, const at::Tensor& cell_,
                                                     const at::Tensor& batch_, const at::Tensor& i_,
                                                     const at::Tensor& j_, const at::Tensor& shifts_) {
-    TORCH_CHECK(positions_.dim() == 2 && positions_.size(1) == 3, "positions must be [n_atoms, 3]");
-    TORCH_CHECK(cell_.dim() == 3 && cell_.size(1) == 3 && cell_.size(2) == 3, "cell must be [R, 3, 3]");
-    TORCH_CHECK(cell_.scalar_type() == positions_.scalar_type(), "cell must have the dtype of positions");
-    TORCH_CHECK(batch_.dim() == 1 && batch_.size(0) == positions_.size(0), "batch must be [n_atoms]");
-    TORCH_CHECK(i_.dim() == 1 && j_.sizes() == i_.sizes() && shifts_.dim() == 2 && shifts_.size(0) == i_.size(0) &&
-                    shifts_.size(1) == 3,
-                "i, j must be [P] and shifts [P, 3]");
+    nl::check_pair_vectors_args(positions_, cell_, batch_, i_, j_, shifts_);
     const auto positions = positions_.contiguous();
     const auto cell = cell_.contiguous();
     const auto batch = batch_.contiguous();
@@ -420,11 +428,8 @@ std::tuple<at::Tensor, at::Tensor> pair_vectors_cpu(const at::Tensor& positions_
         scalar_t* d = distances.data_ptr<scalar_t>();
         at::parallel_for(0, P, 8192, [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p) {
-                TORCH_CHECK(ii[p] >= 0 && ii[p] < n && jj[p] >= 0 && jj[p] < n, "pair ", p, " indexes outside [0, ",
-                            n, ")");
-                const int64_t r = bt[ii[p]];
-                TORCH_CHECK(r >= 0 && r < R, "batch[", ii[p], "] = ", r, " outside [0, ", R, ")");
-                nl::pair_vector(x, c + 9 * r, ii[p], jj[p], ss + 3 * p, v + 3 * p, d + p);
+                TORCH_CHECK(nl::pair_vector_at(p, x, c, bt, ii, jj, ss, n, R, v, d),
+                            "i and j must index positions and batch[i] cell (0 <= i, j < n_atoms, 0 <= batch < R)");
             }
         });
     });

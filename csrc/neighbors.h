@@ -25,6 +25,11 @@
 //    The atom's entries are then sorted by (j, S).
 // The host chooses the mode per replica from a cost estimate (replica_setup below).
 //
+// Kernel bodies: place_one, count_one and fill_one (end of the device part below) are the whole per-atom work
+// of the CUDA kernels (csrc/cuda/neighbors.cu runs them in grid-stride loops). The CPU op runs the same
+// bodies from at::parallel_for under mode flag kPortable (neighbors_portable.h), so the CPU tests test the
+// GPU search; its default fast path (neighbors.cpp) has its own vectorised loops over the same predicates.
+//
 // Half list: i < j, or i == j with the first non-zero component of S positive (S = k when i == j).
 #pragma once
 #include "common.h"
@@ -55,6 +60,14 @@ struct Replica {
 // Slack of the image ranges in fractional units: covers the rounding of f.
 constexpr double kFracSlack = 1e-4;
 
+// Bin index along one axis of an atom with wrapped fractional coordinate f, clamped into [0, n_bins).
+template <typename T>
+BG_HD int64_t axis_bin(T f, T origin, T bins_per_frac, int32_t n_bins) {
+    const T x = floor((f - origin) * bins_per_frac);
+    const int64_t c = x < T(0) ? 0 : static_cast<int64_t>(x);
+    return c >= n_bins ? n_bins - 1 : c;
+}
+
 template <typename T>
 BG_HD void frac_of(const T* r, const T* inv, T* f) {
     for (int a = 0; a < 3; ++a) f[a] = r[0] * inv[a] + r[1] * inv[3 + a] + r[2] * inv[6 + a];
@@ -84,16 +97,24 @@ BG_HD void atom_place(const T* r, const Replica<T>& rep, T* pw, T* fw, int64_t* 
         pw[b] = r[b] - (T(w[0]) * rep.cell[b] + T(w[1]) * rep.cell[3 + b] + T(w[2]) * rep.cell[6 + b]);
     }
     int64_t idx[3];
-    for (int a = 0; a < 3; ++a) {
-        T x = floor((fw[a] - rep.origin[a]) * rep.bins_per_frac[a]);
-        int64_t c = x < T(0) ? 0 : static_cast<int64_t>(x);
-        idx[a] = c >= rep.n_bins[a] ? rep.n_bins[a] - 1 : c;
-    }
+    for (int a = 0; a < 3; ++a) idx[a] = axis_bin(fw[a], rep.origin[a], rep.bins_per_frac[a], rep.n_bins[a]);
     *bin = rep.first_bin + (idx[0] * rep.n_bins[1] + idx[1]) * rep.n_bins[2] + idx[2];
 }
 
 BG_HD bool first_nonzero_positive(int64_t s0, int64_t s1, int64_t s2) {
     return s0 != 0 ? s0 > 0 : (s1 != 0 ? s1 > 0 : s2 > 0);
+}
+
+// Whether image k of atom i itself is listed: k != 0 in a full list, k "positive" (first non-zero component)
+// in a half list.
+BG_HD bool self_image_ok(int64_t k0, int64_t k1, int64_t k2, bool full_list) {
+    return full_list ? (k0 != 0 || k1 != 0 || k2 != 0) : first_nonzero_positive(k0, k1, k2);
+}
+
+// Whether a candidate (i, j) within the cutoff is listed: j > i, or j < i in a full list, or j == i when the
+// image is (self_ok = self_image_ok(k)). Bitwise operators: branch-free, so the CPU loops that use it vectorise.
+BG_HD bool pair_wanted(int64_t i, int64_t j, bool full_list, bool self_ok) {
+    return (j > i) | (full_list & (j < i)) | ((j == i) & self_ok);
 }
 
 BG_HD int64_t floor_div(int64_t a, int64_t b) {
@@ -108,17 +129,14 @@ BG_HD void image_offset(const T* c, int64_t k0, int64_t k1, int64_t k2, T* off) 
 }
 
 // Candidate atom j (wrapped position xj, image k) of atom i: d = xj + base with base = k @ cell - r'_i.
-// Reports (i, j, S) if |d| < cutoff, unless it is atom i itself (k = 0) or, in a half list, the
-// mirror image of a self-pair.
+// Reports (i, j, S) if |d| < cutoff and pair_wanted (not atom i itself, k = 0; in a half list not j < i nor
+// the mirror image of a self-pair).
 template <typename T, typename Emit>
 BG_HD void test_pair(int64_t i, int64_t j, const T* xj, const T* base, int64_t k0, int64_t k1, int64_t k2,
                      const int64_t* wrap, T rc2, bool full_list, Emit& emit) {
     const T d0 = xj[0] + base[0], d1 = xj[1] + base[1], d2 = xj[2] + base[2];
     if (d0 * d0 + d1 * d1 + d2 * d2 >= rc2) return;
-    if (i == j) {
-        if (k0 == 0 && k1 == 0 && k2 == 0) return;
-        if (!full_list && !first_nonzero_positive(k0, k1, k2)) return;
-    }
+    if (!pair_wanted(i, j, full_list, self_image_ok(k0, k1, k2, full_list))) return;
     emit(j, k0 + wrap[3 * i] - wrap[3 * j], k1 + wrap[3 * i + 1] - wrap[3 * j + 1],
          k2 + wrap[3 * i + 2] - wrap[3 * j + 2]);
 }
@@ -173,11 +191,7 @@ BG_HD void visit_neighbors(int64_t i, const Replica<T>& rep, const T* pw, const 
         return;
     }
     int64_t b[3];
-    for (int a = 0; a < 3; ++a) {
-        T x = floor((fw[3 * i + a] - rep.origin[a]) * rep.bins_per_frac[a]);
-        int64_t cb = x < T(0) ? 0 : static_cast<int64_t>(x);
-        b[a] = cb >= rep.n_bins[a] ? rep.n_bins[a] - 1 : cb;
-    }
+    for (int a = 0; a < 3; ++a) b[a] = axis_bin(fw[3 * i + a], rep.origin[a], rep.bins_per_frac[a], rep.n_bins[a]);
     int64_t t0, t1, t2, k0, k1, k2;
     for (int64_t m0 = -rep.reach[0]; m0 <= rep.reach[0]; ++m0) {
         if (!axis_step(b[0], m0, rep.n_bins[0], rep.periodic[0], t0, k0)) continue;
@@ -238,6 +252,105 @@ BG_HD void sort_segment(int64_t* j, int64_t* s, int64_t n) {
         s[3 * (b + 1) + 1] = ss[1];
         s[3 * (b + 1) + 2] = ss[2];
     }
+}
+
+// ------------------------------------------------------------------ kernel bodies
+// One call = one atom, the whole work of one CUDA thread. The CUDA kernels (cuda/neighbors.cu) call them in
+// grid-stride loops, the CPU op under kPortable from at::parallel_for (neighbors_portable.h). Pointers are
+// device pointers on the GPU, host pointers on the CPU.
+
+// Replica of atom a: the largest r with ptr[r] <= a (ptr non-decreasing; empty replicas are skipped).
+BG_HD int64_t replica_of_atom(const int64_t* ptr, int64_t R, int64_t a) {
+    int64_t lo = 0, hi = R;  // ptr[lo] <= a < ptr[hi]
+    while (hi - lo > 1) {
+        const int64_t mid = (lo + hi) / 2;
+        if (ptr[mid] <= a) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// What the count and fill passes read. pw/fw/wrap in atom order, pw_binned in bin order (see visit_neighbors).
+template <typename T>
+struct SearchData {
+    const int64_t* ptr;  // [R + 1] atom offsets of the replicas
+    int64_t n_replicas;
+    const Replica<T>* reps;
+    const T* pw;
+    const T* pw_binned;
+    const T* fw;
+    const int64_t* wrap;
+    const int64_t* bin_start;
+    const int64_t* bin_atoms;
+    T cutoff;
+    bool full_list;
+};
+
+struct CountEmit {
+    int64_t count;
+    BG_HD void operator()(int64_t, int64_t, int64_t, int64_t) { ++count; }
+};
+
+// Writes entry pos of the output (i, j, shifts); entries at or beyond capacity are counted, not written.
+struct WriteEmit {
+    int64_t i, pos, capacity;
+    int64_t *oi, *oj, *os;
+    BG_HD void operator()(int64_t j, int64_t s0, int64_t s1, int64_t s2) {
+        if (pos < capacity) {
+            oi[pos] = i;
+            oj[pos] = j;
+            os[3 * pos] = s0;
+            os[3 * pos + 1] = s1;
+            os[3 * pos + 2] = s2;
+        }
+        ++pos;
+    }
+};
+
+// Pass 0: wrapped position, wrapped fractional coordinates, wrap and global bin of atom a.
+template <typename T>
+BG_HD void place_one(int64_t a, const T* positions, const int64_t* ptr, int64_t R, const Replica<T>* reps, T* pw,
+                     T* fw, int64_t* wrap, int64_t* bin) {
+    const int64_t r = replica_of_atom(ptr, R, a);
+    atom_place(positions + 3 * a, reps[r], pw + 3 * a, fw + 3 * a, wrap + 3 * a, bin + a);
+}
+
+// Pass 1: the number of neighbours of atom a.
+template <typename T>
+BG_HD int64_t count_one(int64_t a, const SearchData<T>& s) {
+    const int64_t r = replica_of_atom(s.ptr, s.n_replicas, a);
+    CountEmit emit{0};
+    visit_neighbors(a, s.reps[r], s.pw, s.pw_binned, s.fw, s.wrap, s.bin_start, s.bin_atoms, s.cutoff, s.full_list,
+                    emit);
+    return emit.count;
+}
+
+// Pass 2: atom a's neighbours written from offsets[a] on (the output holds `capacity` entries), sorted by
+// (j, shift): brute force emits in that order, a cell-list segment is sorted here. Where the capacity cuts an
+// atom's entries (the list has overflowed), the part written holds the first ones found, sorted; the CPU's
+// fast path keeps the first ones in (j, shift) order instead.
+template <typename T>
+BG_HD void fill_one(int64_t a, const SearchData<T>& s, const int64_t* offsets, int64_t capacity, int64_t* oi,
+                    int64_t* oj, int64_t* os) {
+    const int64_t r = replica_of_atom(s.ptr, s.n_replicas, a);
+    WriteEmit emit{a, offsets[a], capacity, oi, oj, os};
+    visit_neighbors(a, s.reps[r], s.pw, s.pw_binned, s.fw, s.wrap, s.bin_start, s.bin_atoms, s.cutoff, s.full_list,
+                    emit);
+    const int64_t end = emit.pos < capacity ? emit.pos : capacity;
+    if (!s.reps[r].brute && end > offsets[a]) sort_segment(oj + offsets[a], os + 3 * offsets[a], end - offsets[a]);
+}
+
+// pair_vectors of pair p: false (nothing written) when i, j or the replica batch[i] is out of range.
+template <typename T>
+BG_HD bool pair_vector_at(int64_t p, const T* positions, const T* cell, const int64_t* batch, const int64_t* i,
+                          const int64_t* j, const int64_t* shifts, int64_t n_atoms, int64_t n_replicas, T* vectors,
+                          T* distances) {
+    const int64_t a = i[p], b = j[p];
+    if (a < 0 || a >= n_atoms || b < 0 || b >= n_atoms) return false;
+    const int64_t r = batch[a];
+    if (r < 0 || r >= n_replicas) return false;
+    pair_vector(positions, cell + 9 * r, a, b, shifts + 3 * p, vectors + 3 * p, distances + p);
+    return true;
 }
 
 // ------------------------------------------------------------------ host-side setup

@@ -35,18 +35,6 @@ def test_gradcheck_gradgradcheck(device):
     assert torch.autograd.gradgradcheck(bg.ops.covariance, (x, y))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_opcheck(dtype):
-    x, y = data(m=11, k=3, p=4, dtype=dtype)
-    torch.library.opcheck(torch.ops.boltzgrad.covariance, (x.requires_grad_(True), y))
-    acc_a = bg.RunningCovariance(3, 4, dtype=dtype).update(x[:5], y[:5])
-    acc_b = bg.RunningCovariance(3, 4, dtype=dtype).update(x[5:], y[5:])
-    torch.library.opcheck(
-        torch.ops.boltzgrad.comoment_merge,
-        (acc_a.comoment, acc_a.mean_x, acc_a.mean_y, 5, acc_b.comoment, acc_b.mean_x, acc_b.mean_y, 6),
-    )
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sizes", [[1, 2, 97, 3, 1, 40], [200], [7] * 43, [150, 1, 1, 1, 47]])
 def test_streamed_equals_one_shot_uneven_batches(device, sizes):

@@ -79,16 +79,6 @@ def test_third_derivative_matches_reference():
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_opcheck(dtype):
-    values, segment, n_seg, centers, sigma, weights = make_case(n=40, n_seg=3, n_bins=50, dtype=dtype)
-    values.requires_grad_(True)
-    torch.library.opcheck(torch.ops.boltzgrad.smeared_scatter, (values, segment, weights, n_seg, centers, sigma, 0))
-    torch.library.opcheck(torch.ops.boltzgrad.smeared_scatter, (values, segment, None, n_seg, centers, sigma, 1))
-    grad = torch.randn(n_seg, centers.shape[0], dtype=dtype)
-    torch.library.opcheck(torch.ops.boltzgrad.smeared_gather, (grad, values, segment, centers, sigma, 2))
-
-
 def test_gather_matches_reference_for_each_order():
     values, segment, n_seg, centers, sigma, _ = make_case(n=60, n_seg=3, n_bins=70, sigma=0.3)
     grad = torch.randn(n_seg, centers.shape[0], dtype=torch.float64)

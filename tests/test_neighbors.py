@@ -7,11 +7,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import boltzgrad as bg
-from boltzgrad import _reference
+from boltzgrad import _reference, neighbors
 from boltzgrad._extension import HAS_CPU_OPS
-from boltzgrad.testing import DEVICES, DTYPES
+from boltzgrad.testing import DEVICES, DTYPES, portable_neighbor_search
 
 METHODS = ["auto", "brute", "cells"] if HAS_CPU_OPS else ["reference"]
+# which code the compiled search runs on the CPU: "fast", its own vectorised loops, or "portable", the CUDA op's
+# search (host code and kernel bodies, boltzgrad.testing.portable_neighbor_search): so the CPU tests test the GPU
+# search too
+KERNELS = ["fast", "portable"] if HAS_CPU_OPS else ["fast"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    if request.param == "portable":
+        with portable_neighbor_search():
+            yield request.param
+    else:
+        yield request.param
 
 
 def triples(pairs):
@@ -70,7 +83,7 @@ def away_from_cutoff(pairs, cutoff, tol):
         ((True, True, True), True, 9.0),  # cutoff larger than the box: several images per pair
     ],
 )
-def test_single_box_matches_ase(pbc, triclinic, cutoff, full_list):
+def test_single_box_matches_ase(pbc, triclinic, cutoff, full_list, kernel):
     rng = np.random.default_rng(hash((pbc, triclinic, cutoff)) % 2**32)
     pos, cell = random_box(rng, 30, triclinic)
     pairs = bg.neighbor_list(torch.tensor(pos), cutoff, cell=torch.tensor(cell), pbc=torch.tensor(pbc),
@@ -79,7 +92,7 @@ def test_single_box_matches_ase(pbc, triclinic, cutoff, full_list):
     assert len(pairs) > 0
 
 
-def test_molecules_in_a_batch_match_ase_per_molecule():
+def test_molecules_in_a_batch_match_ase_per_molecule(kernel):
     rng = np.random.default_rng(1)
     sizes = [5, 0, 12, 1, 21]  # includes an empty and a single-atom replica
     pos = [rng.normal(scale=1.5, size=(n, 3)) for n in sizes]
@@ -127,7 +140,7 @@ def mixed_batch(rng, sizes=(10, 0, 15, 1, 25), cutoff_scale=1.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("full_list", [False, True])
-def test_mixed_batch_matches_reference(device, dtype, method, full_list):
+def test_mixed_batch_matches_reference(device, dtype, method, full_list, kernel):
     positions, batch, cell, pbc = mixed_batch(np.random.default_rng(3))
     cutoff = 3.7
     pairs = bg.neighbor_list(positions.to(device, dtype), cutoff, batch=batch.to(device), cell=cell.to(device, dtype),
@@ -144,7 +157,7 @@ def test_mixed_batch_matches_reference(device, dtype, method, full_list):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_large_box_cell_list_matches_ase(method):
+def test_large_box_cell_list_matches_ase(method, kernel):
     # enough atoms that the automatic choice is the cell list; strongly triclinic, atoms unwrapped
     rng = np.random.default_rng(8)
     cell = np.array([[14.0, 0.0, 0.0], [6.0, 13.0, 0.0], [-5.0, 4.0, 12.0]])
@@ -155,7 +168,7 @@ def test_large_box_cell_list_matches_ase(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_single_atom_sees_its_own_images(method):
+def test_single_atom_sees_its_own_images(method, kernel):
     cell = np.array([[2.0, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, -0.4, 1.9]])
     pos = np.array([[5.3, -7.1, 0.2]])  # far outside the box
     for full_list in (False, True):
@@ -166,7 +179,7 @@ def test_single_atom_sees_its_own_images(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_empty_inputs(method):
+def test_empty_inputs(method, kernel):
     empty = bg.neighbor_list(torch.zeros(0, 3), 2.0, method=method)
     assert len(empty) == 0 and empty.shifts.shape == (0, 3) and empty.vectors.shape == (0, 3)
     padded = bg.neighbor_list(torch.zeros(0, 3), 2.0, max_pairs=4, method=method)
@@ -208,10 +221,15 @@ def test_property_random_cells_agree_with_reference_and_ase(frac, diag, tilt, pb
     for method in METHODS:
         pairs = bg.neighbor_list(p, cutoff, cell=c, pbc=torch.tensor(pbc), full_list=full_list, method=method)
         assert away_from_cutoff(pairs, cutoff, tol) == expected_ref
+        if HAS_CPU_OPS:
+            with portable_neighbor_search():
+                portable = bg.neighbor_list(p, cutoff, cell=c, pbc=torch.tensor(pbc), full_list=full_list,
+                                            method=method)
+            assert triples(portable) == triples(pairs)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_nearly_coincident_atoms_in_an_open_replica(method):
+def test_nearly_coincident_atoms_in_an_open_replica(method, kernel):
     # a non-periodic atom range of 1e-25 Å makes the cell-list bins far thinner than the cutoff
     pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 4.7e-25], [0.0, 3.0, 0.0]], dtype=torch.float64)
     for full_list in (False, True):
@@ -220,7 +238,7 @@ def test_nearly_coincident_atoms_in_an_open_replica(method):
         assert triples(pairs) == sorted(expected)
 
 
-def test_output_is_sorted_by_i_j_shift():
+def test_output_is_sorted_by_i_j_shift(kernel):
     rng = np.random.default_rng(4)
     pos, cell = random_box(rng, 25)
     pairs = bg.neighbor_list(torch.tensor(pos), 6.0, cell=torch.tensor(cell), pbc=True, full_list=True)
@@ -288,7 +306,7 @@ def test_verlet_list_equals_fresh_build():
     assert nl.n_builds == builds + 2
 
 
-def test_fixed_capacity_mode():
+def test_fixed_capacity_mode(kernel):
     rng = np.random.default_rng(7)
     pos, cell = random_box(rng, 20)
     p, c = torch.tensor(pos), torch.tensor(cell)
@@ -336,3 +354,233 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         bg.neighbor_list(args.pop("positions"), args.pop("cutoff"), **args)
+
+
+# ----------------------------------------------------------------------------- the op: fast vs portable path
+
+
+def op_search(positions, batch, cell, pbc, cutoff, full_list, mode, max_pairs=-1):
+    """boltzgrad::neighbor_search called as neighbor_list calls it (effective cells, replica offsets)."""
+    n_rep = cell.shape[0]
+    eff = neighbors._effective_cell(positions, cell, pbc, n_rep)
+    ptr = torch.searchsorted(batch, torch.arange(n_rep + 1))
+    return torch.ops.boltzgrad.neighbor_search(positions, ptr, eff, pbc, cutoff, full_list, max_pairs, mode)
+
+
+def op_rows(found, count=None):
+    """[m, 5] int64 array of the (i, j, shift) entries of an op output (the first count, default all found)."""
+    i, j, shifts, n_found = found
+    m = int(n_found) if count is None else count
+    return torch.cat([i[:m, None], j[:m, None], shifts[:m]], dim=1).numpy()
+
+
+def sorted_and_unique(rows):
+    """Whether the rows are strictly increasing lexicographically."""
+    d = rows[1:] - rows[:-1]
+    first = d[np.arange(len(d)), (d != 0).argmax(axis=1)] if len(d) else d[:, 0]
+    return bool((first > 0).all())
+
+
+def row_keys(rows, n_atoms, bound=1000):
+    """One int64 key per (i, j, shift) row (|shift| < bound), for fast set comparisons."""
+    assert len(rows) == 0 or int(np.abs(rows[:, 2:]).max()) < bound
+    s, b = rows[:, 2:] + bound, 2 * bound
+    return (((rows[:, 0] * n_atoms + rows[:, 1]) * b + s[:, 0]) * b + s[:, 1]) * b + s[:, 2]
+
+
+def plane_distances(cell, pbc):
+    """[R, 3] distances between lattice planes of the effective cells."""
+    eff = neighbors._effective_cell(cell.new_zeros(0, 3), cell, pbc, cell.shape[0])
+    return 1.0 / torch.linalg.vector_norm(torch.linalg.inv(eff), dim=1)
+
+
+def _case_mixed(cutoff):
+    def make():
+        positions, batch, cell, pbc = mixed_batch(np.random.default_rng(11))
+        return positions, batch, cell, pbc, cutoff
+
+    return make
+
+
+def _case_large_box():
+    rng = np.random.default_rng(8)
+    cell = np.array([[14.0, 0.0, 0.0], [6.0, 13.0, 0.0], [-5.0, 4.0, 12.0]])
+    pos = torch.tensor(rng.uniform(-0.5, 1.5, (700, 3)) @ cell)
+    return pos, torch.zeros(700, dtype=torch.long), torch.tensor(cell)[None], torch.tensor([[True, False, True]]), 3.2
+
+
+def _case_molecules():
+    rng = np.random.default_rng(12)
+    sizes = [7, 0, 18, 1, 30]
+    batch = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(sizes)])
+    pos = torch.tensor(rng.normal(scale=1.8, size=(sum(sizes), 3)))
+    no_pbc = torch.zeros(len(sizes), 3, dtype=torch.bool)
+    return pos, batch, torch.zeros(len(sizes), 3, 3, dtype=torch.float64), no_pbc, 2.5
+
+
+def _case_own_images():
+    cell = torch.tensor([[[2.0, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, -0.4, 1.9]]], dtype=torch.float64)
+    pos = torch.tensor([[5.3, -7.1, 0.2], [0.4, 0.9, 1.1]], dtype=torch.float64)
+    return pos, torch.zeros(2, dtype=torch.long), cell, torch.ones(1, 3, dtype=torch.bool), 4.5
+
+
+def _case_no_atoms():
+    cell = torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * 3.0
+    pbc = torch.ones(2, 3, dtype=torch.bool)
+    return torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.long), cell, pbc, 2.0
+
+
+OP_CASES = {
+    # triclinic boxes, mixed pbc, a slab with a zero non-periodic row, an empty and a one-atom replica,
+    # atoms outside their boxes
+    "mixed": _case_mixed(3.7),
+    # the same with the cutoff beyond the boxes: in the cell list reach > n_bins (bins visited several times)
+    "mixed, cutoff beyond the boxes": _case_mixed(9.0),
+    "large triclinic slab (cell list)": _case_large_box,
+    "molecules": _case_molecules,
+    "atoms with their own images": _case_own_images,
+    "no atoms": _case_no_atoms,
+}
+
+
+@pytest.mark.skipif(not HAS_CPU_OPS, reason="compiled ops not built")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_portable_search_equals_fast_search_and_reference(case, dtype):
+    # the portable path is the CUDA op's search (csrc/neighbors_portable.h, kernel bodies of csrc/neighbors.h);
+    # every mode, both list kinds, dynamic and fixed capacity (padded and overflowed)
+    positions, batch, cell, pbc, cutoff = OP_CASES[case]()
+    if case == "mixed, cutoff beyond the boxes":
+        assert bool((plane_distances(cell, pbc) < cutoff / 2)[pbc].any())  # reach >= 2 > n_bins = 1 there
+    p, c, n_atoms = positions.to(dtype), cell.to(dtype), positions.shape[0]
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+
+    pos_np, cell_np, batch_np = positions.numpy(), cell.numpy(), batch.numpy()
+
+    def away(rows):  # the (i, j, shift) triples whose float64 distance is not within tol of the cutoff
+        a, b, shift = rows[:, 0], rows[:, 1], rows[:, 2:].astype(np.float64)
+        d = np.linalg.norm(pos_np[b] - pos_np[a] + np.einsum("pk,pkl->pl", shift, cell_np[batch_np[a]]), axis=1)
+        return np.unique(row_keys(rows[np.abs(d - cutoff) > tol], len(pos_np)))
+
+    for full_list in (False, True):
+        ref = bg.Pairs(*_reference.neighbor_list(positions, cutoff, batch, cell, pbc, full_list))
+        ref = away(torch.cat([ref.i[:, None], ref.j[:, None], ref.shifts], dim=1).numpy())
+        if case != "no atoms":
+            assert len(ref) > 0
+        for mode in (0, 1, 2):
+            fast = op_search(p, batch, c, pbc, cutoff, full_list, mode)
+            portable = op_search(p, batch, c, pbc, cutoff, full_list, mode | neighbors._PORTABLE)
+            assert all(torch.equal(x, y) for x, y in zip(fast, portable, strict=True))  # same pairs, same order
+            rows = op_rows(portable)
+            assert sorted_and_unique(rows)
+            assert np.array_equal(away(rows), ref)
+            n = len(rows)
+            for capacity in (n + 5, n - 3):
+                if capacity < 0:
+                    continue
+                f = op_search(p, batch, c, pbc, cutoff, full_list, mode, capacity)
+                q = op_search(p, batch, c, pbc, cutoff, full_list, mode | neighbors._PORTABLE, capacity)
+                assert f[0].shape == q[0].shape == (capacity,) and int(f[3]) == int(q[3]) == n
+                valid = min(n, capacity)
+                for out in (f, q):
+                    assert not out[0][valid:].any() and not out[1][valid:].any() and not out[2][valid:].any()
+                    got = op_rows(out, valid)
+                    assert sorted_and_unique(got) and np.isin(row_keys(got, n_atoms), row_keys(rows, n_atoms)).all()
+                if capacity >= n:
+                    assert all(torch.equal(x, y) for x, y in zip(f, q, strict=True))
+                    assert np.array_equal(op_rows(f, valid), rows)
+                else:  # overflow: the atom cut by the capacity may keep other entries; those before it are equal
+                    before = rows[:valid][rows[:valid, 0] < rows[valid - 1, 0]] if valid else rows[:0]
+                    for out in (f, q):
+                        got = op_rows(out, valid)
+                        assert np.array_equal(got[got[:, 0] < rows[valid - 1, 0]] if valid else got, before)
+
+
+# ----------------------------------------------------------------------------- the ops' own argument checks
+
+
+def _op_args(device):
+    positions, batch, cell, pbc, cutoff = _case_mixed(3.7)()
+    n_rep = cell.shape[0]
+    eff = neighbors._effective_cell(positions, cell, pbc, n_rep)
+    ptr = torch.searchsorted(batch, torch.arange(n_rep + 1))
+    search = dict(positions=positions, ptr=ptr, cell=eff, pbc=pbc, cutoff=cutoff, full_list=False, max_pairs=-1,
+                  mode=0)
+    search = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in search.items()}
+    i, j, shifts, _ = torch.ops.boltzgrad.neighbor_search(*search.values())
+    pair = dict(positions=positions, cell=cell, batch=batch, i=i.cpu(), j=j.cpu(), shifts=shifts.cpu())
+    pair = {k: v.to(device) for k, v in pair.items()}
+    return search, pair
+
+
+SEARCH_ERRORS = [
+    (dict(positions=lambda t: t[:, :2]), "positions"),
+    (dict(positions=lambda t: t.long()), "positions"),
+    (dict(ptr=lambda t: t.double()), "ptr"),
+    (dict(ptr=lambda t: t[:, None]), "ptr"),
+    (dict(ptr=lambda t: t[:-1]), "cell"),  # R from ptr no longer matches cell's
+    (dict(ptr=lambda t: t.flip(0)), "ptr"),  # runs from n_atoms to 0
+    (dict(ptr=lambda t: torch.cat([t[:3], t[4:5], t[3:4], t[5:]])), "ptr"),  # [0, 10, 10, 26, 25, 51]
+    (dict(cell=lambda t: t[:, :, :2]), "cell"),
+    (dict(cell=lambda t: t.float()), "cell"),
+    (dict(pbc=lambda t: t.long()), "pbc"),
+    (dict(pbc=lambda t: t[:, :2]), "pbc"),
+    (dict(cutoff=0.0), "cutoff"),
+    (dict(cutoff=float("inf")), "cutoff"),
+    (dict(cutoff=float("nan")), "cutoff"),
+    (dict(mode=3), "mode"),
+    (dict(mode=-1), "mode"),
+    (dict(mode=8), "mode"),
+]
+
+
+PAIR_ERRORS = [
+    (dict(positions=lambda t: t[:, :2]), "positions"),
+    (dict(cell=lambda t: t[:, :2]), "cell"),
+    (dict(cell=lambda t: t.float()), "cell"),
+    (dict(batch=lambda t: t[1:]), "batch"),
+    (dict(batch=lambda t: t.int()), "batch"),
+    (dict(j=lambda t: t[1:]), "i and j"),
+    (dict(i=lambda t: t.int()), "i and j"),
+    (dict(shifts=lambda t: t[:, :2]), "shifts"),
+    (dict(shifts=lambda t: t.double()), "shifts"),
+]
+
+
+@pytest.mark.skipif(not HAS_CPU_OPS, reason="compiled ops not built")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "op,change,match",
+    [("neighbor_search", *e) for e in SEARCH_ERRORS] + [("pair_vectors", *e) for e in PAIR_ERRORS],
+)
+def test_op_checks_name_the_argument(device, op, change, match):
+    # one check function per op for the CPU and the CUDA op (nl::check_search_args, nl::check_pair_vectors_args in
+    # csrc/neighbors_portable.h)
+    search, pair = _op_args(device)
+    args = search if op == "neighbor_search" else pair
+    for key, value in change.items():
+        args[key] = value(args[key]) if callable(value) else value
+    with pytest.raises(RuntimeError, match=match):
+        getattr(torch.ops.boltzgrad, op)(*args.values())
+
+
+@pytest.mark.skipif(not HAS_CPU_OPS, reason="compiled ops not built")
+def test_ops_check_devices_and_indices():
+    search, pair = _op_args("cpu")
+    n = pair["positions"].shape[0]
+    # an index out of range (on the GPU the same test of nl::pair_vector_at is a device-side assert)
+    for key, bad in (("i", n), ("j", -1)):
+        args = dict(pair)
+        args[key] = args[key].clone()
+        args[key][3] = bad
+        with pytest.raises(RuntimeError, match="i and j must index positions"):
+            torch.ops.boltzgrad.pair_vectors(*args.values())
+    args = dict(pair, batch=pair["batch"].clone())
+    args["batch"][args["i"][0]] = 99
+    with pytest.raises(RuntimeError, match="batch"):
+        torch.ops.boltzgrad.pair_vectors(*args.values())
+    if torch.cuda.is_available() and bg.compiled_backends()["cuda"]:
+        with pytest.raises(RuntimeError, match="device of positions"):
+            torch.ops.boltzgrad.neighbor_search(*dict(search, positions=search["positions"].cuda()).values())
+        with pytest.raises(RuntimeError, match="device of positions"):
+            torch.ops.boltzgrad.pair_vectors(*dict(pair, positions=pair["positions"].cuda()).values())

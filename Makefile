@@ -23,7 +23,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 else
 $(error TORCH must be 'default' or 'cpu', got '$(TORCH)')
 endif
-TEST_EXTRAS ?= dev,data,mace
+TEST_EXTRAS ?= dev,data,mace,nequip
 BOLTZGRAD_CUDA ?=
 CUDA_MODE  := $(if $(BOLTZGRAD_CUDA),$(BOLTZGRAD_CUDA),auto)
 
@@ -46,7 +46,7 @@ $(VENV)/.deps: pyproject.toml setup.py
 	BOLTZGRAD_NO_EXT=1 $(PIP) install -q --no-build-isolation -e .
 	touch $@
 
-# The checks also need the extras: dev (pytest, ruff, comparison libraries), data (tblite, OpenMM), mace.
+# The checks also need the extras: dev (pytest, ruff, comparison libraries), data (tblite, OpenMM), mace, nequip.
 $(VENV)/.deps-test: $(VENV)/.deps
 	BOLTZGRAD_NO_EXT=1 $(PIP) install -q --no-build-isolation -e '.[$(TEST_EXTRAS)]'
 	touch $@

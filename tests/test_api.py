@@ -21,7 +21,7 @@ NAMES = [
     "boltzmann_loss", "local_boltzmann_loss", "BoltzmannEstimator", "BoltzmannEstimator.jacobian", "reweight",
     # models
     "models.energy_and_forces", "models.SchNet", "models.LennardJones", "models.PairMLP", "models.Sum", "models.MACE",
-    "models.Calculator", "models.wrap",
+    "models.NequIP", "models.nequip_model", "models.Calculator", "models.wrap",
     # MD
     "md.State", "md.State.from_atoms", "md.State.to_atoms", "md.maxwell_boltzmann", "md.VelocityVerlet", "md.Langevin",
     "md.NoseHoover", "md.BerendsenNPT", "md.Simulator", "md.Simulator.run",

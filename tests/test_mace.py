@@ -4,7 +4,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 
 from boltzgrad.models import energy_and_forces, energy_forces_virial, stress
 from boltzgrad.models.calculator import Calculator
@@ -13,10 +12,9 @@ from boltzgrad.models.mace import MACE
 mace_modules = pytest.importorskip("mace.modules", reason="the optional extra boltzgrad[mace] is not installed")
 from e3nn import o3  # noqa: E402  (installed with mace-torch)
 from mace.calculators import MACECalculator  # noqa: E402
+from structures import ZS, crystal, molecule  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")  # TorchScript in mace
-
-ZS = [1, 6, 8]
 
 
 def small_mace(seed=0, r_max=3.5):
@@ -38,23 +36,6 @@ def test_e3nn_imports_before_mace_after_boltzgrad():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torch.Size([3, 3, 1])" in out.stdout
-
-
-def molecule(seed=0, n=7):
-    rng = np.random.default_rng(seed)
-    while True:
-        pos = rng.uniform(-2.0, 2.0, (n, 3))
-        d = np.linalg.norm(pos[None] - pos[:, None], axis=-1) + 10 * np.eye(n)
-        if d.min() > 0.9:
-            return Atoms(numbers=rng.choice(ZS, n), positions=pos)
-
-
-def crystal(seed=0):
-    rng = np.random.default_rng(seed)
-    cell = np.array([[4.1, 0.0, 0.0], [0.4, 3.9, 0.0], [-0.2, 0.3, 4.3]])
-    grid = np.array([[a, b, c] for a in (0, 0.5) for b in (0, 0.5) for c in (0, 0.5)]) + rng.uniform(-0.04, 0.04,
-                                                                                                        (8, 3))
-    return Atoms(numbers=rng.choice(ZS, 8), scaled_positions=grid, cell=cell, pbc=True)
 
 
 def maces_own(model, atoms):

@@ -7,6 +7,7 @@ A potential is any ``torch.nn.Module`` with
 from .base import accepts_pairs, energy_and_forces, energy_forces_virial, stress
 from .calculator import Calculator
 from .mace import MACE, mace_from_file
+from .nequip import NequIP, nequip_from_file, nequip_model
 from .pair import Harmonic, LennardJones, PairMLP, Sum
 from .schnet import SchNet
 from .wrap import Inputs, Wrapped, wrap
@@ -23,6 +24,9 @@ __all__ = [
     "SchNet",
     "MACE",
     "mace_from_file",
+    "NequIP",
+    "nequip_model",
+    "nequip_from_file",
     "Calculator",
     "wrap",
     "Wrapped",

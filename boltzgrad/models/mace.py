@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._graph import directed_edges, element_index, element_table
 from .base import normalize_system
 
 __all__ = ["MACE", "mace_from_file"]
@@ -66,10 +67,7 @@ class MACE(nn.Module):
                             f"got {type(model).__name__}")
         self.model = model
         self.cutoff = float(model.r_max)
-        z = model.atomic_numbers.detach().cpu().to(torch.int64)
-        table = torch.full((int(z.max()) + 1,), -1, dtype=torch.int64)
-        table[z] = torch.arange(z.numel())
-        self.register_buffer("z_to_index", table, persistent=False)
+        self.register_buffer("z_to_index", element_table(model.atomic_numbers), persistent=False)
         heads = list(getattr(model, "heads", ["Default"]))
         if head is None:
             head = heads[0]
@@ -107,43 +105,17 @@ class MACE(nn.Module):
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
         system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=False)
-        n, R = positions.shape[0], system.n_replicas
+        R = system.n_replicas
         bidx = system.batch
-        if species.dtype != torch.int64:
-            raise ValueError(f"species must be int64 atomic numbers, got dtype {species.dtype}")
-        table = self.z_to_index.to(species.device)
-        if n and (int(species.min()) < 0 or int(species.max()) >= table.numel() or bool((table[species] < 0).any())):
-            known = torch.nonzero(table >= 0).reshape(-1).tolist()
-            raise ValueError(f"species has atomic numbers {sorted(set(species.tolist()) - set(known))} outside the "
-                             f"MACE model's element table {known}")
+        index = element_index(self.z_to_index, species, "MACE model")
         model_dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         pos = positions.to(model_dtype)
         cell_m = None if system.cell is None else system.cell.to(model_dtype)
-
-        if pairs is None:
-            from ..neighbors import neighbor_list
-
-            with torch.no_grad():
-                pairs = neighbor_list(pos.detach(), self.cutoff, batch=bidx,
-                                      cell=None if cell_m is None else cell_m.detach(), pbc=system.pbc)
-        i, j, unit = pairs.i, pairs.j, pairs.shifts
-        if pairs.num_pairs is not None:
-            keep = pairs.mask
-            i, j, unit = i[keep], j[keep], unit[keep]
-        # the full directed list MACE expects: every half-list pair in both directions
-        sender, receiver = torch.cat([i, j]), torch.cat([j, i])
-        unit = torch.cat([unit, -unit]).to(model_dtype)
-        if cell_m is not None and unit.numel():
-            shifts = torch.bmm(unit.unsqueeze(1), cell_m[bidx[sender]]).squeeze(1)
-        else:
-            shifts = torch.zeros_like(unit)
-        vec = pos[receiver] - pos[sender] + shifts
-        inside = (vec * vec).sum(1) < self.cutoff * self.cutoff
-        if not bool(inside.all()):
-            sender, receiver, unit, shifts = sender[inside], receiver[inside], unit[inside], shifts[inside]
+        # the full directed list MACE expects: every pair in both directions
+        sender, receiver, unit, shifts = directed_edges(pos, self.cutoff, bidx, cell_m, system.pbc, pairs)
 
         n_elem = int(self.model.atomic_numbers.numel())
-        node_attrs = torch.nn.functional.one_hot(table[species], n_elem).to(model_dtype)
+        node_attrs = torch.nn.functional.one_hot(index, n_elem).to(model_dtype)
         counts = torch.bincount(bidx, minlength=R)
         data = {
             "positions": pos if pos.requires_grad else pos.detach(),

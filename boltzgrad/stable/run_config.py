@@ -56,6 +56,11 @@ MODEL_KINDS = {
     "pair_mlp": ("PairMLP", {"cutoff", "hidden", "n_basis"}),
     "lennard_jones": ("LennardJones", {"epsilon", "sigma", "cutoff"}),
     "mace": ("mace_from_file", {"model_file", "head"}),  # a mace-torch model file (pip install 'boltzgrad[mace]')
+    # a fresh NequIP from hyperparameters, or a model file deployed by nequip-deploy (pip install 'boltzgrad[nequip]')
+    "nequip": ("nequip_model", {"species", "r_max", "num_layers", "num_features", "l_max", "parity", "num_basis",
+                                "invariant_layers", "invariant_neurons", "avg_num_neighbors", "atomic_energies",
+                                "energy_scale", "resnet", "seed"}),
+    "nequip_file": ("nequip_from_file", {"model_file", "species"}),
 }
 
 

@@ -662,7 +662,7 @@ def committed(name):
     return path, json.loads((path / "provenance.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "ala3_gfn2", "water_spcfw"])
 def test_committed_dataset_files_and_provenance(name):
     path, prov = committed(name)
     for key in PROVENANCE_KEYS:
@@ -689,7 +689,7 @@ def fd_directional(energy_fn, x, u, h):
     return (energy_fn(x + h * u) - energy_fn(x - h * u)) / (2 * h)
 
 
-GFN2_SETS = {"aspirin_gfn2": "aspirin"}
+GFN2_SETS = {"aspirin_gfn2": "aspirin", "ala3_gfn2": "ala3"}
 
 
 @pytest.mark.parametrize("name", sorted(GFN2_SETS))
@@ -797,7 +797,7 @@ def committed_reference(name, role):
     return path, prov, ref
 
 
-@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "ala3_gfn2", "water_spcfw"])
 def test_committed_reference_observables_match_a_subsample(name):
     from boltzgrad.data.reference import HR_DEFAULTS, RDF_DEFAULTS, compute_reference_observables
 
@@ -821,7 +821,7 @@ def test_committed_reference_observables_match_a_subsample(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,role", [("aspirin_gfn2", "pool"),
+@pytest.mark.parametrize("name,role", [("aspirin_gfn2", "pool"), ("ala3_gfn2", "pool"),
                                        ("water_spcfw", "heldout"), ("water_spcfw", "pool")])
 def test_committed_reference_observables_recompute_exactly(name, role):
     from boltzgrad.data.reference import compute_reference_observables

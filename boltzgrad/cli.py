@@ -7,7 +7,7 @@ Every command takes ``--config CONFIG.yaml``: a mapping of option names (``frame
 
 Commands here:
 
-* ``make-data aspirin|water``: reference datasets (see ``boltzgrad.data.generate``);
+* ``make-data aspirin|ala3|water``: reference datasets (see ``boltzgrad.data.generate``);
 * ``pretrain``: fit the run's model to energies and forces of its training split (docs/method.md, Eq. 1) and write
   the model file ``model.checkpoint``;
 * ``train``: StABlE training of the pre-trained model (``--resume`` continues from the last checkpoint);
@@ -45,10 +45,11 @@ def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPar
 
 
 def _make_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data.generate import aspirin, water
+    from .data.generate import ala3, aspirin, water
 
-    systems = parser.add_subparsers(dest="system", required=True, metavar="{aspirin,water}")
+    systems = parser.add_subparsers(dest="system", required=True, metavar="{aspirin,ala3,water}")
     for name, module, text in (("aspirin", aspirin, "aspirin at GFN2-xTB (tblite), Langevin MD at 500 K"),
+                               ("ala3", ala3, "Ac-Ala3-NHMe at GFN2-xTB (tblite), Langevin MD at 500 K"),
                                ("water", water, "64 H2O, flexible SPC/Fw (OpenMM), NVT at 300 K")):
         p = systems.add_parser(name, help=text, description=module.__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)

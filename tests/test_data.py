@@ -363,17 +363,46 @@ def test_load_reference_names_missing_dataset(tmp_path):
         bgd.load_reference("nope", data_dir=tmp_path)
 
 
-def test_aspirin_geometry_is_aspirin():
+def embedded_molecule(name):
+    """(atoms, bonds) of a generator's embedded structure: ``"aspirin"`` or ``"ala3"``."""
+    from boltzgrad.data.generate import ala3, aspirin
+
+    return {"aspirin": (aspirin.aspirin_atoms(), aspirin.ASPIRIN_BONDS),
+            "ala3": (ala3.ala3_atoms(), ala3.ALA3_BONDS)}[name]
+
+
+@pytest.mark.parametrize("name,formula", [("aspirin", "C9H8O4"), ("ala3", "C12H22N4O4")])
+def test_embedded_geometry_formula_and_bonds(name, formula):
     from ase.neighborlist import NeighborList, natural_cutoffs
 
-    from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
-
-    a = aspirin_atoms()
-    assert a.get_chemical_formula() == "C9H8O4"
+    a, expected = embedded_molecule(name)
+    assert a.get_chemical_formula() == formula
+    # the bonds are those of the covalent radii (ASE's natural cutoffs), and bonds_from_structure (radii x 1.2,
+    # the training default) finds the same ones: no hydrogen bond or close contact is mistaken for a bond
     nl = NeighborList(natural_cutoffs(a), self_interaction=False, bothways=False)
     nl.update(a)
     bonds = sorted((i, int(j)) for i in range(len(a)) for j in nl.get_neighbors(i)[0])
-    assert bonds == sorted(ASPIRIN_BONDS)
+    assert bonds == sorted(expected)
+    from boltzgrad.observables import bonds_from_structure
+
+    found = bonds_from_structure(torch.as_tensor(a.numbers), torch.as_tensor(a.positions), mult=1.2)
+    assert sorted(map(tuple, found.tolist())) == sorted(expected)
+
+
+def test_ala3_is_ac_ala3_nhme_with_l_alanines():
+    from boltzgrad.data.generate.ala3 import ala3_atoms
+
+    a = ala3_atoms()
+    # CH3-CO-(NH-CH(CH3)-CO)3-NH-CH3: 42 atoms, every H on the heavy atom the comment in ala3.py names
+    assert len(a) == 42 and a.get_chemical_symbols()[:20] == list("CCONCCCONCCCONCCCONC")
+    x = a.positions
+    # three L-alanines: RDKit assigned S to CA 4, 9, 14 from these coordinates; for S the frame
+    # (N - CA, C - CA, CB - CA) is right-handed
+    for n, ca, cb, c in ((3, 4, 5, 6), (8, 9, 10, 11), (13, 14, 15, 16)):
+        assert np.linalg.det(np.stack([x[n] - x[ca], x[c] - x[ca], x[cb] - x[ca]])) > 0
+    # all four peptide bonds trans
+    for q in ((0, 1, 3, 4), (4, 6, 8, 9), (9, 11, 13, 14), (14, 16, 18, 19)):
+        assert abs(abs((a.get_dihedral(*q) + 180) % 360 - 180) - 180) < 15
 
 
 def test_aspirin_generator_end_to_end_and_resume(tmp_path):
@@ -402,6 +431,7 @@ def test_aspirin_generator_end_to_end_and_resume(tmp_path):
     for key in ("method", "temperature_K", "timestep_fs", "seed", "chains", "software"):
         assert key in prov
     assert prov["software"]["tblite"] != "not installed"
+    assert "reference_observables" not in prov  # aspirin's h(r) has the defaults, HR_DEFAULTS
     # finished chains are stored compactly, as the provenance says
     assert prov["storage"]["position_step_angstrom"] == aspirin.STORAGE["position_step"]
     with np.load(tmp_path / "chain_00.npz") as z:
@@ -418,6 +448,36 @@ def aspirin_numbers():
     from boltzgrad.data.generate.aspirin import aspirin_atoms
 
     return aspirin_atoms().numbers.tolist()
+
+
+def test_ala3_generator_three_steps_consistent_with_gfn2(tmp_path):
+    pytest.importorskip("tblite", reason="GFN2-xTB reference needs tblite (extra 'data')")
+    from boltzgrad.data.generate import ala3
+    from boltzgrad.data.generate.gfn2 import gfn2_energy_forces
+
+    prov = ala3.generate(tmp_path, chains=1, frames=3, equilibration=0.0, frame_interval=0.5, verbose=False)
+    ds = bgd.load(tmp_path)
+    assert len(ds) == prov["n_frames"] == 3 and ds.has_energy and ds.has_forces
+    assert ds[0]["species"].tolist() == ala3.ala3_atoms().numbers.tolist()
+    assert prov["system"].startswith("Ac-Ala3-NHMe") and prov["command"].startswith("boltzgrad make-data ala3 ")
+    assert prov["temperature_K"] == 500.0 and prov["frame_interval_fs"] == 0.5 and prov["software"]["tblite"]
+    with np.load(tmp_path / "chain_00.npz") as z:
+        assert str(z["format"]) == bgd.FORMAT_COMPACT
+    # the reference h(r) uses the system's own settings (750 bins to 15 Å), recorded in the provenance
+    assert prov["reference_observables"] == {"hr": ala3.HR} == {"hr": {"r_max": 15.0, "n_bins": 750, "sigma": 0.01}}
+    ref = bgd.load_reference_observables(tmp_path.name, data_dir=tmp_path.parent)
+    assert ref["settings"]["hr"] == ala3.HR and ref["pool"]["hr"].shape == (750,)
+    assert sorted(map(tuple, ref["pool"]["bonds"].tolist())) == sorted(ala3.ALA3_BONDS)
+    # the stored frame is GFN2-xTB at the stored positions, and its forces are minus the energy gradient
+    item = ds[2]
+    z, x = item["species"].numpy(), item["positions"].numpy().astype(np.float64)
+    e, f = gfn2_energy_forces(z, x)
+    assert abs(e - float(item["energy"])) < 0.5 * 1e-5 * float(np.abs(f).sum()) + 2e-5
+    np.testing.assert_allclose(item["forces"].numpy(), f, atol=1e-3)
+    u = np.random.default_rng(3).normal(size=x.shape)
+    u /= np.linalg.norm(u)
+    slope = fd_directional(lambda y: gfn2_energy_forces(z, y)[0], x, u, 2e-3)
+    assert slope == pytest.approx(-np.sum(f * u), abs=1e-3)
 
 
 def test_water_generator_end_to_end(tmp_path):
@@ -496,7 +556,7 @@ def test_cli_make_data_and_config(tmp_path):
         cli.main(["make-data", "aspirin", "--out", str(tmp_path / "b"), "--config", str(cfg)])
     res = subprocess.run([sys.executable, "-m", "boltzgrad.cli", "make-data", "--help"], capture_output=True,
                          text=True, check=True)
-    assert "aspirin" in res.stdout and "water" in res.stdout
+    assert "aspirin" in res.stdout and "ala3" in res.stdout and "water" in res.stdout
 
 
 # ----------------------------------------------------------------------------- reference observables
@@ -539,6 +599,32 @@ def test_reference_observables_of_molecules_use_the_observables(tmp_path):
         bgd.load_reference_observables("nope", data_dir=tmp_path)
 
 
+def test_reference_observables_settings_from_the_provenance(tmp_path):
+    from boltzgrad import observables as obs
+
+    pos, z, e, _ = random_molecules(n_frames=6, n_atoms=8, seed=4)
+    write_toy_dataset(tmp_path / "m", AtomsDataset(pos, z, energy=e))
+    prov_path = tmp_path / "m" / "provenance.json"
+    prov = json.loads(prov_path.read_text())
+    own = {"r_max": 15.0, "n_bins": 750, "sigma": 0.01}
+    prov["reference_observables"] = {"hr": own}
+    prov_path.write_text(json.dumps(prov))
+    # a dataset's own settings (as the Ac-Ala3-NHMe generator writes them) replace the defaults ...
+    stored = bgd.write_reference_observables(tmp_path / "m")
+    ref = bgd.load_reference_observables("m", data_dir=tmp_path)
+    assert ref["settings"]["hr"] == own and stored["pool.hr"].shape == (750,)
+    frames = bgd.load_reference("m", data_dir=tmp_path).positions.view(6, 8, 3)
+    np.testing.assert_allclose(stored["pool.hr"], obs.DistanceHistogram(15.0, 750, 0.01).reference(frames).numpy(),
+                               rtol=1e-12, atol=1e-14)
+    # ... and settings given to the call replace the dataset's
+    assert bgd.write_reference_observables(tmp_path / "m", hr={"n_bins": 100})["pool.hr"].shape == (100,)
+    assert bgd.load_reference_observables("m", data_dir=tmp_path)["settings"]["hr"] == dict(own, n_bins=100)
+    prov["reference_observables"] = {"hrr": own}
+    prov_path.write_text(json.dumps(prov))
+    with pytest.raises(ValueError, match="unknown keys \\['hrr'\\]"):
+        bgd.write_reference_observables(tmp_path / "m")
+
+
 def test_reference_observables_of_water_rdf_and_oh_bonds(tmp_path):
     from boltzgrad import observables as obs
     from boltzgrad.data.generate.water import initial_positions
@@ -576,7 +662,7 @@ def committed(name):
     return path, json.loads((path / "provenance.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "ala3_gfn2", "water_spcfw"])
 def test_committed_dataset_files_and_provenance(name):
     path, prov = committed(name)
     for key in PROVENANCE_KEYS:
@@ -603,11 +689,15 @@ def fd_directional(energy_fn, x, u, h):
     return (energy_fn(x + h * u) - energy_fn(x - h * u)) / (2 * h)
 
 
-def test_committed_aspirin_consistent_with_gfn2():
-    pytest.importorskip("tblite")
-    from boltzgrad.data.generate.aspirin import gfn2_energy_forces
+GFN2_SETS = {"aspirin_gfn2": "aspirin", "ala3_gfn2": "ala3"}
 
-    path, prov = committed("aspirin_gfn2")
+
+@pytest.mark.parametrize("name", sorted(GFN2_SETS))
+def test_committed_gfn2_set_consistent_with_gfn2(name):
+    pytest.importorskip("tblite", reason="GFN2-xTB reference needs tblite (extra 'data')")
+    from boltzgrad.data.generate.gfn2 import gfn2_energy_forces
+
+    path, prov = committed(name)
     ds = bgd.load(path)
     rng = np.random.default_rng(0)
     for i in frames_to_check(ds):
@@ -627,32 +717,37 @@ def test_committed_aspirin_consistent_with_gfn2():
             assert slope == pytest.approx(-np.sum(f * u), abs=1e-3)
 
 
-def test_committed_aspirin_is_a_500K_ensemble_of_intact_molecules():
-    from boltzgrad.data.generate.aspirin import ASPIRIN_BONDS, aspirin_atoms
-
-    path, prov = committed("aspirin_gfn2")
+@pytest.mark.parametrize("name", sorted(GFN2_SETS))
+def test_committed_gfn2_set_is_a_500K_ensemble_of_intact_molecules(name):
+    path, prov = committed(name)
     assert prov["temperature_K"] == 500.0 and prov["timestep_fs"] == 0.5
+    atoms, bonds = embedded_molecule(GFN2_SETS[name])
     ds = bgd.load(path)
-    x = ds.positions.reshape(len(ds), 21, 3).double()
-    i, j = torch.tensor(ASPIRIN_BONDS).T
+    x = ds.positions.reshape(len(ds), len(atoms), 3).double()
+    i, j = torch.tensor(bonds).T
     d = (x[:, i] - x[:, j]).norm(dim=-1)
-    ref = torch.as_tensor(aspirin_atoms().get_all_distances())[i, j]
+    ref = torch.as_tensor(atoms.get_all_distances())[i, j]
     # no bond breaks (the stability criterion of the paper with its evaluation threshold, 0.5 Å)
     assert float((d - ref).abs().max()) < 0.5
 
 
-def test_committed_aspirin_potential_energy_follows_equipartition():
-    pytest.importorskip("tblite")
-    from boltzgrad.data.generate.aspirin import aspirin_atoms
+@pytest.mark.parametrize("name", sorted(GFN2_SETS))
+def test_committed_gfn2_set_potential_energy_follows_equipartition(name):
+    pytest.importorskip("tblite", reason="GFN2-xTB reference needs tblite (extra 'data')")
+    from ase import units
 
-    ds = bgd.load(committed("aspirin_gfn2")[0])
-    # equipartition: the mean potential energy above the optimum is near (3N - 6)/2 kT = 1.23 eV at 500 K
-    # for a harmonic molecule; anharmonicity and the finite sample move it by well under 40 %
-    from boltzgrad.data.generate.aspirin import gfn2_energy_forces
+    from boltzgrad.data.generate.gfn2 import gfn2_energy_forces
 
-    e_min = gfn2_energy_forces(aspirin_atoms().numbers, aspirin_atoms().positions)[0]
+    path, prov = committed(name)
+    ds = bgd.load(path)
+    atoms = embedded_molecule(GFN2_SETS[name])[0]
+    # equipartition: the mean potential energy above the optimum is near (3N - 6)/2 kT for a harmonic molecule
+    # (aspirin 1.23 eV, Ac-Ala3-NHMe 2.59 eV at 500 K); anharmonicity, other conformers and the finite sample
+    # move it by well under 40 %
+    expected = (3 * len(atoms) - 6) / 2 * units.kB * prov["temperature_K"]
+    e_min = gfn2_energy_forces(atoms.numbers, atoms.positions)[0]
     excess = float(ds.energy.mean()) - e_min
-    assert 0.6 * 1.2306 < excess < 1.4 * 1.2306, excess
+    assert 0.6 * expected < excess < 1.4 * expected, (excess, expected)
 
 
 def test_committed_water_consistent_with_openmm():
@@ -702,17 +797,21 @@ def committed_reference(name, role):
     return path, prov, ref
 
 
-@pytest.mark.parametrize("name", ["aspirin_gfn2", "water_spcfw"])
+@pytest.mark.parametrize("name", ["aspirin_gfn2", "ala3_gfn2", "water_spcfw"])
 def test_committed_reference_observables_match_a_subsample(name):
-    from boltzgrad.data.reference import compute_reference_observables
+    from boltzgrad.data.reference import HR_DEFAULTS, RDF_DEFAULTS, compute_reference_observables
 
-    role = "pool" if name == "aspirin_gfn2" else "heldout"
+    molecule = name in GFN2_SETS
+    role = "pool" if molecule else "heldout"
     path, prov, ref = committed_reference(name, role)
     data = bgd.load_reference(name, heldout=role == "heldout")
-    stride = 25 if name == "aspirin_gfn2" else 100
-    sub = compute_reference_observables(data[list(range(0, len(data), stride))])
+    stride = max(1, len(data) // 400) if molecule else 100
+    key = "hr" if molecule else "rdf"
+    # the stored settings are the dataset's own (Ac-Ala3-NHMe: 750 bins to 15 Å, as in its provenance)
+    assert ref["settings"][key] == {**(HR_DEFAULTS if molecule else RDF_DEFAULTS),
+                                    **prov.get("reference_observables", {}).get(key, {})}
+    sub = compute_reference_observables(data[list(range(0, len(data), stride))], **{key: ref["settings"][key]})
     stored = ref[role]
-    key = "hr" if name == "aspirin_gfn2" else "rdf"
     np.testing.assert_array_equal(sub[key + "_centers"], stored[key + "_centers"])
     np.testing.assert_array_equal(sub["bonds"], stored["bonds"])
     # a few hundred (aspirin) / 20 (water) frames: the stored average within sampling noise
@@ -722,13 +821,14 @@ def test_committed_reference_observables_match_a_subsample(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,role", [("aspirin_gfn2", "pool"),
+@pytest.mark.parametrize("name,role", [("aspirin_gfn2", "pool"), ("ala3_gfn2", "pool"),
                                        ("water_spcfw", "heldout"), ("water_spcfw", "pool")])
 def test_committed_reference_observables_recompute_exactly(name, role):
     from boltzgrad.data.reference import compute_reference_observables
 
     path, prov, ref = committed_reference(name, role)
-    again = compute_reference_observables(bgd.load_reference(name, heldout=role == "heldout"))
+    again = compute_reference_observables(bgd.load_reference(name, heldout=role == "heldout"),
+                                          hr=ref["settings"].get("hr"), rdf=ref["settings"].get("rdf"))
     assert set(again) == set(ref[role])
     for k, v in again.items():
         np.testing.assert_allclose(ref[role][k], v, rtol=1e-10, atol=1e-12, err_msg=k)

@@ -130,6 +130,11 @@ def write_reference_observables(directory: str | os.PathLike, *, hr: dict | None
     (``provenance["heldout_files"]``), arrays of :func:`compute_reference_observables` are stored as
     ``pool.<key>`` and ``heldout.<key>`` in ``directory/reference_observables.npz``, with a ``settings``
     member (JSON: observable settings and the files and frame counts used). Returns those arrays.
+
+    Settings are layered: ``HR_DEFAULTS``, ``RDF_DEFAULTS``, ``BOND_DEFAULTS``, then the dataset's own
+    ``provenance["reference_observables"]`` (a mapping with the keys ``hr``, ``rdf``, ``bonds``, written by a
+    generator whose system needs other settings than the defaults, e.g. Ac-Ala3-NHMe's h(r) to 15 Å), then
+    ``hr``, ``rdf``, ``bonds`` given here; each layer replaces the single settings it names.
     """
     from .io import load_npz
 
@@ -138,6 +143,12 @@ def write_reference_observables(directory: str | os.PathLike, *, hr: dict | None
     if not prov_path.is_file():
         raise ValueError(f"{directory} has no provenance.json; not a boltzgrad dataset directory")
     prov = json.loads(prov_path.read_text())
+    own = prov.get("reference_observables") or {}
+    unknown = set(own) - {"hr", "rdf", "bonds"}
+    if unknown:
+        raise ValueError(f"{prov_path}: reference_observables has unknown keys {sorted(unknown)}")
+    hr, rdf, bonds = ({**own.get(key, {}), **(given or {})}
+                      for key, given in (("hr", hr), ("rdf", rdf), ("bonds", bonds)))
     arrays: dict[str, np.ndarray] = {}
     used = {}
     for role, key in (("pool", "files"), ("heldout", "heldout_files")):

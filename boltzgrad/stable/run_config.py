@@ -104,8 +104,8 @@ class DataConfig(Section):
 
     Attributes:
         source: ``lj`` (the built-in Lennard-Jones liquid, generated on the fly), the name of a dataset made by
-            ``boltzgrad make-data`` (``aspirin_gfn2``, ``water_spcfw``; looked up in ``./data`` and then among the
-            shipped data), or a path that ``bg.data.load`` reads: a boltzgrad or MD17/rMD17/MD22 ``.npz``, an
+            ``boltzgrad make-data`` (``aspirin_gfn2``, ``ala3_gfn2``, ``water_spcfw``; looked up in ``./data`` and then
+            among the shipped data), or a path that ``bg.data.load`` reads: a boltzgrad or MD17/rMD17/MD22 ``.npz``, an
             extended XYZ file, any ASE format, a dataset directory.
         split: ``[n_train, n_val, n_test]``, counts or fractions of the pool (seeded random split).
         seed: seed of the split.

@@ -200,26 +200,11 @@ void single_image_neighbors(int64_t i, const nl::Replica<T>& rep, const T* pw, c
     }
 }
 
+// The fractional range of each non-periodic replica's atoms (fmin, fmax; zeros for periodic or empty replicas)
+// and every replica's inverse cell, for nl::setup_replicas.
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::Tensor& positions_,
-                                                                      const at::Tensor& ptr_, const at::Tensor& cell_,
-                                                                      const at::Tensor& pbc_, double cutoff,
-                                                                      bool full_list, int64_t max_pairs, int64_t mode) {
-    const auto positions = positions_.contiguous();
-    const auto ptr_t = ptr_.contiguous();
-    const auto cell_t = cell_.to(at::kDouble).contiguous();
-    const auto pbc_t = pbc_.contiguous();
-    const int64_t n = positions.size(0);
-    const int64_t R = ptr_t.size(0) - 1;
-    const T* pos = positions.data_ptr<T>();
-    const int64_t* ptr = ptr_t.data_ptr<int64_t>();
-    const double* cell = cell_t.data_ptr<double>();
-    const bool* pbc = pbc_t.data_ptr<bool>();
-    nl::check_ptr_values(ptr, R, n);
-
-    // per-replica setup: inverse cells, fractional ranges along non-periodic axes
-    std::vector<double> inv(9 * R), fmin(3 * R, 0.0), fmax(3 * R, 0.0);
-    std::vector<nl::Replica<T>> reps(R);
+void replica_ranges(const T* pos, const int64_t* ptr, int64_t R, const double* cell, const bool* pbc,
+                    std::vector<double>& inv, std::vector<double>& fmin, std::vector<double>& fmax) {
     at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
             nl::invert3(cell + 9 * r, inv.data() + 9 * r);
@@ -243,12 +228,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
             }
         }
     });
-    const int64_t n_bins = nl::setup_replicas<T>(R, cell, inv.data(), pbc, fmin.data(), fmax.data(), ptr, cutoff,
-                                                 static_cast<int>(mode), reps.data());
+}
 
+// The atoms placed in their boxes and sorted by bin (counting sort, stable), with the wrapped positions in bin
+// order one array per component (contiguous scans in cell_neighbors).
+template <typename T>
+struct Placed {
+    std::vector<T> pw, fw, bx, by, bz;
+    std::vector<int64_t> wrap, bin, bin_start, bin_atoms, bwrap;
+    Binned<T> binned() const {
+        return Binned<T>{bx.data(), by.data(), bz.data(), bin_atoms.data(), bwrap.data(), bin_start.data()};
+    }
+};
+
+template <typename T>
+Placed<T> place_atoms(const T* pos, int64_t n, const int64_t* ptr, int64_t R, const std::vector<nl::Replica<T>>& reps,
+                      int64_t n_bins) {
+    Placed<T> P;
+    auto &pw = P.pw, &fw = P.fw, &bx = P.bx, &by = P.by, &bz = P.bz;
+    auto &wrap = P.wrap, &bin = P.bin, &bin_start = P.bin_start, &bin_atoms = P.bin_atoms, &bwrap = P.bwrap;
     // place atoms: wrapped positions, wrapped fractional coordinates, wraps, bins
-    std::vector<T> pw(3 * n), fw(3 * n);
-    std::vector<int64_t> wrap(3 * n), bin(n);
+    pw.resize(3 * n);
+    fw.resize(3 * n);
+    wrap.resize(3 * n);
+    bin.resize(n);
     at::parallel_for(0, n, 1024, [&](int64_t a0, int64_t a1) {
         int64_t r = nl::replica_of_atom(ptr, R, a0);
         for (int64_t a = a0; a < a1; ++a) {
@@ -257,7 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         }
     });
     // counting sort of the atoms by bin (stable: atoms of a bin in index order)
-    std::vector<int64_t> bin_start(n_bins + 1, 0), bin_atoms(n);
+    bin_start.assign(n_bins + 1, 0);
+    bin_atoms.resize(n);
     int64_t max_wrap = 0;
     for (int64_t a = 0; a < n; ++a) {
         ++bin_start[bin[a] + 1];
@@ -271,8 +275,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         for (int64_t a = 0; a < n; ++a) bin_atoms[fill[bin[a]]++] = a;
     }
     // wrapped positions in bin order, one array per component (contiguous scans in cell_neighbors)
-    std::vector<T> bx(n), by(n), bz(n);
-    std::vector<int64_t> bwrap(3 * n);
+    bx.resize(n);
+    by.resize(n);
+    bz.resize(n);
+    bwrap.resize(3 * n);
     at::parallel_for(0, n, 4096, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
             const int64_t a = bin_atoms[q];
@@ -282,17 +288,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
             for (int c = 0; c < 3; ++c) bwrap[3 * q + c] = wrap[3 * a + c];
         }
     });
-    const Binned<T> binned{bx.data(), by.data(), bz.data(), bin_atoms.data(), bwrap.data(), bin_start.data()};
+    return P;
+}
 
-    // search. The atoms of replica r occupy slots [ptr[r], ptr[r + 1]) both in index order and in
-    // bin order. Slot q is atom q of a brute-force replica, or atom bin_atoms[q] of a cell-list
-    // replica (bin order: neighbouring atoms are processed together and share cached bins).
-    // Fixed chunks of slots (independent of the thread count), each into its own buffer; every
-    // atom's entries are contiguous and sorted by (j, shift), at atom_start[a] in chunk atom_slot[a] / kChunk.
-    constexpr int64_t kChunk = 256;
+// Fixed chunks of slots (independent of the thread count), each into its own buffer; every atom's entries are
+// contiguous and sorted by (j, shift), at start[a] in chunk slot[a] / kChunk.
+constexpr int64_t kChunk = 256;
+
+struct Found {
+    std::vector<std::vector<Entry>> chunks;
+    std::vector<int64_t> slot, start, count;
+};
+
+// The pairs of every atom. The atoms of replica r occupy slots [ptr[r], ptr[r + 1]) both in index order and in
+// bin order. Slot q is atom q of a brute-force replica, or atom bin_atoms[q] of a cell-list replica (bin order:
+// neighbouring atoms are processed together and share cached bins).
+template <typename T>
+Found find_pairs(int64_t n, const int64_t* ptr, int64_t R, const std::vector<nl::Replica<T>>& reps,
+                 const Placed<T>& placed, double cutoff, bool full_list) {
+    const auto binned = placed.binned();
+    const auto &pw = placed.pw, &fw = placed.fw, &bwrap = placed.bwrap;
+    const auto &wrap = placed.wrap, &bin = placed.bin, &bin_atoms = placed.bin_atoms;
+    Found F;
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-    std::vector<std::vector<Entry>> found(n_chunks);
-    std::vector<int64_t> atom_slot(n), atom_start(n), atom_count(n);
+    F.chunks.resize(n_chunks);
+    F.slot.resize(n);
+    F.start.resize(n);
+    F.count.resize(n);
+    auto &found = F.chunks;
+    auto &atom_slot = F.slot, &atom_start = F.start, &atom_count = F.count;
     const T rc = static_cast<T>(cutoff);
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
         std::vector<int64_t> hits;
@@ -330,12 +354,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
             expect = out.size();
         }
     });
+    return F;
+}
 
+// The pairs in (i, j, shift) order into tensors of P rows (P = max_pairs, or all when max_pairs < 0; rows past the
+// total zeroed), and the total.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_pairs(const Found& F, int64_t n, int64_t max_pairs,
+                                                                       const at::TensorOptions& opts) {
+    const auto &found = F.chunks;
+    const auto &atom_slot = F.slot, &atom_start = F.start, &atom_count = F.count;
     std::vector<int64_t> offset(n + 1, 0);
     for (int64_t a = 0; a < n; ++a) offset[a + 1] = offset[a] + atom_count[a];
     const int64_t total = offset[n];
     const int64_t P = max_pairs < 0 ? total : max_pairs;
-    const auto opts = positions.options().dtype(at::kLong);
     auto out_i = at::empty({P}, opts);
     auto out_j = at::empty({P}, opts);
     auto out_s = at::empty({P, 3}, opts);
@@ -363,6 +394,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::
         out_s.slice(0, total).zero_();
     }
     return {out_i, out_j, out_s, at::scalar_tensor(total, opts)};
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::Tensor& positions_,
+                                                                      const at::Tensor& ptr_, const at::Tensor& cell_,
+                                                                      const at::Tensor& pbc_, double cutoff,
+                                                                      bool full_list, int64_t max_pairs, int64_t mode) {
+    const auto positions = positions_.contiguous();
+    const auto ptr_t = ptr_.contiguous();
+    const auto cell_t = cell_.to(at::kDouble).contiguous();
+    const auto pbc_t = pbc_.contiguous();
+    const int64_t n = positions.size(0);
+    const int64_t R = ptr_t.size(0) - 1;
+    const T* pos = positions.data_ptr<T>();
+    const int64_t* ptr = ptr_t.data_ptr<int64_t>();
+    const double* cell = cell_t.data_ptr<double>();
+    const bool* pbc = pbc_t.data_ptr<bool>();
+    nl::check_ptr_values(ptr, R, n);
+
+    std::vector<double> inv(9 * R), fmin(3 * R, 0.0), fmax(3 * R, 0.0);
+    replica_ranges(pos, ptr, R, cell, pbc, inv, fmin, fmax);
+    std::vector<nl::Replica<T>> reps(R);
+    const int64_t n_bins = nl::setup_replicas<T>(R, cell, inv.data(), pbc, fmin.data(), fmax.data(), ptr, cutoff,
+                                                 static_cast<int>(mode), reps.data());
+    const Placed<T> placed = place_atoms(pos, n, ptr, R, reps, n_bins);
+    const Found found = find_pairs(n, ptr, R, reps, placed, cutoff, full_list);
+    return write_pairs(found, n, max_pairs, positions.options().dtype(at::kLong));
 }
 
 // The kernels of nl::portable_search on the CPU: the loops of the CUDA kernels (cuda/neighbors.cu), one

@@ -19,7 +19,7 @@ import torch
 from .._checks import positive_float
 from ..models.base import segment_sum
 from . import units
-from .random import STREAM_THERMOSTAT, replica_normal
+from .random import STREAM_THERMOSTAT, replica_coordinates, replica_normal
 from .state import State, _kT_tensor, kinetic_energy
 
 Compute = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
@@ -122,8 +122,13 @@ class Langevin(Integrator):
         if self.seed is None:
             noise = torch.randn(v.shape, generator=self.generator, dtype=v.dtype, device=v.device)
         else:
+            # the counter coordinates depend on the batch layout only: once per layout, not every step
+            key = (state.batch, state.replica_id)
+            cached = getattr(self, "_coordinates", None)
+            if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1]:
+                self._coordinates = cached = (key, replica_coordinates(state.replica_id, state.batch, 3))
             noise = replica_normal(self.seed, self.stream, state.step, state.replica_id, state.batch, 3,
-                                   dtype=v.dtype)
+                                   dtype=v.dtype, coordinates=cached[1])
         v = c1 * v + sigma * noise
         x = x + (0.5 * dt) * v
         energy, forces, virial = compute(x, state.cell)

@@ -19,7 +19,8 @@ import math
 
 import torch
 
-__all__ = ["STREAM_THERMOSTAT", "STREAM_VELOCITIES", "counter_uniform", "counter_normal", "replica_normal"]
+__all__ = ["STREAM_THERMOSTAT", "STREAM_VELOCITIES", "counter_uniform", "counter_normal", "replica_coordinates",
+           "replica_normal"]
 
 _MASK = 0xFFFFFFFF
 #: Stream numbers of the library's own uses (a caller may add its own pass counter, see :func:`replica_normal`).
@@ -81,8 +82,19 @@ def counter_normal(seed: int, stream: int, replica: torch.Tensor, step: int, ind
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)).to(dtype)
 
 
+def replica_coordinates(replica_id: torch.Tensor, batch: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(replica, index)``, each ``[n_atoms, width]`` int64: the counter coordinates of :func:`replica_normal`
+    (they depend on the batch layout only, so a caller running many steps may keep them)."""
+    n = batch.shape[0]
+    counts = torch.bincount(batch, minlength=replica_id.shape[0])
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(n, device=batch.device) - first[batch]
+    index = local.unsqueeze(1) * width + torch.arange(width, device=batch.device)
+    return replica_id[batch].unsqueeze(1).expand(n, width), index
+
+
 def replica_normal(seed: int, stream: int, step: int, replica_id: torch.Tensor, batch: torch.Tensor, width: int,
-                   *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                   *, dtype: torch.dtype = torch.float64, coordinates=None) -> torch.Tensor:
     """``[n_atoms, width]`` standard normals for flat replicas: row ``a`` belongs to replica ``replica_id[batch[a]]``
     and is numbered within it, so a replica's numbers do not depend on the other replicas of the batch.
 
@@ -91,11 +103,7 @@ def replica_normal(seed: int, stream: int, step: int, replica_id: torch.Tensor, 
         replica_id: [R] int64, the global id of each replica of the batch.
         batch: [n_atoms] int64 sorted replica index (0..R-1).
         width: numbers per atom (3 for a velocity).
+        coordinates: :func:`replica_coordinates` of these arguments, if already computed.
     """
-    n = batch.shape[0]
-    counts = torch.bincount(batch, minlength=replica_id.shape[0])
-    first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(n, device=batch.device) - first[batch]
-    index = local.unsqueeze(1) * width + torch.arange(width, device=batch.device)
-    rep = replica_id[batch].unsqueeze(1).expand(n, width)
+    rep, index = replica_coordinates(replica_id, batch, width) if coordinates is None else coordinates
     return counter_normal(seed, stream, rep, step, index, dtype=dtype)

@@ -45,3 +45,46 @@ def portable_neighbor_search() -> Iterator[None]:
         yield
     finally:
         neighbors._MODE_FLAGS = old
+
+
+def _process_main(rank: int, world: int, port: int, fn, args, results_dir: str) -> None:
+    import os
+    import pickle
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from . import distributed
+
+    distributed.init_from_env(backend="gloo", timeout_s=300.0)
+    try:
+        value = fn(*args)
+    finally:
+        distributed.shutdown()
+    path = os.path.join(results_dir, f"rank{rank}.pkl")
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def run_in_processes(fn, world: int, *args) -> list:
+    """``[fn(*args) on rank 0, ..., on rank world-1]``, each run in its own process of a gloo process group (as
+    ``torchrun`` would start them, one torch thread each). ``fn`` must be importable (a module-level function) and
+    its result picklable. A failure in any process raises here."""
+    import pickle
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(_process_main, args=(world, port, fn, args, d), nprocs=world, join=True,
+                           start_method="spawn")
+        out = []
+        for r in range(world):
+            with open(f"{d}/rank{r}.pkl", "rb") as f:
+                out.append(pickle.load(f))
+    return out

@@ -77,6 +77,32 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_run_config=True)
 
 
+#: The commands that run under torchrun, each process taking a share of the replicas or minibatches.
+DISTRIBUTED_COMMANDS = ("pretrain", "train", "evaluate")
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                        help="where the model runs (default: cpu; under torchrun with GPUs, each process's GPU "
+                             "cuda:LOCAL_RANK); cuda under torchrun means cuda:LOCAL_RANK")
+
+
+def _device(args: argparse.Namespace):
+    """The torch device of ``--device`` (``cuda`` is process LOCAL_RANK's GPU under torchrun)."""
+    import torch
+
+    from . import distributed
+
+    choice = getattr(args, "device", None)
+    if choice is None:
+        return distributed.device_for_rank() if distributed.is_distributed() else torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available to this torch")
+        return distributed.device_for_rank()
+    return torch.device("cpu")
+
+
 def _load_run(args: argparse.Namespace) -> dict:
     """The run configuration of ``args.config`` with the ``--set`` overrides applied, checked as a whole (every
     problem of the file at once)."""
@@ -125,7 +151,7 @@ def check_writable_dir(path: str, what: str) -> None:
         raise ValueError(f"{what} {path!r} is not writable (no write permission in {parent!r})")
 
 
-def _model_for(cfg: dict, path: str | None):
+def _model_for(cfg: dict, path: str | None, device="cpu"):
     """(model, label): the model file ``path`` (default ``model.checkpoint``), which must be the model the
     config's ``model`` section describes, or a parameter-free model."""
     from .stable.systems import build_model, check_model_spec, load_model
@@ -134,8 +160,8 @@ def _model_for(cfg: dict, path: str | None):
     if path:
         model, blob = load_model(path)
         check_model_spec(cfg["model"], path, blob["spec"])
-        return model, os.path.splitext(os.path.basename(str(path)))[0]
-    model = build_model(cfg["model"])
+        return model.to(device), os.path.splitext(os.path.basename(str(path)))[0]
+    model = build_model(cfg["model"]).to(device)
     if any(True for _ in model.parameters()):
         raise ValueError("config field 'model.checkpoint' is not set and the model has parameters: "
                          "run `boltzgrad pretrain` first or pass --model")
@@ -198,6 +224,7 @@ register("pretrain", "fit the run's model to energies and forces of its training
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
+    _device_argument(parser)
     parser.add_argument("--model", default=None, help="pre-trained model file (default: the config's model.checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
@@ -208,7 +235,7 @@ def _prepare(args: argparse.Namespace, check: Callable[[dict], object]):
     _set_threads(args)
     cfg = _load_run(args)
     check(cfg)
-    model, _ = _model_for(cfg, args.model)
+    model, _ = _model_for(cfg, args.model, _device(args))
     return cfg, model
 
 
@@ -225,6 +252,7 @@ register("train", "StABlE training of the pre-trained model (simulate, detect, r
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
+    _device_argument(parser)
     parser.add_argument("--model", action="append", default=None,
                         help="model file(s) to evaluate (default: the config's model.checkpoint); repeatable, "
                              "the first is the baseline of the plots")
@@ -243,7 +271,7 @@ def _evaluate(args: argparse.Namespace):
         raise ValueError(f"--label was given {len(labels)} times for {len(paths)} models")
     models = []
     for k, p in enumerate(paths):
-        model, label = _model_for(cfg, p)
+        model, label = _model_for(cfg, p, _device(args))
         models.append((labels[k] if labels else label, model))
     return stable_run.evaluate_models(models, cfg)
 
@@ -254,6 +282,7 @@ register("evaluate", "stable times and observables of a model's MD vs the refere
 
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
+    _device_argument(parser)
     parser.add_argument("--model", default=None, help="model file (default: the config's model.checkpoint)")
     parser.add_argument("--output", default=None,
                         help="extended-XYZ file name; each replica k is written to <stem>_replica<k>.extxyz "
@@ -347,6 +376,19 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def _join_processes(command: str) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1), join the process group for the commands that split their work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if command not in DISTRIBUTED_COMMANDS:
+        raise ValueError(f"`boltzgrad {command}` runs in one process; under torchrun only "
+                         f"{', '.join(DISTRIBUTED_COMMANDS)} split their work (WORLD_SIZE="
+                         f"{os.environ['WORLD_SIZE']})")
+    from . import distributed
+
+    distributed.init_from_env()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``boltzgrad``: parse ``argv`` (default ``sys.argv[1:]``) and run the command.
 
@@ -366,11 +408,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if getattr(args, "config", None) and not getattr(args, "_run_config", False):
                 _apply_config(args, argv)
+            _join_processes(args.command)
             args._command_run(args)
         except Exception as err:  # noqa: BLE001 - one clear line, no traceback (unless --debug)
             if debug:
                 raise
             raise SystemExit(f"boltzgrad {args.command}: error: {describe_error(err)}") from err
+        finally:
+            from . import distributed
+
+            distributed.shutdown()
     return 0
 
 

@@ -59,3 +59,52 @@ def test_init_from_env_needs_torchrun_variables(monkeypatch):
         dist.init_from_env()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert dist.init_from_env() is False
+
+
+# --------------------------------------------------------------------------- StABlE training over processes
+
+def _toy_training(out_dir: str, max_cycles: int, resume: bool):
+    """StABlE training of the toy LJ tetrahedra (tests/test_stable.py) in this process's share of the replicas."""
+    from test_stable import _config, _weak_model, make_toy_data
+
+    from boltzgrad.stable import StableTrainer
+
+    cfg = _config(thermostat="langevin", friction=0.01, qm_weight=1.0, qm_batch_size=7, max_cycles=max_cycles,
+                  tau=60, max_learning_steps=6)
+    model = _weak_model()
+    result = StableTrainer(model, make_toy_data(), cfg, out_dir=out_dir).fit(resume=resume)
+    return {"params": {k: v.clone() for k, v in model.state_dict().items()},
+            "history": [{k: v for k, v in r.items() if k != "seconds"} for r in result.history],
+            "rank": dist.rank()}
+
+
+def _same_history(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        for k, v in ra.items():
+            if isinstance(v, float) and k not in ("unstable_fraction", "lr", "step_lr"):
+                assert v == pytest.approx(rb[k], rel=1e-9, abs=1e-12, nan_ok=True), (k, ra, rb)
+            else:
+                assert v == rb[k], (k, ra, rb)
+
+
+def test_stable_training_on_two_processes_equals_one_process_and_resumes_on_three(tmp_path):
+    one = _toy_training(str(tmp_path / "one"), 2, False)
+    assert any(r["phase"] == "learn" and r["obs_loss"] == r["obs_loss"] for r in one["history"])
+    two = run_in_processes(_toy_training, 2, str(tmp_path / "two"), 2, False)
+    for out in two:  # every process holds the same parameters, equal to those of the one-process run
+        _same_history(out["history"], one["history"])
+        for k, v in one["params"].items():
+            torch.testing.assert_close(out["params"][k], v, rtol=1e-9, atol=1e-12)
+    # the checkpoint of the 2-process run holds every replica; a run of one cycle on 2 processes, resumed on 3
+    # with a budget of two cycles, continues as the uninterrupted run
+    from boltzgrad.stable.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert ck["run"]["state"]["__boltzgrad_state__"]["n_replicas"] == 16
+    run_in_processes(_toy_training, 2, str(tmp_path / "split"), 1, False)
+    three = run_in_processes(_toy_training, 3, str(tmp_path / "split"), 2, True)
+    for out in three:
+        _same_history(out["history"], one["history"])
+        for k, v in one["params"].items():
+            torch.testing.assert_close(out["params"][k], v, rtol=1e-9, atol=1e-12)

@@ -391,6 +391,46 @@ class State:
             new.aux_scopes[k] = scope
         return new
 
+    @classmethod
+    def cat(cls, states) -> State:
+        """The replicas of several states of one system in one State, in order (e.g. the blocks of replicas the
+        processes of a distributed run hold). Per-atom and per-replica fields and ``aux`` entries are concatenated,
+        ``batch`` renumbered; global fields (``step``) must agree. A field must be set in all states or in none.
+        """
+        states = list(states)
+        if not states:
+            raise ValueError("State.cat needs at least one state")
+        if len(states) == 1:
+            return states[0]
+        first = states[0]
+        fields: dict = {"n_replicas": sum(int(s.n_replicas) for s in states)}
+        for name, scope in FIELD_SCOPES.items():
+            values = [getattr(s, name) for s in states]
+            if scope == GLOBAL:
+                if name == "step" and len({int(v) for v in values}) != 1:
+                    raise ValueError(f"State.cat: the states are at different steps {[int(v) for v in values]}")
+                continue
+            if name == "batch":
+                offsets = torch.cumsum(torch.tensor([0] + [int(s.n_replicas) for s in states[:-1]]), 0).tolist()
+                fields[name] = torch.cat([s.batch + o for s, o in zip(states, offsets, strict=True)])
+                continue
+            if all(v is None for v in values):
+                fields[name] = None
+            elif any(v is None for v in values):
+                raise ValueError(f"State.cat: field {name!r} is set in some states and None in others")
+            else:
+                fields[name] = torch.cat(values)
+        new = first.replace(**fields)
+        names = set(first.aux)
+        if any(set(s.aux) != names for s in states):
+            raise ValueError(f"State.cat: the states hold different aux entries {[sorted(s.aux) for s in states]}")
+        new.aux, new.aux_scopes = {}, {}
+        for k in first.aux:
+            scope = first.aux_scope(k)
+            new.aux[k] = first.aux[k] if scope == GLOBAL else torch.cat([s.aux[k] for s in states])
+            new.aux_scopes[k] = scope
+        return new
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
         """The fields as a dict (tensors shared, not copied; caches left out); :meth:`from_dict` inverts it."""

@@ -204,11 +204,13 @@ def train(model: torch.nn.Module, cfg: dict, *, resume: bool = False, data: dict
     Returns:
         the trainer's ``StableResult``.
     """
+    from .. import distributed
     from .trainer import StableTrainer
 
     config = stable_config(cfg, train_overrides)
     data = load_data(cfg["data"]) if data is None else data
     out = os.path.join(cfg["out_dir"], "train")
+    verbose = verbose and distributed.is_root()
     if verbose:
         print(f"train: StABlE on {config.n_replicas} replicas, tau {config.tau} steps ({config.tau * config.dt:g} fs), "
               f"{config.temperature:g} K, observable {config.observable} ({config.estimator} estimator), "
@@ -216,6 +218,8 @@ def train(model: torch.nn.Module, cfg: dict, *, resume: bool = False, data: dict
     trainer = StableTrainer(model, data["train"], config, reference=data["reference"], out_dir=out)
     result = trainer.fit(resume=resume)
     path = os.path.join(out, "model_stable.pt")
+    if not distributed.is_root():  # rank 0 writes the model file and the plot
+        return result
     save_model(path, model, cfg["model"], stable={"cycles": result.cycles, "stop_reason": result.stop_reason,
                                                    "md_steps": result.history[-1]["md_steps"] if result.history
                                                    else 0})

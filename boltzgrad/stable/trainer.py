@@ -49,13 +49,15 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from .. import distributed as dist
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
 from .._tensorboard import Scalars
 from ..criteria import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
-from ..estimators import _observable_coefficients, boltzmann_loss, local_boltzmann_loss, molecule_neighborhoods
+from ..estimators import _observable_coefficients
 from ..md import units
 from ..md.integrators import BerendsenNPT, Langevin, NoseHoover
+from ..md.random import STREAM_THERMOSTAT
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..models.base import model_dtype_device as _model_dtype_device
@@ -249,6 +251,36 @@ def _merge(base: State, other: State, mask: torch.Tensor) -> State:
     return base.merge(other, mask).clone()
 
 
+def _cat_criterion_states(states: list[dict]) -> dict:
+    """One criterion's ``state_dict`` for all replicas from those of the processes (in rank order): tensors are per
+    replica along their first dimension and are concatenated; other entries are taken from rank 0."""
+    if len(states) == 1:
+        return states[0]
+    out = {}
+    for k, v in states[0].items():
+        values = [s.get(k) for s in states]
+        out[k] = torch.cat(values) if all(isinstance(x, torch.Tensor) for x in values) else v
+    return out
+
+
+def _slice_criterion_state(state: dict, lo: int, hi: int, n: int) -> dict:
+    """The replicas ``lo..hi-1`` of a criterion's ``state_dict`` over ``n`` replicas (per-replica tensors sliced)."""
+    if (lo, hi) == (0, n):
+        return state
+    return {k: v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for k, v in state.items()}
+
+
+def _to_device(obj, device):
+    """``obj`` (nested dicts, lists, tuples of tensors and plain values) with every tensor moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
 class _Window:
     """Simulator callback of one τ window: stability checks, sampling, progress."""
 
@@ -292,14 +324,23 @@ def _qm_backward(model, dataset, cfg: StableConfig, step: int, dtype, device) ->
     (:func:`qm_only_control`) draw the same structures at every step."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     idx = torch.randperm(len(dataset), generator=g)[:cfg.qm_batch_size]
-    b = dataset.collate(idx, dtype=dtype, device=device)
-    q, _, _ = qm_loss(model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
-    value = float(q.detach())
+    # in a distributed run each process takes a block of the minibatch, weighted by its share: the QM loss is a
+    # mean over structures, so the shares add up to the loss of the whole minibatch
+    lo, hi = dist.replica_range(len(idx))
+    if hi > lo:
+        b = dataset.collate(idx[lo:hi], dtype=dtype, device=device)
+        q, _, _ = qm_loss(model, b, energy_weight=cfg.energy_weight, force_weight=cfg.force_weight)
+        if hi - lo != len(idx):
+            q = q * ((hi - lo) / len(idx))
+    else:
+        q = torch.zeros((), dtype=dtype, device=device)
+    value = float(dist.all_reduce_sum(q.detach().reshape(1).double()))
     if not math.isfinite(value):
         raise NonFiniteLossError(f"optimizer step {step + 1}: the QM loss is {value} (NaN or infinite), so training "
                                  "stopped before taking an optimizer step with it; the last checkpoint is intact "
                                  "(check the model file and the learning rate)")
-    (cfg.qm_weight * q).backward()
+    if q.requires_grad:
+        (cfg.qm_weight * q).backward()
     return value
 
 
@@ -386,6 +427,11 @@ class StableTrainer:
         self.dataset = dataset
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
         self.dtype, self.device = _model_dtype_device(model)
+        if cfg.n_replicas < dist.world_size():
+            raise ValueError(f"n_replicas ({cfg.n_replicas}) must be at least the number of processes "
+                             f"({dist.world_size()}): every process simulates a block of the replicas")
+        #: the global ids [start, stop) of the replicas this process simulates (all of them in one process)
+        self._block = dist.replica_range(cfg.n_replicas)
         self.kT = units.kT(cfg.temperature)
 
         if not hasattr(dataset, "collate") or len(dataset) == 0:
@@ -445,8 +491,6 @@ class StableTrainer:
         self.params = params
         self.optimizer = _make_optimizer(params, cfg)
         self.scheduler = self._new_scheduler()
-        self.md_generator = torch.Generator(device=self.device)
-        self.md_generator.manual_seed(cfg.seed * 2 + 1)
         self._tb = None
         self._bar = None
         # the run's identity (checkpoints of another run are refused): the training data and the starting model
@@ -551,15 +595,18 @@ class StableTrainer:
             idx = torch.randperm(n_data, generator=g)[:R]
         else:
             idx = torch.randint(n_data, (R,), generator=g)
-        b = self.dataset.collate(idx, dtype=self.dtype, device=self.device)
+        lo, hi = self._block
+        b = self.dataset.collate(idx[lo:hi], dtype=self.dtype, device=self.device)
         from ase.data import atomic_masses
 
         masses = torch.as_tensor(atomic_masses, dtype=self.dtype)[b.species.cpu()].to(self.device)
-        gv = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        vel = maxwell_boltzmann(masses, self.kT, batch=b.batch, generator=gv)
-        if self.periodic:
-            return State(b.positions, vel, masses, b.species, batch=b.batch, cell=b.cell, pbc=b.pbc)
-        return State(b.positions, vel, masses, b.species, batch=b.batch)
+        # velocities keyed by the seed and each replica's global id: the same whichever process draws them
+        ids = torch.arange(lo, hi, dtype=torch.int64, device=self.device)
+        vel = maxwell_boltzmann(masses, self.kT, batch=b.batch, seed=cfg.seed, replica_id=ids)
+        kw = {"cell": b.cell, "pbc": b.pbc} if self.periodic else {}
+        state = State(b.positions, vel, masses, b.species, batch=b.batch, **kw)
+        state.replica_id = ids
+        return state
 
     def _init_run_state(self) -> None:
         state = self._initial_state()
@@ -579,7 +626,9 @@ class StableTrainer:
             return NoseHoover(cfg.dt, self.kT, cfg.thermostat_tau)
         if cfg.thermostat == "berendsen_npt":
             return npt_integrator(cfg, self.kT)
-        return Langevin(cfg.dt, self.kT, cfg.friction, generator=self.md_generator)
+        # counter-based noise keyed by the seed, the unit (every τ window, replayed or not, draws its own) and each
+        # replica's global id and step: a replica's trajectory does not depend on the batch or the process
+        return Langevin(cfg.dt, self.kT, cfg.friction, seed=cfg.seed, stream=STREAM_THERMOSTAT + 256 * (self.unit + 1))
 
     def _run_window(self, start: State, *, sample: bool, bar, on_check=None
                     ) -> tuple[State, StabilityMonitor, _Window]:
@@ -624,7 +673,7 @@ class StableTrainer:
         self.state = end
         self.md_steps += cfg.tau
         self.phase_steps += cfg.tau
-        frac = float(self.unstable.to(torch.float64).mean())
+        frac = self._global_fraction(self.unstable)
         row = {"phase": "simulate", "unstable_fraction": frac, "obs_loss": math.nan, "qm_loss": math.nan,
                "n_samples": 0, "event": ""}
         if frac > cfg.upper_threshold:
@@ -649,7 +698,7 @@ class StableTrainer:
             c.reset(None)
         end, monitor, window = self._run_window(start, sample=True, bar=bar)
         self.md_steps += cfg.tau
-        frac = float(monitor.unstable.to(torch.float64).mean())
+        frac = self._global_fraction(monitor.unstable)
         row = {"phase": "learn", "unstable_fraction": frac, "obs_loss": math.nan, "qm_loss": math.nan,
                "n_samples": 0, "event": ""}
         done = frac < cfg.lower_threshold
@@ -678,48 +727,79 @@ class StableTrainer:
             row["event"] = "learn_done"
         return row
 
+    def _global_fraction(self, mask: torch.Tensor) -> float:
+        """The fraction of all R replicas (on every process) that ``mask`` ([R_local] bool) marks."""
+        return float(dist.all_reduce_sum(mask.to(torch.float64).sum().reshape(1)).cpu()) / self.config.n_replicas
+
     def _learning_step(self, window: _Window) -> tuple[float, float, int]:
-        """One optimizer step from the samples of a window; returns (observable loss, QM loss, samples)."""
+        """One optimizer step from the samples of a window; returns (observable loss, QM loss, samples).
+
+        The samples are taken frame by frame over all R replicas (frame-major). In a distributed run each process
+        holds the samples of its replicas: the observables of all samples are gathered in that global order, so
+        the loss and every sample's estimator coefficient (from the observables alone: the gradient of the
+        estimator is ``sum_m c_m dU_m/dtheta``) are the same on every process and the same as in one process;
+        each process then backpropagates ``sum_m c_m U_m`` over its own samples, and the gradients are summed.
+        """
         cfg = self.config
         N, R = self.n, self.state.n_replicas
         F = len(window.positions)
         pos = torch.stack(window.positions).view(F, R, N, 3)
         valid = torch.stack(window.valid)  # [F, R]
-        samples = pos[valid]  # [M, N, 3], frame-major: each minibatch spans many replicas
+        samples = pos[valid]  # [m, N, 3], frame-major over this process's replicas
         cells = torch.stack(window.cells)[valid] if self.periodic else None
-        M = samples.shape[0]
+        m = samples.shape[0]
+        per_frame = cfg.estimator == "local"
+        per = self._n_mol if per_frame else 1
+        K = self.target.shape[0]
+        parts = []
+        for sl in torch.arange(m).split(256):
+            p, b = self._flat(samples[sl])
+            parts.append(self._observe(p, b, None if cells is None else cells[sl], len(sl)))
+        obs_local = (torch.cat(parts) if parts else self.target.new_zeros(0, K)).reshape(m, per * K)
+        # the global order of the samples: frame-major over the replicas of all processes
+        valid_all = dist.all_gather_cat(valid.to(torch.uint8), dim=1).bool()  # [F, R_total]
+        order = (torch.cumsum(valid_all.flatten().to(torch.int64), 0) - 1).view(valid_all.shape)
+        lo, hi = self._block
+        mine = order[:, lo:hi][valid.to(order.device)]  # [m], global index of each local sample
+        M = int(valid_all.sum())
+        obs_all = obs_local.new_empty(M, per * K)
+        obs_all[dist.all_gather_cat(mine)] = dist.all_gather_cat(obs_local)
+        obs_all = obs_all.view(M * per, K)
         self.optimizer.zero_grad(set_to_none=True)
         obs_value = math.nan
         if M >= 2:
-            per_frame = self.config.estimator == "local"
-            obs_all = []
-            for sl in torch.arange(M).split(256):
-                p, b = self._flat(samples[sl])
-                obs_all.append(self._observe(p, b, None if cells is None else cells[sl], len(sl)))
-            obs_all = torch.cat(obs_all)  # [M, K] or [M * n_mol, K]
-            per = self._n_mol if per_frame else 1
             tgt = self.target.to(obs_all)
             obs_value = float(((obs_all.mean(0) - tgt) ** 2).sum())
-            chunks = torch.arange(M).tensor_split(max(1, M // cfg.minibatch))
-            coef = None
+            coef = obs_all.new_empty(M, per)
             if cfg.pooled_mean and not per_frame:
-                # one estimator over all M samples: its per-sample coefficients, then chunked backward passes
-                _, coef = _observable_coefficients(obs_all, tgt, self.kT, M, cfg.split_halves, None, None)
-            for sl in chunks:
+                # one estimator over all M samples
+                _, c = _observable_coefficients(obs_all, tgt, self.kT, M, cfg.split_halves, None, None)
+                coef[:, 0] = c
+            else:
+                # one estimator per minibatch of samples; the gradient is the mean over minibatches
+                chunks = torch.arange(M).tensor_split(max(1, M // cfg.minibatch))
+                for sl in chunks:
+                    o = obs_all.view(M, per, K)[sl].reshape(len(sl) * per, K)
+                    _, c = _observable_coefficients(o, tgt, self.kT, len(sl) * per, cfg.split_halves, None, None)
+                    coef[sl] = c.view(len(sl), per) / len(chunks)
+            coef_local = coef[mine.to(coef.device)]  # [m, per]
+            bad = False
+            for sl in torch.arange(m).split(cfg.minibatch):
                 p, b = self._flat(samples[sl])
                 kw = {"cell": cells[sl], "pbc": True} if cells is not None else {}
                 out = self.model(p, self.species1.repeat(len(sl)), batch=b, **kw)
-                self._check_finite("the model's energies of the samples", out["atom_energies"])
-                o = obs_all.view(M, per, -1)[sl].reshape(len(sl) * per, -1)
-                if coef is not None:
-                    (coef[sl].to(out["energy"].dtype) * out["energy"]).sum().backward()
-                    continue
+                if not bool(torch.isfinite(out["atom_energies"].detach()).all()):
+                    bad = True
+                    break
+                c = coef_local[sl].to(out["energy"].dtype)
                 if per_frame:
-                    nb = molecule_neighborhoods(self.molecule.to(self.device).repeat(len(sl)), batch=b)
-                    loss = local_boltzmann_loss(out["atom_energies"], nb, o, tgt, self.kT, split=cfg.split_halves)
+                    hood = b * self._n_mol + self.molecule.to(b.device).repeat(len(sl))
+                    (c.reshape(-1)[hood] * out["atom_energies"]).sum().backward()
                 else:
-                    loss = boltzmann_loss(out["energy"], o, tgt, self.kT, split=cfg.split_halves)
-                (loss / len(chunks)).backward()
+                    (c[:, 0] * out["energy"]).sum().backward()
+            if dist.any_true(bad):
+                self._check_finite("the model's energies of the samples", torch.tensor([math.nan]))
+            dist.all_reduce_gradients(self.params)
         else:
             log.warning("learning window gave %d samples (< 2): no observable gradient this step", M)
         # the size of each part of the update, for the history (is the observable term felt next to λ × QM?)
@@ -727,14 +807,17 @@ class StableTrainer:
         self.last_grad_norms = {"obs_grad_norm": _norm(obs_grad), "qm_grad_norm": math.nan}
         q_value = math.nan
         if cfg.qm_weight > 0:
+            self.optimizer.zero_grad(set_to_none=True)
             try:
                 q_value = _qm_backward(self.model, self.dataset, cfg, self.learning_steps, self.dtype, self.device)
             except NonFiniteLossError:
                 self.optimizer.zero_grad(set_to_none=True)
                 raise
-            self.last_grad_norms["qm_grad_norm"] = _norm(
-                [(torch.zeros_like(o) if p.grad is None else p.grad.detach()) - o for p, o in zip(self.params, obs_grad,
-                                                                                               strict=True)])
+            dist.all_reduce_gradients(self.params)
+            qm_grad = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in self.params]
+            self.last_grad_norms["qm_grad_norm"] = _norm(qm_grad)
+            for p, o, q in zip(self.params, obs_grad, qm_grad, strict=True):
+                p.grad = o + q
         grads = [p.grad for p in self.params if p.grad is not None]
         self._check_finite("the gradient", torch.stack([torch.linalg.vector_norm(g) for g in grads]) if grads
                            else torch.zeros(0))
@@ -779,9 +862,9 @@ class StableTrainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "run": self.run_state.to_dict(),
-            "criteria": [c.state_dict() for c in self.criteria],
-            "rng": {"torch": torch.get_rng_state(), "md": self.md_generator.get_state()},
+            "run": self._gather_run_state(),
+            "criteria": [_cat_criterion_states(dist.all_gather_objects(c.state_dict())) for c in self.criteria],
+            "rng": {"torch": torch.get_rng_state(), "md": "counter"},
             "target": self.target,
             "threads": torch.get_num_threads(),
         }
@@ -792,12 +875,17 @@ class StableTrainer:
                 "reference": digest([self.target]), "model": self._model_identity}
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
-        """Write the full training state atomically (default ``out_dir/checkpoint.pt``); returns the path."""
+        """Write the full training state atomically (default ``out_dir/checkpoint.pt``); returns the path.
+
+        In a distributed run every process must call it (the replicas of all processes are gathered) and rank 0
+        writes the one file, which holds every replica."""
         if path is None:
             if self.out_dir is None:
                 raise ValueError("no path given and the trainer has no out_dir")
             path = os.path.join(self.out_dir, CHECKPOINT)
-        save_checkpoint(path, self._payload())
+        payload = self._payload()
+        if dist.is_root():
+            save_checkpoint(path, payload)
         return os.fspath(path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
@@ -806,8 +894,8 @@ class StableTrainer:
         Raises:
             CheckpointError (a ``ValueError``): missing or damaged file, or a checkpoint of another run.
         """
-        ck = _legacy_run_payload(load_checkpoint(path, map_location=self.device))
         path = os.fspath(path)
+        ck = self._read_checkpoint(path)
         if ck.get("format") != "boltzgrad-stable-trainer":
             raise CheckpointError(f"checkpoint {path!r} was not written by StableTrainer")
         missing = sorted(_CHECKPOINT_KEYS - set(ck))
@@ -845,14 +933,62 @@ class StableTrainer:
             raise CheckpointError(f"checkpoint {path!r} has a damaged or missing entry ({type(err).__name__}: "
                                   f"{err})") from err
 
+    def _read_checkpoint(self, path: str) -> dict:
+        """The checkpoint's contents on every process: read by rank 0 and sent to the others (which need no access
+        to the file); an error reading it is raised on every process."""
+        if not dist.is_distributed():
+            return _legacy_run_payload(load_checkpoint(path, map_location=self.device))
+        ck = err = None
+        if dist.is_root():
+            try:
+                ck = _legacy_run_payload(load_checkpoint(path, map_location="cpu"))
+            except Exception as e:  # noqa: BLE001 - re-raised on every process below
+                err = e
+        ck, err = dist.broadcast_object((ck, err))
+        if err is not None:
+            raise err
+        return _to_device(ck, self.device)
+
+    def _gather_run_state(self) -> dict:
+        """The run state of all R replicas (:meth:`RunState.to_dict`): this process's own in one process, else the
+        blocks of all processes joined in rank order (every process takes part; the scalars are the same on all)."""
+        if not dist.is_distributed():
+            return self.run_state.to_dict()
+        parts = dist.all_gather_objects(_to_device(self.run_state.to_dict(), "cpu"))
+        full = dict(parts[0])
+        for k in ("state", "anchor", "learn_start"):
+            if full[k] is not None:
+                full[k] = {_STATE_TAG: State.cat([State.from_dict(p[k][_STATE_TAG]) for p in parts]).to_dict()}
+        full["ring"] = [{_STATE_TAG: State.cat([State.from_dict(r[_STATE_TAG]) for r in rs]).to_dict()}
+                        for rs in zip(*[p["ring"] for p in parts], strict=True)]
+        for k in ("unstable", "first_unstable_step"):
+            full[k] = torch.cat([p[k] for p in parts])
+        return full
+
     def _restore(self, ck: dict) -> None:
-        """The training state of a checkpoint whose identity was checked (:meth:`load_checkpoint`)."""
+        """The training state of a checkpoint whose identity was checked (:meth:`load_checkpoint`); a process of a
+        distributed run keeps its block of the replicas (a run may resume on another number of processes)."""
         run = RunState.from_dict(ck["run"])
         run.history = list(run.history)
+        R = self.config.n_replicas
+        if run.state.n_replicas != R:
+            raise CheckpointError(f"the checkpoint holds {run.state.n_replicas} replicas, this run {R}")
+        lo, hi = self._block
+        if (lo, hi) != (0, R):
+            keep = torch.zeros(R, dtype=torch.bool, device=run.state.batch.device)
+            keep[lo:hi] = True
+            for k in ("state", "anchor", "learn_start"):
+                if getattr(run, k) is not None:
+                    setattr(run, k, getattr(run, k).select(keep))
+            run.ring = [r.select(keep) for r in run.ring]
+            run.unstable, run.first_unstable_step = run.unstable[lo:hi], run.first_unstable_step[lo:hi]
         for c, s in zip(self.criteria, ck["criteria"], strict=True):
-            c.load_state_dict(s)
+            c.load_state_dict(_slice_criterion_state(s, lo, hi, R))
         torch.set_rng_state(ck["rng"]["torch"])
-        self.md_generator.set_state(ck["rng"]["md"])
+        if not isinstance(ck["rng"].get("md"), str) and self.config.thermostat == "langevin":
+            warnings.warn("the checkpoint was written by a boltzgrad whose Langevin noise came from a torch "
+                          "generator; the run continues with counter-based noise (statistically the same, not "
+                          "bit-identical to an uninterrupted run of that version)", RuntimeWarning, stacklevel=3)
         self.target = ck["target"]
         self.run_state = run
 
@@ -878,7 +1014,7 @@ class StableTrainer:
                                   f"{ {k: v for k, v in now.items() if k not in what} }")
 
     def _write_logs(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not dist.is_root():
             return
         text = json.dumps({"history": self.history, "cycles": self.cycle, "stop_reason": self.stop_reason,
                            "cycle_summary": cycle_summary(self.history), "config": self.config.to_dict()},
@@ -891,7 +1027,7 @@ class StableTrainer:
         atomic_write_bytes(os.path.join(self.out_dir, LOG_CSV), buf.getvalue().encode())
 
     def _open_tensorboard(self) -> None:
-        if self.out_dir is None or not self.config.tensorboard:
+        if self.out_dir is None or not self.config.tensorboard or not dist.is_root():
             return
         self._tb = Scalars(os.path.join(self.out_dir, "tensorboard"), "stable",
                            ("unstable_fraction", "obs_loss", "qm_loss", "lr"), purge_step=self.unit)
@@ -939,22 +1075,25 @@ class StableTrainer:
         if resume:
             if ckpt is None:
                 raise ValueError("resume=True needs out_dir (where checkpoint.pt was written)")
-            removed = remove_stale_temporaries(ckpt)
-            if removed:
-                log.info("removed %d temporary file(s) of interrupted checkpoint writes: %s", len(removed), removed)
-            if not os.path.isfile(ckpt):
+            if dist.is_root():
+                removed = remove_stale_temporaries(ckpt)
+                if removed:
+                    log.info("removed %d temporary file(s) of interrupted checkpoint writes: %s", len(removed),
+                             removed)
+            if not dist.broadcast_object(os.path.isfile(ckpt)):
                 raise CheckpointError(f"cannot resume: checkpoint {ckpt!r} does not exist")
             self.load_checkpoint(ckpt)
-        elif ckpt is not None and os.path.exists(ckpt):
+        elif ckpt is not None and dist.broadcast_object(os.path.exists(ckpt)):
             raise ValueError(f"out_dir {self.out_dir!r} already holds a checkpoint; pass resume=True to continue "
                              "it or choose another out_dir")
-        if self.out_dir is not None:
+        if self.out_dir is not None and dist.is_root():
             os.makedirs(self.out_dir, exist_ok=True)
             cfg.to_yaml(os.path.join(self.out_dir, "config.yaml"))
         self._open_tensorboard()
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=cfg.max_steps, initial=self.md_steps, unit="step", disable=not cfg.progress,
+        self._bar = tqdm(total=cfg.max_steps, initial=self.md_steps, unit="step",
+                         disable=not cfg.progress or not dist.is_root(),
                          desc="StABlE", leave=False)
         try:
             while not self.done():
@@ -971,9 +1110,10 @@ class StableTrainer:
         if self.out_dir is not None:
             self.save_checkpoint()
             self._write_logs()
-            buf = io.BytesIO()
-            torch.save(self.model.state_dict(), buf)
-            atomic_write_bytes(os.path.join(self.out_dir, MODEL_FILE), buf.getvalue())
+            if dist.is_root():
+                buf = io.BytesIO()
+                torch.save(self.model.state_dict(), buf)
+                atomic_write_bytes(os.path.join(self.out_dir, MODEL_FILE), buf.getvalue())
         return StableResult(history=list(self.history), cycles=self.cycle, stop_reason=self.stop_reason,
                             out_dir=self.out_dir)
 

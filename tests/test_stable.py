@@ -330,12 +330,14 @@ def _sgd_delta(trainer, window) -> tuple[list[torch.Tensor], float, int]:
     return [b - p.detach() for b, p in zip(before, trainer.params, strict=True)], obs_loss, m
 
 
-@pytest.mark.parametrize("minibatch,pooled", [(100, False), (3, True)])
-def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data, minibatch, pooled):
+@pytest.mark.parametrize("minibatch,pooled,split", [(100, False, False), (3, True, False), (4, False, False),
+                                                    (100, False, True), (3, True, True)])
+def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data, minibatch, pooled, split):
     # one minibatch holding every sample, or minibatches of 3 with the pooled mean: both are the estimator
-    # over all valid samples of the window
+    # over all valid samples of the window; minibatches of 4 (of the 9 samples: 5 + 4) without it: the mean of
+    # the two minibatches' estimators; with split halves, bg.boltzmann_loss(split=True)
     cfg = _config(n_replicas=4, optimizer="sgd", lr=1.0, min_lr=0.0, grad_clip=None, minibatch=minibatch,
-                  pooled_mean=pooled)
+                  pooled_mean=pooled, split_halves=split)
     model = _weak_model()
     with torch.no_grad():  # a non-trivial correction so every parameter gets a gradient
         model.correction.mlp[-1].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
@@ -350,12 +352,16 @@ def test_learning_step_is_the_boltzmann_estimator_on_the_valid_samples(toy_data,
     b = torch.arange(samples.shape[0]).repeat_interleave(N_ATOMS)
     h = trainer._hist(flat, batch=b)
     energies = reference(flat, torch.full((flat.shape[0],), 6), batch=b)["energy"]
-    loss = bg.boltzmann_loss(energies, h, trainer.target, bg.md.units.kT(T))
+    M = samples.shape[0]
+    chunks = [torch.arange(M)] if pooled or minibatch >= M else torch.arange(M).tensor_split(M // minibatch)
+    loss = sum(bg.boltzmann_loss(energies[c], h[c], trainer.target, bg.md.units.kT(T), split=split)
+               for c in chunks) / len(chunks)
     grads = torch.autograd.grad(loss, [p for p in reference.parameters() if p.requires_grad], allow_unused=True)
     delta, obs_loss, m = _sgd_delta(trainer, _fake_window(trainer, frames, valid))
     assert m == int(valid.sum()) == samples.shape[0]
     assert obs_loss == pytest.approx(float(((h.mean(0) - trainer.target) ** 2).sum()), rel=1e-12)
-    assert obs_loss == pytest.approx(float(loss.detach()), rel=1e-12)
+    if len(chunks) == 1:
+        assert obs_loss == pytest.approx(float(loss.detach()), rel=1e-12)
     nonzero = 0
     for d, g in zip(delta, grads, strict=True):
         g = torch.zeros_like(d) if g is None else g

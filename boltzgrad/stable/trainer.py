@@ -54,7 +54,6 @@ from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
 from .._tensorboard import Scalars
 from ..criteria import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
-from ..estimators import _observable_coefficients
 from ..md import units
 from ..md.integrators import BerendsenNPT, Langevin, NoseHoover
 from ..md.random import STREAM_THERMOSTAT
@@ -731,6 +730,66 @@ class StableTrainer:
         """The fraction of all R replicas (on every process) that ``mask`` ([R_local] bool) marks."""
         return float(dist.all_reduce_sum(mask.to(torch.float64).sum().reshape(1)).cpu()) / self.config.n_replicas
 
+    def _estimator_coefficients(self, rows: torch.Tensor, mine: torch.Tensor, M: int, per: int
+                                ) -> tuple[float, torch.Tensor]:
+        """The observable loss and the estimator coefficient of each of this process's samples.
+
+        The gradient of the Boltzmann estimator is ``sum_n c_n dU_n/dtheta`` over the samples n of each estimator,
+        with ``c_n = -beta / m (O_n - Obar) . 2 (Obar' - target) / (1 - 1/m)`` (docs/method.md; ``Obar'`` is
+        ``Obar`` or, with ``split_halves``, the other half's mean): it needs only each estimator's sample mean
+        and count. The estimators are the minibatches of ``minibatch`` samples in the global frame-major order
+        (or one over all samples with ``pooled_mean``); each process adds up the observables of its samples per
+        minibatch (and half), one all-reduce gives the sums of all, and every process computes its own samples'
+        coefficients. The communication is ``n_minibatches x 2 x K`` numbers, not the observables of all samples.
+
+        Args:
+            rows: ``[m * per, K]`` the observables of this process's samples (``per`` rows each: 1, or one per
+                molecule for the local estimator).
+            mine: ``[m]`` the global index of each of these samples (0..M-1).
+            M: samples over all processes.
+        Returns:
+            ``(loss, coefficients [m * per])``; the loss is ``||mean of all rows - target||^2``.
+        """
+        cfg = self.config
+        K = rows.shape[1]
+        tgt = self.target.to(rows)
+        beta = 1.0 / float(self.kT)
+        pooled = cfg.pooled_mean and cfg.estimator != "local"
+        n_chunks = 1 if pooled else max(1, M // cfg.minibatch)
+        # minibatch k holds the samples [start_k, start_k + len_k) (torch.tensor_split's partition of 0..M-1)
+        sizes = torch.arange(M).tensor_split(n_chunks)
+        lengths = torch.tensor([len(c) for c in sizes], dtype=torch.int64)
+        starts = torch.cumsum(lengths, 0) - lengths
+        mine = mine.to(torch.int64).cpu()
+        chunk = torch.bucketize(mine, starts, right=True) - 1  # [m]
+        j = torch.arange(per)
+        pos = ((mine - starts[chunk]) * per).unsqueeze(1) + j  # position of each row within its minibatch
+        if cfg.split_halves:  # half A: the first half of each minibatch's rows, as bg.boltzmann_loss(split=True)
+            half = (pos >= (lengths[chunk] * per // 2).unsqueeze(1)).to(torch.int64)
+        else:
+            half = torch.zeros_like(pos)
+        key = (chunk.unsqueeze(1) * 2 + half).reshape(-1).to(rows.device)  # [m * per]
+        sums = rows.new_zeros(n_chunks * 2, K + 1)
+        sums.index_add_(0, key, torch.cat([rows, torch.ones_like(rows[:, :1])], 1))
+        sums = dist.all_reduce_sum(sums)
+        counts, totals = sums[:, K], sums[:, :K]
+        loss = float((((totals.sum(0) / counts.sum()) - tgt) ** 2).sum())
+        need = counts.view(n_chunks, 2)[:, :2] if cfg.split_halves else counts.view(n_chunks, 2)[:, :1]
+        if bool((need < 2).any()):
+            where = "half of every minibatch" if cfg.split_halves else "minibatch"
+            raise ValueError(f"the estimator needs at least 2 samples in every {where}, got {int(need.min())} "
+                             f"(M = {M} samples, minibatch {cfg.minibatch}); raise minibatch or sample more")
+        means = totals / counts.clamp_min(1).unsqueeze(1)
+        own, m_own = means[key], counts[key]
+        other = means[key ^ 1] if cfg.split_halves else own
+        coef = -beta * ((rows - own) * (2.0 * (other - tgt))).sum(1) / m_own / (1.0 - 1.0 / m_own)
+        if cfg.split_halves:
+            coef = 0.5 * coef
+        if not pooled:
+            coef = coef / n_chunks  # the gradient is the mean over the minibatches' estimators
+        self._check_finite("the estimator's coefficients", coef)
+        return loss, coef
+
     def _learning_step(self, window: _Window) -> tuple[float, float, int]:
         """One optimizer step from the samples of a window; returns (observable loss, QM loss, samples).
 
@@ -762,27 +821,10 @@ class StableTrainer:
         lo, hi = self._block
         mine = order[:, lo:hi][valid.to(order.device)]  # [m], global index of each local sample
         M = int(valid_all.sum())
-        obs_all = obs_local.new_empty(M, per * K)
-        obs_all[dist.all_gather_cat(mine)] = dist.all_gather_cat(obs_local)
-        obs_all = obs_all.view(M * per, K)
         self.optimizer.zero_grad(set_to_none=True)
         obs_value = math.nan
         if M >= 2:
-            tgt = self.target.to(obs_all)
-            obs_value = float(((obs_all.mean(0) - tgt) ** 2).sum())
-            coef = obs_all.new_empty(M, per)
-            if cfg.pooled_mean and not per_frame:
-                # one estimator over all M samples
-                _, c = _observable_coefficients(obs_all, tgt, self.kT, M, cfg.split_halves, None, None)
-                coef[:, 0] = c
-            else:
-                # one estimator per minibatch of samples; the gradient is the mean over minibatches
-                chunks = torch.arange(M).tensor_split(max(1, M // cfg.minibatch))
-                for sl in chunks:
-                    o = obs_all.view(M, per, K)[sl].reshape(len(sl) * per, K)
-                    _, c = _observable_coefficients(o, tgt, self.kT, len(sl) * per, cfg.split_halves, None, None)
-                    coef[sl] = c.view(len(sl), per) / len(chunks)
-            coef_local = coef[mine.to(coef.device)]  # [m, per]
+            obs_value, coef_local = self._estimator_coefficients(obs_local.view(m * per, K), mine, M, per)
             bad = False
             for sl in torch.arange(m).split(cfg.minibatch):
                 p, b = self._flat(samples[sl])
@@ -791,7 +833,7 @@ class StableTrainer:
                 if not bool(torch.isfinite(out["atom_energies"].detach()).all()):
                     bad = True
                     break
-                c = coef_local[sl].to(out["energy"].dtype)
+                c = coef_local.view(m, per)[sl].to(out["energy"].dtype)
                 if per_frame:
                     hood = b * self._n_mol + self.molecule.to(b.device).repeat(len(sl))
                     (c.reshape(-1)[hood] * out["atom_energies"]).sum().backward()

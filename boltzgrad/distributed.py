@@ -27,8 +27,8 @@ import os
 import torch
 
 __all__ = ["init_from_env", "shutdown", "is_distributed", "world_size", "rank", "is_root", "replica_range",
-           "all_reduce_sum", "all_gather_cat", "all_gather_objects", "broadcast_object", "all_reduce_gradients",
-           "any_true", "barrier", "device_for_rank"]
+           "all_reduce_sum", "all_gather_cat", "all_gather_objects", "gather_objects", "broadcast_object",
+           "all_reduce_gradients", "any_true", "barrier", "device_for_rank"]
 
 
 def is_distributed() -> bool:
@@ -160,6 +160,15 @@ def all_gather_objects(obj) -> list:
         return [obj]
     out = [None] * world_size()
     torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def gather_objects(obj, dst: int = 0) -> list | None:
+    """``[obj of rank 0, ...]`` on process ``dst``, None on the others (``[obj]`` in one process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size() if rank() == dst else None
+    torch.distributed.gather_object(obj, out, dst=dst)
     return out
 
 

@@ -740,7 +740,8 @@ class StableTrainer:
         and count. The estimators are the minibatches of ``minibatch`` samples in the global frame-major order
         (or one over all samples with ``pooled_mean``); each process adds up the observables of its samples per
         minibatch (and half), one all-reduce gives the sums of all, and every process computes its own samples'
-        coefficients. The communication is ``n_minibatches x 2 x K`` numbers, not the observables of all samples.
+        coefficients. The communication is ``n_minibatches x (K + 1)`` numbers (twice that with split halves), not
+        the observables of all samples.
 
         Args:
             rows: ``[m * per, K]`` the observables of this process's samples (``per`` rows each: 1, or one per
@@ -768,16 +769,16 @@ class StableTrainer:
             half = (pos >= (lengths[chunk] * per // 2).unsqueeze(1)).to(torch.int64)
         else:
             half = torch.zeros_like(pos)
-        key = (chunk.unsqueeze(1) * 2 + half).reshape(-1).to(rows.device)  # [m * per]
-        sums = rows.new_zeros(n_chunks * 2, K + 1)
+        n_h = 2 if cfg.split_halves else 1
+        key = (chunk.unsqueeze(1) * n_h + half).reshape(-1).to(rows.device)  # [m * per]
+        sums = rows.new_zeros(n_chunks * n_h, K + 1)
         sums.index_add_(0, key, torch.cat([rows, torch.ones_like(rows[:, :1])], 1))
         sums = dist.all_reduce_sum(sums)
         counts, totals = sums[:, K], sums[:, :K]
         loss = float((((totals.sum(0) / counts.sum()) - tgt) ** 2).sum())
-        need = counts.view(n_chunks, 2)[:, :2] if cfg.split_halves else counts.view(n_chunks, 2)[:, :1]
-        if bool((need < 2).any()):
+        if bool((counts < 2).any()):
             where = "half of every minibatch" if cfg.split_halves else "minibatch"
-            raise ValueError(f"the estimator needs at least 2 samples in every {where}, got {int(need.min())} "
+            raise ValueError(f"the estimator needs at least 2 samples in every {where}, got {int(counts.min())} "
                              f"(M = {M} samples, minibatch {cfg.minibatch}); raise minibatch or sample more")
         means = totals / counts.clamp_min(1).unsqueeze(1)
         own, m_own = means[key], counts[key]
@@ -905,7 +906,7 @@ class StableTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "run": self._gather_run_state(),
-            "criteria": [_cat_criterion_states(dist.all_gather_objects(c.state_dict())) for c in self.criteria],
+            "criteria": [_cat_criterion_states(dist.gather_objects(c.state_dict()) or [{}]) for c in self.criteria],
             "rng": {"torch": torch.get_rng_state(), "md": "counter"},
             "target": self.target,
             "threads": torch.get_num_threads(),
@@ -993,10 +994,13 @@ class StableTrainer:
 
     def _gather_run_state(self) -> dict:
         """The run state of all R replicas (:meth:`RunState.to_dict`): this process's own in one process, else the
-        blocks of all processes joined in rank order (every process takes part; the scalars are the same on all)."""
+        blocks of all processes joined in rank order on rank 0 (None on the others; every process takes part; the
+        scalars are the same on all)."""
         if not dist.is_distributed():
             return self.run_state.to_dict()
-        parts = dist.all_gather_objects(_to_device(self.run_state.to_dict(), "cpu"))
+        parts = dist.gather_objects(_to_device(self.run_state.to_dict(), "cpu"))
+        if parts is None:
+            return None
         full = dict(parts[0])
         for k in ("state", "anchor", "learn_start"):
             if full[k] is not None:

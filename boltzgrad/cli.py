@@ -185,6 +185,7 @@ def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 def _pretrain(args: argparse.Namespace) -> dict:
     import torch
 
+    from . import distributed
     from .pretrain import fit_energy_forces
     from .stable.run_config import PretrainConfig
     from .stable.systems import build_model, load_data, save_model
@@ -202,19 +203,23 @@ def _pretrain(args: argparse.Namespace) -> dict:
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"])
     run_dir = os.path.join(cfg["out_dir"], "pretrain")
-    print(f"pretrain: {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters) on "
-          f"{len(data['train'])} structures of {cfg['data']['source']}, validation {len(data['val'])}, "
-          f"test {len(data['test'])}; logs in {run_dir}")
+    root = distributed.is_root()  # under torchrun only process 0 prints and writes the model file
+    if root:
+        print(f"pretrain: {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters) on "
+              f"{len(data['train'])} structures of {cfg['data']['source']}, validation {len(data['val'])}, "
+              f"test {len(data['test'])}; logs in {run_dir}")
     result = fit_energy_forces(model, data["train"], val_dataset=data["val"] if len(data["val"]) else None,
                                test_dataset=data["test"], checkpoint_dir=run_dir, resume=args.resume,
                                seed=cfg["seed"], **section)
     info = {"test_metrics": result.test_metrics, "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "n_train": len(data["train"]),
             "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
-    save_model(output, model, cfg["model"], **info)
-    m = result.test_metrics
-    print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; test energy MAE "
-          f"{m['energy_mae']:.4g} eV, force MAE {m['force_mae']:.4g} eV/A; model written to {output}")
+    if root:
+        save_model(output, model, cfg["model"], **info)
+        m = result.test_metrics
+        print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; test energy MAE "
+              f"{m['energy_mae']:.4g} eV, force MAE {m['force_mae']:.4g} eV/A; model written to {output}")
+    distributed.barrier()  # the model file is there when any process returns
     return info
 
 

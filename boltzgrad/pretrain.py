@@ -7,6 +7,13 @@ The mean runs over the structures s of a minibatch (every structure counts equal
 plateau, stops early when it no longer improves, saves the best model and a resumable training state
 atomically, and reports energy/force errors on a test set. :func:`evaluate_energy_forces` gives the errors
 of any potential on any labelled dataset.
+
+Under a process group of W processes (``torchrun``, :mod:`boltzgrad.distributed`) the same calls split the work:
+every minibatch is divided into W contiguous parts, each process computes the loss of its part weighted by its
+share of the minibatch (so the sum over processes is the minibatch's loss of Eq. 1), the gradients are summed over
+the processes before clipping and the optimizer step (every process takes the same step and holds the same
+parameters), and validation and test errors are computed on a block of the structures per process and summed.
+Only process 0 writes files. The result equals that of one process up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
 from ._files import atomic_write, atomic_write_text
 from ._tensorboard import Scalars
 from .models.base import energy_and_forces
@@ -100,11 +108,15 @@ def qm_loss(model, b, *, energy_weight: float = 1.0, force_weight: float = 100.0
 
 
 def evaluate_energy_forces(model, dataset, *, batch_size: int = 32, energy_weight: float = 1.0,
-                           force_weight: float = 100.0, dtype: torch.dtype | None = None) -> dict:
+                           force_weight: float = 100.0, dtype: torch.dtype | None = None, shard: bool = True) -> dict:
     """Errors of ``model`` on a labelled ``bg.data.AtomsDataset``.
 
     Inputs are cast to ``dtype`` (default: the dtype of the model's parameters, or torch's default dtype
     for a model without any) and to the device of the model's parameters.
+
+    Under a process group (and ``shard``) every process must call this: each evaluates its contiguous block of
+    the structures (:func:`boltzgrad.distributed.replica_range`) and the sums are added over the processes, so
+    every process returns the errors of the whole dataset. ``shard=False``: this process evaluates all of it.
 
     Returns a dict of floats:
         ``energy_mae``, ``energy_rmse``: total energy per structure, eV;
@@ -121,7 +133,12 @@ def evaluate_energy_forces(model, dataset, *, batch_size: int = 32, energy_weigh
     af = sf = 0.0
     n_comp = 0
     loss_sum = 0.0
-    for b in dataset.batches(batch_size, dtype=dtype, device=device):
+    n = len(dataset)
+    part = dataset
+    if shard and distributed.is_distributed():
+        start, stop = distributed.replica_range(n)
+        part = dataset.subset(torch.arange(start, stop))
+    for b in part.batches(batch_size, dtype=dtype, device=device):
         energy, forces = energy_and_forces(model, b.positions, b.species, **_system_args(b))
         de = (energy - b.energy).double()
         ae += float(de.abs().sum())
@@ -137,7 +154,10 @@ def evaluate_energy_forces(model, dataset, *, batch_size: int = 32, energy_weigh
         if has_f:
             per = per + force_weight * _per_structure_force_sq(df, b.batch, b.n_atoms)
         loss_sum += float(per.sum())
-    n = len(dataset)
+    if part is not dataset:
+        ae, se, aepa, af, sf, n_comp, loss_sum = distributed.all_reduce_sum(
+            torch.tensor([ae, se, aepa, af, sf, n_comp, loss_sum], dtype=torch.float64)).tolist()
+        n_comp = int(n_comp)
     nan = math.nan
     return {
         "energy_mae": ae / n if has_e else nan,
@@ -241,28 +261,73 @@ def _fit_sets(dataset, val_dataset, val_fraction, seed, energy_weight, force_wei
     return train_set, val_set
 
 
+def _minibatch_part_loss(model, train_set, idx: torch.Tensor, *, dtype, device, energy_weight, force_weight):
+    """This process's part of the loss of the minibatch ``idx``: Eq. 1 over its contiguous block of the
+    structures times the block's share of the minibatch, so that the sum over processes is the minibatch's loss
+    (None when the block is empty). In one process: the minibatch's loss."""
+    start, stop = distributed.replica_range(len(idx))
+    if stop == start:
+        return None
+    b = train_set.collate(idx[start:stop], dtype=dtype, device=device)
+    loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
+    return loss if stop - start == len(idx) else loss * ((stop - start) / len(idx))
+
+
 def _train_epoch(model, train_set, optimizer, params, epoch: int, *, batch_size, seed, dtype, device, energy_weight,
                  force_weight, grad_clip) -> float:
     """One pass over ``train_set`` in shuffled minibatches (seeded by ``seed`` and ``epoch``); the mean loss per
-    structure. A non-finite loss stops before the optimizer step on it."""
+    structure. A non-finite loss stops before the optimizer step on it.
+
+    Under a process group each process computes its part of every minibatch (:func:`_minibatch_part_loss`); the
+    losses and then the gradients are summed over the processes before clipping, so every process takes the same
+    step (a manual reduction rather than ``DistributedDataParallel``: parts of unequal size are weighted exactly,
+    the force term's double backward needs no DDP support, and one process runs the unchanged code)."""
     model.train()
     total, count = 0.0, 0
-    for b in train_set.batches(batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, dtype=dtype, device=device):
+    for idx in train_set.batch_indices(batch_size, shuffle=True, seed=seed * 1_000_003 + epoch):
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = qm_loss(model, b, energy_weight=energy_weight, force_weight=force_weight)
-        value = float(loss.detach())
+        loss = _minibatch_part_loss(model, train_set, idx, dtype=dtype, device=device, energy_weight=energy_weight,
+                                    force_weight=force_weight)
+        value = float(loss.detach()) if loss is not None else 0.0
+        if distributed.is_distributed():
+            value = float(distributed.all_reduce_sum(torch.tensor([value], dtype=torch.float64)))
         if not math.isfinite(value):
             raise NonFiniteLossError(f"epoch {epoch}: the training loss is {value}: training stopped before an "
                                      "optimizer step on it (the files of the last finished epoch are intact; "
                                      "check the data labels and lower lr)")
-        loss.backward()
+        if loss is not None:
+            loss.backward()
+        distributed.all_reduce_gradients(params)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
-        total += value * b.n_structures
-        count += b.n_structures
+        total += value * len(idx)
+        count += len(idx)
     model.eval()
     return total / count
+
+
+def _load_on_root(path: str):
+    """``torch.load(path)`` (on the CPU) read by process 0 and sent to every process (the others need not see its
+    file system); None when the file does not exist. A failure to read it raises on every process."""
+    out = None
+    if distributed.is_root():
+        try:
+            out = ("state", torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None)
+        except Exception as e:  # re-raised below, on every process
+            out = ("error", e)
+    kind, value = distributed.broadcast_object(out)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _same_start_everywhere(model: torch.nn.Module) -> None:
+    """Under a process group: every process starts from process 0's parameters and buffers (as
+    ``DistributedDataParallel`` does), whatever seeds the processes built their models with."""
+    if distributed.is_distributed():
+        state = distributed.broadcast_object({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        model.load_state_dict(state)
 
 
 def _write_fit_files(ckpt_dir: str, last: dict, *, best: dict | None) -> None:
@@ -324,11 +389,17 @@ def fit_energy_forces(
             epoch as TensorBoard scalars (``pretrain/...``) to ``checkpoint_dir/tensorboard`` (when the
             tensorboard package is installed), as :class:`~boltzgrad.stable.StableTrainer` does.
         resume: continue from ``checkpoint_dir/last.pt`` when it exists (the result equals that of an
-            uninterrupted run with the same arguments); ``epochs`` may be larger than before.
+            uninterrupted run with the same arguments); ``epochs`` may be larger than before. The checkpoint does
+            not depend on the number of processes: a run may resume on another one.
         seed: seed of the split and of the minibatch order (epoch e uses ``seed`` and e).
         progress: show a tqdm progress bar over epochs.
     Returns:
-        :class:`FitResult`.
+        :class:`FitResult` (the same on every process of a process group).
+
+    Under a process group every process calls this with the same arguments (see the module doc): they start from
+    process 0's parameters, split each minibatch, reduce losses and gradients, and take the same steps; only
+    process 0 writes ``checkpoint_dir`` (files, TensorBoard), logs and shows progress, and reads ``last.pt`` on
+    resume (sent to the others).
     """
     _check_fit_arguments(model, epochs=epochs, batch_size=batch_size, lr_patience=lr_patience,
                          early_stopping_patience=early_stopping_patience, energy_weight=energy_weight,
@@ -339,14 +410,15 @@ def fit_energy_forces(
               "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
               "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set)}
     ckpt_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
-    if ckpt_dir is not None:
+    root = distributed.is_root()
+    if ckpt_dir is not None and root:
         os.makedirs(ckpt_dir, exist_ok=True)
     last_path = None if ckpt_dir is None else os.path.join(ckpt_dir, "last.pt")
 
     result = FitResult(checkpoint_dir=ckpt_dir)
-    state = None
-    if resume and os.path.exists(last_path):
-        state = torch.load(last_path, map_location=device, weights_only=False)
+    _same_start_everywhere(model)
+    state = _load_on_root(last_path) if resume else None
+    if state is not None:
         _check_run(state["config"], config, last_path)
     elif fit_shift_scale and hasattr(model, "fit_shift_scale") and train_set.has_energy:
         b = train_set.collate(dtype=torch.float64)
@@ -372,8 +444,9 @@ def fit_energy_forces(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start_epoch, epochs), desc="fit_energy_forces", disable=not progress, leave=False)
-    scalars = Scalars(os.path.join(ckpt_dir, "tensorboard") if ckpt_dir is not None and tensorboard else None,
+    bar = tqdm(range(start_epoch, epochs), desc="fit_energy_forces", disable=not (progress and root), leave=False)
+    tb_dir = os.path.join(ckpt_dir, "tensorboard") if ckpt_dir is not None and tensorboard and root else None
+    scalars = Scalars(tb_dir,
                       "pretrain", ("train_loss", "val_loss", "val_energy_mae", "val_force_mae", "lr"),
                       purge_step=start_epoch)
     for epoch in bar:
@@ -398,9 +471,11 @@ def fit_energy_forces(
         result.stopped_early = stop
         bar.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{val['loss']:.3g}", f_mae=f"{val['force_mae']:.3g}")
         scalars.add(row, epoch)
-        log.info("epoch %d: train loss %.6g, val loss %.6g, val energy MAE %.4g eV, val force MAE %.4g eV/A, lr %.3g",
-                 epoch, row["train_loss"], row["val_loss"], row["val_energy_mae"], row["val_force_mae"], row["lr"])
-        if ckpt_dir is not None:
+        if root:
+            log.info("epoch %d: train loss %.6g, val loss %.6g, val energy MAE %.4g eV, val force MAE %.4g eV/A, "
+                     "lr %.3g", epoch, row["train_loss"], row["val_loss"], row["val_energy_mae"], row["val_force_mae"],
+                     row["lr"])
+        if ckpt_dir is not None and root:
             _write_fit_files(ckpt_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "bad_epochs": bad_epochs, "history": result.history, "best_epoch": result.best_epoch,
@@ -411,6 +486,7 @@ def fit_energy_forces(
             break
     bar.close()
     scalars.close()
+    distributed.barrier()  # the files of the last epoch are there before any process goes on (e.g. to resume)
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -305,6 +305,13 @@ class AtomsDataset(torch.utils.data.Dataset):
 
         With ``shuffle`` the order is a permutation drawn from ``seed`` (the same seed, the same order).
         """
+        for idx in self.batch_indices(batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last):
+            yield self.collate(idx, dtype=dtype, device=device)
+
+    def batch_indices(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                      drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """The structure indices (``[k]`` int64) of each batch :meth:`batches` yields, without collating them (e.g.
+        to collate only one process's part of each minibatch, as distributed pre-training does)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         order = (torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle
@@ -313,7 +320,7 @@ class AtomsDataset(torch.utils.data.Dataset):
             idx = order[start:start + batch_size]
             if drop_last and len(idx) < batch_size:
                 return
-            yield self.collate(idx, dtype=dtype, device=device)
+            yield idx
 
     # ------------------------------------------------------------------ splits
     def split(self, sizes: Sequence[int | float], *, seed: int = 0, mode: str = "random") -> tuple[AtomsDataset, ...]:

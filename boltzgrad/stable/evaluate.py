@@ -17,6 +17,12 @@ a diffusion coefficient (compared with a stored reference value by ``boltzgrad e
 has one); and the energy/force errors on a labelled test set. :meth:`EvaluationResult.save` writes
 ``evaluation.json`` and CSV tables (atomically).
 
+Under a process group of W processes (``torchrun``, :mod:`boltzgrad.distributed`) every process runs its block
+of the R replicas (:func:`boltzgrad.distributed.replica_range`); initial velocities and thermostat noise are keyed
+by the seed and the global replica index (:mod:`boltzgrad.md.random`), so each replica's trajectory is the one it
+has in a single process, and the per-replica tallies are gathered at the end: every process returns the result
+one process would give (process 0 writes the files).
+
 Units: fs, Å, eV, K.
 """
 
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import distributed
 from .. import observables as obs
 from ..criteria import (
     EVAL_BOND_THRESHOLD,
@@ -92,7 +99,8 @@ class EvaluateConfig(Section):
             than ``t_max`` then give no estimate. None: the lags from a quarter to a half of each trajectory.
         max_displacement: Å per step beyond which the Simulator freezes an exploding replica.
         batch_size: structures per batch for the test-set errors.
-        seed: seed of the initial velocities and of the Langevin noise.
+        seed: seed of the initial velocities and of the Langevin noise (counter-based streams keyed by the seed and
+            the replica's index: a replica's trajectory does not depend on which replicas share its batch or process).
         progress: show a progress bar.
     """
 
@@ -302,16 +310,36 @@ def _masses(species: torch.Tensor, dtype) -> torch.Tensor:
 
 
 def start_state(starts, indices: torch.Tensor, temperature: float, *, dtype=torch.float32, device=None,
-                generator: torch.Generator | None = None) -> State:
+                generator: torch.Generator | None = None, seed: int | None = None,
+                replica_id: torch.Tensor | None = None) -> State:
     """MD state of the structures ``starts[indices]`` (one replica each) with Maxwell-Boltzmann velocities at
-    ``temperature`` (K); masses from ASE's table by atomic number; periodic structures are wrapped into their box."""
+    ``temperature`` (K); masses from ASE's table by atomic number; periodic structures are wrapped into their box.
+
+    Args:
+        starts: ``bg.data.AtomsDataset`` of starting structures.
+        indices: ``[R]`` int64, the structure of each replica.
+        temperature: K.
+        dtype, device: of the state.
+        generator: draw the velocities from this torch generator (they then depend on the batch).
+        seed: instead of ``generator``, counter-based velocities keyed by ``seed`` and each replica's id
+            (:mod:`boltzgrad.md.random`): a replica's velocities do not depend on the other replicas of the batch.
+        replica_id: ``[R]`` int64 global replica ids (default ``0..R-1``), kept in ``state.replica_id`` (the key of
+            a counter-based thermostat's noise, e.g. ``Langevin(..., seed=...)``).
+    """
     b = starts.collate(indices, dtype=dtype, device=device)
     periodic = bool(b.pbc.any())
     masses = _masses(b.species, dtype)
     kT = units.kT(temperature)
-    v = maxwell_boltzmann(masses, kT, batch=b.batch, generator=generator, dtype=dtype)
+    ids = torch.arange(b.n_structures, dtype=torch.int64) if replica_id is None else \
+        torch.as_tensor(replica_id, dtype=torch.int64)
+    ids = ids.to(b.positions.device)
+    v = maxwell_boltzmann(masses, kT, batch=b.batch, generator=generator, dtype=dtype, seed=seed,
+                          replica_id=ids if seed is not None else None)
     state = State(b.positions, v, masses, b.species, batch=b.batch, cell=b.cell if periodic else None,
                   pbc=b.pbc if periodic else False)
+    if ids.shape != state.replica_id.shape:
+        raise ValueError(f"replica_id must have shape [R] = [{state.n_replicas}], got {tuple(ids.shape)}")
+    state = state.replace(replica_id=ids)
     return state.wrapped() if periodic else state
 
 
@@ -412,31 +440,58 @@ def _evaluation_inputs(config, starts, reference, test_set):
 
 
 class _Tally:
-    """What the evaluation keeps per replica (global index 0..R-1) while replicas are dropped from the state:
-    first-passage times, and the observables of the blocks each replica finished stable."""
+    """What the evaluation keeps per replica (local index 0..R-1 of this process's block) while replicas are dropped
+    from the state: first-passage times, and the observables of the blocks each replica finished stable.
+    :meth:`gathered` joins the blocks of all processes in global replica order."""
 
-    def __init__(self, R: int, config: EvaluateConfig):
+    def __init__(self, R: int, config: EvaluateConfig, structure_shape: tuple[int, int]):
         self.config = config
         self.stable_time = torch.full((R,), float(config.n_steps) * config.dt, dtype=torch.float64)
         self.unstable = torch.zeros(R, dtype=torch.bool)
         self.reason = [""] * R
-        self.active = torch.arange(R)  # global index of each replica in the current (compacted) state
-        self.s_sum = self.s_count = None
+        self.active = torch.arange(R)  # local index of each replica in the current (compacted) state
+        self.s_sum = torch.zeros(R, *structure_shape, dtype=torch.float64)  # [R, n_kinds, n_bins]
+        self.s_count = torch.zeros(R, dtype=torch.float64)
         self.vacf_sum = torch.zeros(R, config.vacf_window, dtype=torch.float64)
         self.vacf_count = torch.zeros(R, dtype=torch.float64)
         self.unwrapped: list[list[torch.Tensor]] = [[] for _ in range(R)]
         self.volume = torch.zeros(R, 3, dtype=torch.float64)  # per replica: frames, sum V, sum V^2 (NPT)
+        self.diffusivity: list[float | None] = [None] * R
+
+    def replica_diffusivities(self) -> None:
+        """Each replica's diffusion coefficient (Å²/fs) from its stable frames, into ``diffusivity`` (None where the
+        trajectory is too short for a slope, or for the fixed window ``diffusion_fit``)."""
+        frame_dt = self.config.sample_every * self.config.dt
+        fit = None if self.config.diffusion_fit is None else tuple(self.config.diffusion_fit)
+        for k, frames in enumerate(self.unwrapped):
+            n_frames = sum(f.shape[0] for f in frames)
+            if n_frames < 8 or (fit is not None and (n_frames - 1) * frame_dt < fit[1]):
+                continue
+            self.diffusivity[k] = float(obs.diffusivity(torch.cat(frames), frame_dt, fit=fit))
+
+    def gathered(self) -> _Tally:
+        """The tallies of all processes' blocks, in global replica order (``self`` in one process; every process must
+        call it). Frames for the diffusion coefficient are not sent: call :meth:`replica_diffusivities` first."""
+        if not distributed.is_distributed():
+            return self
+        out = object.__new__(_Tally)
+        out.config = self.config
+        for name in ("stable_time", "s_sum", "s_count", "vacf_sum", "vacf_count", "volume"):
+            setattr(out, name, distributed.all_gather_cat(getattr(self, name)))
+        out.unstable = distributed.all_gather_cat(self.unstable.to(torch.uint8)).bool()
+        out.reason = [x for part in distributed.all_gather_objects(self.reason) for x in part]
+        out.diffusivity = [x for part in distributed.all_gather_objects(self.diffusivity) for x in part]
+        out.active = torch.zeros(0, dtype=torch.int64)
+        out.unwrapped = []
+        return out
 
     def observe(self, sampler, state, ok: torch.Tensor, structure, diffusion_atoms) -> None:
         """Add the block's observables of the replicas ``ok`` ([R'] bool, stable at the block's end)."""
         if not bool(ok.any()):
             return
-        active, R = self.active, self.stable_time.shape[0]
+        active = self.active
         if sampler.positions:
             part = _structure_of_frames(structure, sampler.positions, state, sampler.cells).cpu()
-            if self.s_sum is None:
-                self.s_sum = torch.zeros(R, *part.shape[1:], dtype=torch.float64)
-                self.s_count = torch.zeros(R, dtype=torch.float64)
             self.s_sum[active[ok]] += part[ok]
             self.s_count[active[ok]] += len(sampler.positions)
         if sampler.cells and self.config.thermostat == "berendsen_npt":
@@ -484,13 +539,9 @@ def _npt_summary(tally: _Tally, first) -> dict:
                     "density_sd_g_cm3": _DENSITY * mass * sd_v / mean_v**2, "frames": int(n)}}
 
 
-def _structure_summary(tally: _Tally, structure, reference, first, periodic: bool):
+def _structure_summary(tally: _Tally, structure, reference):
     """The model's h(r)/g(r) over all stable blocks, the reference's, their L1 error per row, and the frame count."""
     s_sum, s_count = tally.s_sum, tally.s_count
-    if s_sum is None:
-        n_kinds = len(structure.kinds(first["species"].long())) if periodic else 1
-        s_sum = torch.zeros(1, n_kinds, structure.n_bins, dtype=torch.float64)
-        s_count = torch.zeros(1, dtype=torch.float64)
     n_kinds = s_sum.shape[1]
     total = s_count.sum()
     model_s = (s_sum.sum(0) / total).numpy() if total > 0 else np.full(tuple(s_sum.shape[1:]), np.nan)
@@ -500,66 +551,23 @@ def _structure_summary(tally: _Tally, structure, reference, first, periodic: boo
     return model_s, ref_s, err, total
 
 
-def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.PathLike | None = None, starts=None, *,
-             reference=None, test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = ""
-             ) -> EvaluationResult:
-    """Stable times and observables of ``model``'s MD from held-out starting structures (see the module doc).
-
-    Args:
-        model: a boltzgrad potential (its parameters' dtype and device are used for the MD).
-        config: an :class:`EvaluateConfig`, a dict of its fields, None (the defaults), or a run configuration
-            (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with sections; the whole file is
-            checked, as :class:`~boltzgrad.stable.StableTrainer` does): then its ``evaluate`` section is the
-            config and its ``data`` section, when present, gives ``starts``, ``reference`` and ``test_set`` where
-            they are not passed. A YAML file holding only the fields of an ``EvaluateConfig`` is read as one.
-        starts: ``bg.data.AtomsDataset`` of starting structures (held out from training); replica k starts
-            from structure ``round(k * len(starts) / R)``. All must have the same atoms in the same order.
-        reference: ``bg.data.AtomsDataset`` of reference structures: the reference h(r)/g(r) and, for the
-            bond-length criterion, the reference bond lengths (default: ``starts``).
-        test_set: labelled ``bg.data.AtomsDataset`` for the energy/force errors (None: skipped).
-        out_dir: if given, :meth:`EvaluationResult.save` writes the results there (``prefix`` on the file names).
-
-    Returns:
-        :class:`EvaluationResult`.
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
-    config, starts, reference, test_set = _evaluation_inputs(config, starts, reference, test_set)
-    t_start = time.perf_counter()
-    dtype, device = _model_dtype_device(model)
-    was_training = model.training
-    model.eval()
-
-    R = config.replicas
-    indices = torch.tensor([int(k * len(starts) / R) for k in range(R)], dtype=torch.int64)
-    g = torch.Generator(device=device).manual_seed(int(config.seed))
-    state = start_state(starts, indices, config.temperature, dtype=dtype, device=device, generator=g)
-    periodic = state.cell is not None and bool(state.pbc.any())
-    structure = structure_observable(config, periodic)
-    first = starts[int(indices[0])]
-    criteria, crit_info = _build_criteria(config, reference, first, structure)
-    names = [getattr(c, "name", type(c).__name__) for c in criteria]
-    diffusion_atoms = None
-    if config.diffusion_species is not None and periodic:
-        diffusion_atoms = (state.species[state.batch == 0] == int(config.diffusion_species))
-        if not bool(diffusion_atoms.any()):
-            raise ValueError(f"diffusion_species={config.diffusion_species}: no such atoms in the starting structures")
-
-    if config.thermostat == "berendsen_npt":
-        if not periodic:
-            raise ValueError("thermostat 'berendsen_npt' needs periodic starting structures (cell and pbc)")
-        integrator = npt_integrator(config, units.kT(config.temperature))
-    else:
-        integrator = Langevin(config.dt, units.kT(config.temperature), config.friction, generator=g)
-    n_steps = config.n_steps
-    n_blocks = n_steps // config.check_every
-
-    tally = _Tally(R, config)
-    sampler = _Sampler(config, diffusion_atoms is not None)
-
+def _run_to_first_passage(model, state: State, config: EvaluateConfig, criteria: list[Criterion], tally: _Tally,
+                          structure, diffusion_atoms) -> None:
+    """The MD of the replicas of ``state`` in blocks of ``check_every`` steps until each fired or ``max_time``: the
+    criteria are checked after every block, the observables of the block are kept for the replicas still stable
+    at its end, and replicas that fired are recorded in ``tally`` and dropped."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(n_blocks), desc="evaluate", disable=not config.progress, leave=False)
+    kT = units.kT(config.temperature)
+    if config.thermostat == "berendsen_npt":
+        integrator = npt_integrator(config, kT)
+    else:  # counter-based noise keyed by the global replica ids: independent of how replicas are grouped
+        integrator = Langevin(config.dt, kT, config.friction, seed=config.seed)
+    names = [getattr(c, "name", type(c).__name__) for c in criteria]
+    sampler = _Sampler(config, diffusion_atoms is not None)
+    n_local = state.n_replicas
+    bar = tqdm(range(config.n_steps // config.check_every), desc="evaluate",
+               disable=not (config.progress and distributed.is_root()), leave=False)
     simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
     for _ in bar:
         sampler.clear()
@@ -586,23 +594,75 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
                 break
             state = state.select(keep)
             simulator = Simulator(model, integrator, max_displacement=config.max_displacement)
-        bar.set_postfix(stable=f"{tally.active.numel()}/{R}", t_ps=f"{state.step * config.dt / 1000:.1f}")
+        bar.set_postfix(stable=f"{tally.active.numel()}/{n_local}", t_ps=f"{state.step * config.dt / 1000:.1f}")
     bar.close()
 
-    model_s, ref_s, err, total = _structure_summary(tally, structure, reference, first, periodic)
+
+def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.PathLike | None = None, starts=None, *,
+             reference=None, test_set=None, out_dir: str | os.PathLike | None = None, prefix: str = ""
+             ) -> EvaluationResult:
+    """Stable times and observables of ``model``'s MD from held-out starting structures (see the module doc).
+
+    Args:
+        model: a boltzgrad potential (its parameters' dtype and device are used for the MD).
+        config: an :class:`EvaluateConfig`, a dict of its fields, None (the defaults), or a run configuration
+            (a YAML path such as ``"configs/aspirin_schnet.yaml"``, or its dict with sections; the whole file is
+            checked, as :class:`~boltzgrad.stable.StableTrainer` does): then its ``evaluate`` section is the
+            config and its ``data`` section, when present, gives ``starts``, ``reference`` and ``test_set`` where
+            they are not passed. A YAML file holding only the fields of an ``EvaluateConfig`` is read as one.
+        starts: ``bg.data.AtomsDataset`` of starting structures (held out from training); replica k starts
+            from structure ``round(k * len(starts) / R)``. All must have the same atoms in the same order.
+        reference: ``bg.data.AtomsDataset`` of reference structures: the reference h(r)/g(r) and, for the
+            bond-length criterion, the reference bond lengths (default: ``starts``).
+        test_set: labelled ``bg.data.AtomsDataset`` for the energy/force errors (None: skipped).
+        out_dir: if given, :meth:`EvaluationResult.save` writes the results there (``prefix`` on the file names;
+            process 0 of a process group).
+
+    Returns:
+        :class:`EvaluationResult`; under a process group every process must call this (same arguments) and gets
+        the result of all R replicas.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
+    config, starts, reference, test_set = _evaluation_inputs(config, starts, reference, test_set)
+    t_start = time.perf_counter()
+    dtype, device = _model_dtype_device(model)
+    was_training = model.training
+    model.eval()
+
+    R = config.replicas
+    indices = torch.tensor([int(k * len(starts) / R) for k in range(R)], dtype=torch.int64)
+    periodic = bool(starts.pbc[indices].any())
+    structure = structure_observable(config, periodic)
+    first = starts[int(indices[0])]
+    criteria, crit_info = _build_criteria(config, reference, first, structure)
+    diffusion_atoms = None
+    if config.diffusion_species is not None and periodic:
+        diffusion_atoms = first["species"] == int(config.diffusion_species)
+        if not bool(diffusion_atoms.any()):
+            raise ValueError(f"diffusion_species={config.diffusion_species}: no such atoms in the starting structures")
+    if config.thermostat == "berendsen_npt" and not periodic:
+        raise ValueError("thermostat 'berendsen_npt' needs periodic starting structures (cell and pbc)")
+
+    # this process's block of the replicas (all of them in one process), with their global ids
+    start, stop = distributed.replica_range(R)
+    n_kinds = len(structure.kinds(first["species"].long())) if periodic else 1
+    tally = _Tally(stop - start, config, (n_kinds, structure.n_bins))
+    if stop > start:
+        state = start_state(starts, indices[start:stop], config.temperature, dtype=dtype, device=device,
+                            seed=config.seed, replica_id=torch.arange(start, stop))
+        _run_to_first_passage(model, state, config, criteria, tally, structure, diffusion_atoms)
+    if diffusion_atoms is not None:
+        tally.replica_diffusivities()
+    tally = tally.gathered()
+
+    model_s, ref_s, err, total = _structure_summary(tally, structure, reference)
     n_lags = config.vacf_window
     vacf_sum, vacf_count = tally.vacf_sum, tally.vacf_count
     vacf_mean = (vacf_sum.sum(0) / vacf_count.sum()).numpy() if vacf_count.sum() > 0 else np.full(n_lags, np.nan)
     diff = None
     if diffusion_atoms is not None:
-        values = []
-        frame_dt = config.sample_every * config.dt
-        fit = None if config.diffusion_fit is None else tuple(config.diffusion_fit)
-        for frames in tally.unwrapped:
-            n_frames = sum(f.shape[0] for f in frames)
-            if n_frames < 8 or (fit is not None and (n_frames - 1) * frame_dt < fit[1]):
-                continue  # too short for a slope (or for the fixed window)
-            values.append(float(obs.diffusivity(torch.cat(frames), frame_dt, fit=fit)))
+        values = [d for d in tally.diffusivity if d is not None]
         diff = float(np.mean(values)) if values else None
     test_metrics = None
     if test_set is not None:
@@ -612,7 +672,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     result = EvaluationResult(
         stable_time=tally.stable_time.numpy(), unstable=tally.unstable.numpy(), reason=tally.reason,
         start_index=indices.numpy(),
-        max_time=float(n_steps) * config.dt, structure="rdf" if periodic else "hr",
+        max_time=float(config.n_steps) * config.dt, structure="rdf" if periodic else "hr",
         r=structure.centers.double().numpy(),
         kinds=[list(k) for k in structure.kinds(first["species"].long())] if periodic else [],
         model_structure=model_s, reference_structure=ref_s, structure_error=err, vacf=vacf_mean,
@@ -620,5 +680,8 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
         settings=dataclasses.asdict(config), seconds=time.perf_counter() - t_start,
         n_stable_frames=int(total), extra={"criterion": crit_info, **_npt_summary(tally, first)})
     if out_dir is not None:
-        result.save(out_dir, prefix)
+        if distributed.is_root():
+            result.save(out_dir, prefix)
+        distributed.barrier()
     return result
+

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from .. import distributed
 from .config import StableConfig
 from .evaluate import EvaluateConfig, EvaluationResult, evaluate
 from .plots import plot_stable_times, plot_structure, plot_unstable_fraction
@@ -103,6 +104,9 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
         evaluate_overrides: fields replacing those of ``cfg["evaluate"]``.
     Returns:
         label -> :class:`~boltzgrad.stable.evaluate.EvaluationResult`; files in ``<out_dir>/evaluate``.
+
+    Under a process group every process calls this and runs its block of each evaluation's replicas; every
+    process returns the results, and only process 0 writes the files and plots and prints.
     """
     if not models:
         raise ValueError("models must hold at least one (label, model) pair")
@@ -112,6 +116,8 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
     config = evaluate_config(cfg, evaluate_overrides)
     data = load_data(cfg["data"]) if data is None else data
     out = os.path.join(cfg["out_dir"], "evaluate")
+    root = distributed.is_root()
+    verbose = verbose and root
     results = {}
     for label, model in models:
         if verbose:
@@ -121,11 +127,15 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
         results[label] = evaluate(model, config, data["starts"], reference=data["reference"], test_set=data["test"])
         if ref_d is not None:
             results[label].extra["reference_diffusivity"] = ref_d
-        results[label].save(out, f"{label}_")
+        if root:
+            results[label].save(out, f"{label}_")
         if verbose:
             r = results[label]
             print(f"evaluate {label}: median stable time {r.median_stable_time / 1000:.4g} ps, "
                   f"{int((~r.unstable).sum())}/{r.unstable.shape[0]} stable to the end ({r.seconds:.0f} s)", flush=True)
+    if not root:
+        distributed.barrier()
+        return results
     first = results[labels[0]]
     plots = {
         "stable_times": plot_stable_times({k: r.stable_time for k, r in results.items()},
@@ -138,6 +148,7 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module]], cfg: dict, *, dat
         print(format_table(results))
         print(f"results in {out}/ (*_evaluation.json, *_stable_times.csv, *_structure.csv); plots: "
               f"{plots['stable_times']}, {plots['structure']}")
+    distributed.barrier()  # the files are there when any process returns
     return results
 
 
@@ -168,12 +179,13 @@ def simulate(model: torch.nn.Module, cfg: dict, *, output: str | None = None, da
     data = load_data(cfg["data"]) if data is None else data
     starts = data["starts"]
     dtype, device = _model_dtype_device(model)
-    g = torch.Generator(device=device).manual_seed(int(s["seed"]))
     idx = torch.tensor([int(k * len(starts) / s["replicas"]) for k in range(s["replicas"])], dtype=torch.int64)
-    state = start_state(starts, idx, float(s["temperature"]), dtype=dtype, device=device, generator=g)
+    # counter-based velocities and noise keyed by the seed and the replica index, as in evaluation: a replica's
+    # trajectory does not depend on the number of replicas run with it
+    state = start_state(starts, idx, float(s["temperature"]), dtype=dtype, device=device, seed=int(s["seed"]))
     buffer = TrajectoryBuffer(s["steps"] // s["every"] + 1)
     sim = Simulator(model, Langevin(float(s["dt"]), units.kT(float(s["temperature"])), float(s["friction"]),
-                                    generator=g))
+                                    seed=int(s["seed"])))
     state = sim.run(state, s["steps"], every=s["every"], callback=buffer)
     output = output or os.path.join(cfg["out_dir"], "simulate.extxyz")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

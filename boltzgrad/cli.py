@@ -178,6 +178,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
+    _device_argument(parser)
     parser.add_argument("--output", default=None, help="model file to write (default: the config's model.checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted pre-training")
 
@@ -201,7 +202,7 @@ def _pretrain(args: argparse.Namespace) -> dict:
     build_model(cfg["model"])  # a bad model section fails before the data are loaded (the seeded model comes below)
     data = load_data(cfg["data"])
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"])
+    model = build_model(cfg["model"]).to(_device(args))
     run_dir = os.path.join(cfg["out_dir"], "pretrain")
     root = distributed.is_root()  # under torchrun only process 0 prints and writes the model file
     if root:

@@ -108,3 +108,56 @@ def test_stable_training_on_two_processes_equals_one_process_and_resumes_on_thre
         _same_history(out["history"], one["history"])
         for k, v in one["params"].items():
             torch.testing.assert_close(out["params"][k], v, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the command line under torchrun
+
+def _cli(args: list[str], cwd, world: int = 1):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    launcher = [sys.executable, "-m", "boltzgrad"] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", "-m", "boltzgrad"]
+    res = subprocess.run([*launcher, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_train_and_evaluate_under_torchrun_equal_one_process(tmp_path):
+    import json
+
+    small = ["--config", "configs/lj.yaml", "--set", "train.n_replicas=4", "--set", "train.tau=50",
+             "--set", "train.max_steps=300", "--set", "train.tensorboard=false", "--set", "evaluate.replicas=4",
+             "--set", "evaluate.max_time=2000.0", "--set", "pretrain.epochs=2"]
+    model = str(tmp_path / "model.pt")
+    _cli(["pretrain", *small, "--out-dir", str(tmp_path / "pre"), "--output", model], tmp_path)
+    out = {}
+    for w in (1, 2):
+        d = tmp_path / f"w{w}"
+        text = _cli(["train", *small, "--out-dir", str(d), "--model", model], tmp_path, w)
+        assert text.count("train: StABlE on 4 replicas") == 1  # one process prints
+        _cli(["evaluate", *small, "--out-dir", str(d), "--model", str(d / "train" / "model_stable.pt"),
+              "--label", "after"], tmp_path, w)
+        out[w] = (json.loads((d / "train" / "history.json").read_text())["history"],
+                  torch.load(d / "train" / "model.pt", weights_only=True),
+                  json.loads((d / "evaluate" / "after_evaluation.json").read_text()))
+    (h1, p1, e1), (h2, p2, e2) = out[1], out[2]
+    assert [r["unstable_fraction"] for r in h1] == [r["unstable_fraction"] for r in h2]
+    for k in p1:  # float32 model: the sums over processes round differently
+        torch.testing.assert_close(p2[k], p1[k], rtol=1e-4, atol=1e-6)
+    assert e1["stable_time_fs"] == e2["stable_time_fs"] and e1["reason"] == e2["reason"]
+    import numpy as np
+
+    np.testing.assert_allclose(e2["model_structure"], e1["model_structure"], rtol=1e-4, atol=1e-6)
+
+
+def test_commands_that_do_not_split_their_work_refuse_torchrun(monkeypatch, capsys):
+    from boltzgrad import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="runs in one process; under torchrun only pretrain, train, evaluate"):
+        cli.main(["simulate", "--config", "configs/lj.yaml"])

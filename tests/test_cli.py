@@ -188,6 +188,25 @@ def test_shipped_aspirin_model_reproduces_its_recorded_test_errors():
     assert metrics["energy_mae"] == pytest.approx(blob["test_metrics"]["energy_mae"], rel=1e-3)
 
 
+def test_shipped_ala3_model_matches_its_config_and_holds_out_chain_3():
+    """The pre-trained NequIP of `configs/ala3_nequip.yaml` loads with the config's model section, was trained on the
+    config's split (chains 0-2) and recorded its errors on chain 3; a slice of chain 3 gives errors of that size."""
+    pytest.importorskip("nequip", reason="the extra 'nequip' is not installed")
+    from boltzgrad.pretrain import evaluate_energy_forces
+    from boltzgrad.stable.systems import load_data
+
+    cfg = load_run_config(ROOT / "configs" / "ala3_nequip.yaml")
+    model, blob = load_model(cfg["model"]["checkpoint"])
+    assert (ROOT / cfg["model"]["checkpoint"]).stat().st_size < 1_000_000
+    assert blob["spec"] == {k: v for k, v in cfg["model"].items() if k != "checkpoint"}
+    assert blob["config"]["data"] == cfg["data"] and blob["n_train"] == cfg["data"]["split"][0]
+    data = load_data(cfg["data"])
+    assert data["test"].info["files"] == ["chain_03.npz"] and len(data["test"]) == 750
+    recorded = blob["test_metrics"]
+    metrics = evaluate_energy_forces(model, data["test"][torch.arange(0, 750, 15)], batch_size=50)  # 50 frames
+    assert metrics["force_mae"] == pytest.approx(recorded["force_mae"], rel=0.15)
+
+
 @pytest.mark.slow
 def test_full_demo(tmp_path):
     """`make demo` as shipped (about 5 minutes on one core): StABlE makes the aspirin model more stable without

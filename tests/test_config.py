@@ -4,6 +4,7 @@ paths and "did you mean"), and ``StableTrainer(config=...)`` / ``evaluate(config
 
 import dataclasses
 import inspect
+import json
 import typing
 from pathlib import Path
 
@@ -314,3 +315,51 @@ def test_trainer_and_evaluate_refuse_a_bad_run_file_alike(tiny_run, tmp_path):
     for call in (lambda: StableTrainer(model(), data["train"], config=3), lambda: evaluate(model(), config=3)):
         with pytest.raises(TypeError, match="a dict or a YAML path"):
             call()
+
+
+# --------------------------------------------------------------------------- data.test_chains
+
+
+def _chain_dataset(folder: Path, n_chains: int = 3, n_frames: int = 10) -> Path:
+    """Chains like those of ``boltzgrad make-data``: frame j of chain k has the energy 100 k + j."""
+    from boltzgrad.data import AtomsDataset
+
+    g = torch.Generator().manual_seed(0)
+    for k in range(n_chains):
+        AtomsDataset(torch.randn(n_frames, 3, 3, generator=g, dtype=torch.float64), torch.tensor([1, 1, 8]),
+                     energy=torch.arange(n_frames, dtype=torch.float64) + 100 * k,
+                     forces=torch.zeros(n_frames, 3, 3, dtype=torch.float64)).save(folder / f"chain_{k:02d}.npz")
+    (folder / "provenance.json").write_text(json.dumps({"files": [f"chain_{k:02d}.npz" for k in range(n_chains)]}))
+    return folder
+
+
+def test_test_chains_hold_chains_out_whole_for_the_test_set_and_the_starts(tmp_path):
+    source = str(_chain_dataset(tmp_path))
+    data = load_data({"source": source, "test_chains": [2], "split": [8, 4, 1.0], "seed": 1})
+    assert [len(data[k]) for k in ("train", "val", "test", "starts", "reference")] == [8, 4, 10, 10, 20]
+    for name in ("train", "val", "reference"):  # chains 0 and 1 only
+        assert (data[name].energy < 200).all(), name
+    for name in ("test", "starts"):  # all of chain 2
+        assert sorted(data[name].energy.tolist()) == [200.0 + j for j in range(10)], name
+    assert not set(data["train"].energy.tolist()) & set(data["val"].energy.tolist())
+    # per_chain and stride apply to the held-out chains too; split[2] is a count or fraction of their frames
+    data = load_data({"source": source, "test_chains": [0], "per_chain": 6, "stride": 2, "split": [4, 2, 2]})
+    assert sorted(data["reference"].energy.tolist()) == [100.0, 102, 104, 200, 202, 204]
+    assert set(data["test"].energy.tolist()) <= {0.0, 2.0, 4.0} and len(data["test"]) == 2
+    # without test_chains the pool is every chain, as before
+    assert len(load_data({"source": source, "split": [8, 4, 5]})["reference"]) == 30
+
+
+@pytest.mark.parametrize("chains, match", [([3], "some, not all, of the 3 chains"),
+                                           ([0, 1, 2], "some, not all, of the 3 chains")])
+def test_test_chains_must_name_some_of_the_chains(tmp_path, chains, match):
+    with pytest.raises(ValueError, match=match):
+        load_data({"source": str(_chain_dataset(tmp_path)), "test_chains": chains, "split": [4, 2, 1.0]})
+
+
+def test_test_chains_are_checked_with_the_file():
+    with pytest.raises(ConfigError) as err:
+        check_run_config({"data": {"source": "lj", "test_chains": [1, 1]}})
+    assert any("data.test_chains" in p and "distinct" in p for p in err.value.problems), err.value.problems
+    with pytest.raises(ConfigError, match="data.test_chains needs a dataset made of chains"):
+        check_run_config({"data": {"source": "lj", "test_chains": [0]}})

@@ -86,48 +86,68 @@ def lennard_jones_reference(*, n_cells: int = 2, density: float = 0.8, temperatu
                         forces=forces.detach().view(n_struct, n, 3), cell=cells, pbc=True, info=info)
 
 
-def _first_frames_of_chains(source: str, n: int) -> AtomsDataset:
-    """The first ``n`` frames of every chain of a generated dataset (``chain_*.npz`` under ``data/<source>`` or
-    the directory ``source``), concatenated in chain order: a pool that stays the same while chains grow."""
+def _chains(source: str, n: int | None, test_chains: list[int] | None) -> tuple[AtomsDataset, AtomsDataset | None]:
+    """The chains of a generated dataset (``chain_*.npz`` under ``data/<source>`` or the directory ``source``, in
+    the order of its ``provenance.json``), each cut to its first ``n`` frames (a pool that stays the same while
+    chains grow; None: every frame): ``(pool, held out)``, the chains ``test_chains`` (indices in that order) in the
+    second, concatenated in chain order (None without ``test_chains``)."""
     import json
 
     from ..data.io import load_npz
 
+    field = "data.per_chain" if test_chains is None else "data.test_chains"
     directory = dataset_dir(source) if dataset_dir(source).is_dir() else resolve_path(source)
     prov = directory / "provenance.json"
     files = json.loads(prov.read_text()).get("files", []) if prov.is_file() else []
     files = [directory / f for f in files] or sorted(f for f in directory.glob("chain_*.npz")
                                                       if not f.name.endswith(".state.npz"))
     if not files:
-        raise ValueError(f"config field 'data.per_chain': no chain_*.npz files under {str(directory)!r}")
+        raise ValueError(f"config field {field!r}: no chain_*.npz files under {str(directory)!r}")
+    held = sorted(set(test_chains or []))
+    if held and (held[-1] >= len(files) or len(held) == len(files)):
+        raise ValueError(f"config field 'data.test_chains' {test_chains} must name some, not all, of the "
+                         f"{len(files)} chains (0 to {len(files) - 1}) of {str(directory)!r}")
     parts = []
     for f in files:
         chain = load_npz(f)
-        if len(chain) < n:
+        if n is not None and len(chain) < n:
             raise ValueError(f"config field 'data.per_chain' is {n}, but {f.name} holds only {len(chain)} frames")
-        parts.append(chain[:n])
-    return AtomsDataset.concatenate(parts, info={"source": str(directory), "per_chain": n,
-                                                 "files": [f.name for f in files]})
+        parts.append(chain if n is None else chain[:n])
+
+    def joined(ks):
+        return AtomsDataset.concatenate([parts[k] for k in ks], info={
+            "source": str(directory), "per_chain": n, "files": [files[k].name for k in ks]})
+
+    pool = joined([k for k in range(len(files)) if k not in held])
+    return pool, (joined(held) if held else None)
 
 
 def load_data(spec: dict) -> dict:
     """Datasets of the ``data`` section: ``{"pool", "train", "val", "test", "starts", "reference"}``.
 
     ``train``/``val``/``test`` split the pool (seeded); ``starts`` are the evaluation's starting structures
-    (``data.starts``: ``"test"`` or ``"heldout"``); ``reference`` is the pool (reference observables).
+    (``data.starts``: ``"test"`` or ``"heldout"``); ``reference`` is the pool (reference observables). With
+    ``data.test_chains``, the pool is the other chains (train, validation, reference) and the test set is drawn
+    from the held-out chains.
     """
     d = DataConfig.from_dict(spec, path="data")
     source, seed, starts_from, stride, per_chain, split = d.source, d.seed, d.starts, d.stride, d.per_chain, d.split
     if source is None:
         raise ValueError("config field 'data.source' must be 'lj', a dataset name or a path, got None")
     lj = dataclasses.asdict(d.lj)
-    heldout = None
-    if source == "lj":
+    heldout = test_pool = None
+    if d.test_chains is not None:
+        if source == "lj":
+            raise ValueError("config field 'data.test_chains' needs a dataset made of chains, not 'lj'")
+        pool, test_pool = _chains(source, per_chain, d.test_chains)
+        if starts_from == "heldout":
+            heldout = load_reference(source, heldout=True)
+    elif source == "lj":
         pool = lennard_jones_reference(seed=seed, **lj)
         if starts_from == "heldout":
             heldout = lennard_jones_reference(seed=seed + 1_000_003, **lj)
     elif per_chain is not None:
-        pool = _first_frames_of_chains(source, per_chain)
+        pool, _ = _chains(source, per_chain, None)
         if starts_from == "heldout":
             heldout = load_reference(source, heldout=True)
     elif (dataset_dir(source) / "provenance.json").is_file():
@@ -141,12 +161,17 @@ def load_data(spec: dict) -> dict:
                              "(boltzgrad make-data) have held-out trajectories")
     if stride > 1:
         pool = pool[torch.arange(0, len(pool), stride)]
+        test_pool = None if test_pool is None else test_pool[torch.arange(0, len(test_pool), stride)]
     try:
-        train, val, test = pool.split(list(split), seed=seed)
+        if test_pool is None:
+            train, val, test = pool.split(list(split), seed=seed)
+        else:
+            (train, val), (test,) = pool.split(list(split[:2]), seed=seed), test_pool.split(split[2:], seed=seed)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config field 'data.split': {err}") from err
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"config field 'data.split' {split} leaves an empty train or test set "
-                         f"(pool of {len(pool)} structures)")
+                         f"(pool of {len(pool)} structures" + ("" if test_pool is None else
+                                                               f", test chains of {len(test_pool)}") + ")")
     starts = heldout if heldout is not None else test
     return {"pool": pool, "train": train, "val": val, "test": test, "starts": starts, "reference": pool}

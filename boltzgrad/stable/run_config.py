@@ -107,13 +107,19 @@ class DataConfig(Section):
             ``boltzgrad make-data`` (``aspirin_gfn2``, ``ala3_gfn2``, ``water_spcfw``; looked up in ``./data`` and then
             among the shipped data), or a path that ``bg.data.load`` reads: a boltzgrad or MD17/rMD17/MD22 ``.npz``, an
             extended XYZ file, any ASE format, a dataset directory.
-        split: ``[n_train, n_val, n_test]``, counts or fractions of the pool (seeded random split).
+        split: ``[n_train, n_val, n_test]``, counts or fractions of the pool (seeded random split); with
+            ``test_chains``, ``n_train`` and ``n_val`` are drawn from the other chains and ``n_test`` from the test
+            chains.
         seed: seed of the split.
         starts: where evaluation and simulation start: ``test`` (the test split) or ``heldout`` (the held-out
             trajectories of a generated dataset).
         per_chain: only the first N frames of every chain of a generated dataset (a pool that stays the same when
             the chains are extended); null: every frame.
-        stride: every k-th structure of the pool.
+        stride: every k-th structure of the pool (and of the test chains).
+        test_chains: chains of a generated dataset held out whole (``[3]``: ``chain_03.npz``, the fourth chain file
+            of its ``provenance.json``): the test set (and with ``starts: test`` the evaluation starts) comes from
+            them, training, validation and the reference observables from the other chains only, so that no test
+            or starting structure is a frame of a training trajectory; null: every chain is in the pool.
         lj: settings of the built-in system (``n_cells``, ``density``, ``temperature``, ``replicas``, ``n_frames``,
             ``frame_every``, ``equilibration``, ``dt``, ``friction``, ``cutoff``; see
             ``bg.stable.systems.lennard_jones_reference``).
@@ -128,9 +134,12 @@ class DataConfig(Section):
     starts: str = setting("test", choices=("test", "heldout"))
     per_chain: int | None = setting(None, ge=1)
     stride: int = setting(1, ge=1)
+    test_chains: list[int] | None = setting(None, ge=0, distinct=True, nonempty=True)
     lj: LJConfig = setting(default_factory=LJConfig)
 
     def _relations(self, bad: set[str]) -> Iterable[Problem]:
+        if "test_chains" not in bad and self.test_chains is not None and self.source == "lj":
+            yield Problem("test_chains", "needs a dataset made of chains (boltzgrad make-data), not the built-in 'lj'")
         if "split" in bad:
             return
         split = []

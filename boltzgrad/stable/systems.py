@@ -4,12 +4,13 @@ A run is described by one YAML file (see ``configs/``) with the sections
 
 ``data``
     ``source``: ``"lj"`` (the built-in Lennard-Jones liquid, generated on the fly), the name of a dataset
-    made by ``boltzgrad make-data`` (``"aspirin_gfn2"``, ``"water_spcfw"``) or a path ``bg.data.load`` reads;
-    ``split``: ``[n_train, n_val, n_test]`` (ints or fractions of the pool), ``seed``; ``starts``: where the
-    evaluation starts from, ``"test"`` (the test split) or ``"heldout"`` (the dataset's held-out
+    made by ``boltzgrad make-data`` (``"aspirin_gfn2"``, ``"ala3_gfn2"``, ``"water_spcfw"``) or a path
+    ``bg.data.load`` reads; ``split``: ``[n_train, n_val, n_test]`` (ints or fractions of the pool), ``seed``;
+    ``starts``: where the evaluation starts from, ``"test"`` (the test split) or ``"heldout"`` (the dataset's held-out
     trajectories); ``per_chain``: use only the first N frames of every chain of a generated dataset (a pool
-    that does not change when the chains are extended); ``stride``: every k-th structure of the pool; ``lj``:
-    settings of the built-in system (:func:`lennard_jones_reference`).
+    that does not change when the chains are extended); ``stride``: every k-th structure of the pool;
+    ``test_chains``: chains held out whole for the test set and the starts (the others give training, validation
+    and the reference observables); ``lj``: settings of the built-in system (:func:`lennard_jones_reference`).
 ``model``
     ``kind`` (``schnet``, ``pair_mlp``, ``lennard_jones``) and its constructor arguments; ``checkpoint``:
     the pre-trained model file (written by ``boltzgrad pretrain``, read by the other commands).

@@ -44,8 +44,13 @@ _LOG2 = math.log(2.0)
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
-    """``ln(1 + e^x) - ln 2`` elementwise (zero at x = 0, smooth to all orders)."""
-    return F.softplus(x) - _LOG2
+    """``ln(1 + e^x) - ln 2`` elementwise (zero at x = 0, smooth to all orders).
+
+    The shift is subtracted in place from softplus's output (softplus saves its input, not its output, for the
+    backward), which saves one [n_pairs, n_filters] temporary per call; derivatives of every order are those of
+    ``F.softplus(x) - ln 2``.
+    """
+    return F.softplus(x).sub_(_LOG2)
 
 
 def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""boltzgrad's malloc settings (boltzgrad/_malloc.py): freed tensor memory stays in the process, so a loop that
+allocates and frees SchNet-sized temporaries stops page-faulting; the shifted softplus equals its formula."""
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from boltzgrad import _malloc
+from boltzgrad.models.schnet import shifted_softplus
+
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the settings are glibc's")
+
+# A fresh process runs a SchNet-like loop: three [19692, 64] float32 softplus outputs alive at once, then freed
+# (SchNet keeps several [n_pairs, n_filters] temporaries per call). It prints the minor page faults of the calls
+# after the first few and what boltzgrad's settings did.
+_LOOP = """
+import json, resource, sys, torch
+import boltzgrad
+from boltzgrad import _malloc
+from boltzgrad.models.schnet import shifted_softplus
+torch.set_num_threads(1)
+x = torch.randn(19692, 64)
+faults = []
+for it in range(12):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = shifted_softplus(x); b = shifted_softplus(x); c = shifted_softplus(x)
+    del a, b, c
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps({"state": _malloc.state, "faults": faults[4:]}))
+"""
+_PAGES = 19692 * 64 * 4 // 4096  # pages of one output
+
+
+def _run_loop(**env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGRAD_MALLOC"}
+    full.update(env, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _LOOP], env=full, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_import_keeps_freed_tensors_in_the_process():
+    on = _run_loop()
+    assert on["state"] == "applied"
+    # no output is faulted in again once the heap has grown to the loop's size
+    assert sum(on["faults"]) < _PAGES, on
+    # the control: glibc's defaults give the memory back and fault every output of every iteration
+    off = _run_loop(BOLTZGRAD_MALLOC="0")
+    assert off["state"] == "disabled by BOLTZGRAD_MALLOC=0"
+    assert min(off["faults"]) > 2 * _PAGES, off
+
+
+@glibc_only
+def test_glibc_variables_of_the_user_win():
+    res = _run_loop(MALLOC_TRIM_THRESHOLD_="131072")
+    assert res["state"].startswith("left to")
+    assert min(res["faults"]) > 2 * _PAGES, res  # a small trim threshold: the memory goes back every time
+
+
+def test_configure_runs_once_and_says_what_it_did():
+    assert _malloc.state is not None  # importing boltzgrad ran it
+    assert _malloc.configure() == _malloc.state
+
+
+def _old_ssp(x):
+    return F.softplus(x) - math.log(2.0)
+
+
+def test_shifted_softplus_equals_the_formula_with_its_derivatives():
+    x = torch.cat([torch.linspace(-39.5, 39.5, 80, dtype=torch.float64), torch.randn(40, dtype=torch.float64)])
+    x.requires_grad_(True)  # (not at 20, where softplus switches to x and finite differences would straddle it)
+    torch.testing.assert_close(shifted_softplus(x), _old_ssp(x), rtol=0, atol=0)
+    # softplus returns x itself above x = 20, where ln(1 + e^x) - x = e^-x < 2.1e-9
+    exact = x.clamp(min=0) + torch.log1p(torch.exp(-x.abs())) - math.log(2.0)
+    torch.testing.assert_close(shifted_softplus(x), exact, rtol=1e-12, atol=2.1e-9)
+    assert shifted_softplus(torch.zeros(1, dtype=torch.float64)).item() == 0.0
+    assert torch.autograd.gradcheck(shifted_softplus, (x,))
+    assert torch.autograd.gradgradcheck(shifted_softplus, (x,))
+    # first and second derivatives equal those of the old formula, also through a graph (double backward)
+    g = torch.randn_like(x)
+    d_new = torch.autograd.grad(shifted_softplus(x), x, g, create_graph=True)[0]
+    d_old = torch.autograd.grad(_old_ssp(x), x, g, create_graph=True)[0]
+    torch.testing.assert_close(d_new, d_old, rtol=0, atol=0)
+    torch.testing.assert_close(d_new, g * torch.sigmoid(x), rtol=1e-12, atol=2.1e-9 * g.abs().max().item())
+    dd_new = torch.autograd.grad(d_new.sum(), x)[0]
+    dd_old = torch.autograd.grad(d_old.sum(), x)[0]
+    torch.testing.assert_close(dd_new, dd_old, rtol=0, atol=0)
+    torch.testing.assert_close(dd_new, g * torch.sigmoid(x) * torch.sigmoid(-x), rtol=1e-12,
+                               atol=2.1e-9 * g.abs().max().item())
+
+
+def test_shifted_softplus_float32_equals_the_old_formula():
+    x = torch.randn(1000, 64) * 10
+    torch.testing.assert_close(shifted_softplus(x), _old_ssp(x), rtol=0, atol=0)

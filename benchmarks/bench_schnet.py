@@ -21,6 +21,9 @@ Questions:
          does: between rebuilds only the stored candidates are re-filtered (atoms here move 0.01 Å per step);
        * ``dense``: every pair ``i < j`` of each replica, precomputed once (210 per replica), handed as
          ``pairs=``; the model then filters them by the cutoff itself.
+  4. (``--variants``) What do the float32 denormals in the Gaussian tails cost? boltzgrad's model (tails below
+     e^-50 set to 0) against the same weights with the plain ``exp`` Gaussians, with and without
+     ``torch.set_flush_denormal(True)``, interleaved, ratios per repeat.
 
 Agreement of energies and forces with a float64 evaluation of boltzgrad's model is checked before anything is
 timed (a peer that disagrees is reported and not timed). Times are CPU time of the process
@@ -33,6 +36,7 @@ calls 2-6 are timed, with the page faults of those calls; boltzgrad runs there o
     python benchmarks/bench_schnet.py                   # questions 1-2, tables appended to benchmarks/RESULTS.md
     python benchmarks/bench_schnet.py --model default   # the same with bg.models.SchNet() (64/64/6/25)
     python benchmarks/bench_schnet.py --pair-lists      # question 3
+    python benchmarks/bench_schnet.py --variants        # question 4 (printed only)
     python benchmarks/bench_schnet.py --quick           # fewer repeats, no file written
 """
 
@@ -441,6 +445,45 @@ def pair_lists(args) -> None:
         )
 
 
+def variants(args) -> None:
+    """Question 4: boltzgrad's model against itself with the plain Gaussians and with denormals flushed."""
+    from boltzgrad.models import schnet as schnet_module
+
+    repeats = 3 if args.quick else args.repeats
+    model = make_model(args.model)
+    pos, species, batch = make_inputs()
+    ours = schnet_module.GaussianRBF.forward
+
+    def plain(self, distances):  # exp of every exponent: float32 keeps tails between e^-87 and e^-103 as denormals
+        diff = distances[:, None] - self.centers.to(distances.dtype)
+        return torch.exp(self.coeff * diff * diff)
+
+    setups = {"boltzgrad": (ours, False), "plain Gaussians (denormal tails)": (plain, False),
+              "plain Gaussians, torch.set_flush_denormal(True)": (plain, True)}
+    results, times = {}, {name: [] for name in setups}
+    for name, (fwd, flush) in setups.items():
+        schnet_module.GaussianRBF.forward, _ = fwd, torch.set_flush_denormal(flush)
+        results[name] = energy_and_forces(model, pos, species, batch=batch)
+    for _ in range(repeats + 1):
+        for name, (fwd, flush) in setups.items():
+            schnet_module.GaussianRBF.forward, _ = fwd, torch.set_flush_denormal(flush)
+            t0 = CLOCK()
+            energy_and_forces(model, pos, species, batch=batch)
+            times[name].append(CLOCK() - t0)
+    schnet_module.GaussianRBF.forward, _ = ours, torch.set_flush_denormal(False)
+    ref = times["boltzgrad"][1:]
+    e0, f0 = results["boltzgrad"]
+    rows = []
+    for name, ts in times.items():
+        ratio = [t / r for t, r in zip(ts[1:], ref, strict=True)]
+        e, f = results[name]
+        rows.append(f"| {name} | {_ms(ts[1:])} | {min(ratio):.2f} / {statistics.median(ratio):.2f} | "
+                    f"{float((e - e0).abs().max()):.1e} / {float((f - f0).abs().max()):.1e} |")
+    table = ("| variant (warm, 128 x 21) | ms, min / median | time / boltzgrad's, min / median (pairwise) | "
+             "max abs. difference energy (eV) / forces (eV/Å) |\n|---|---|---|---|\n" + "\n".join(rows))
+    print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -449,6 +492,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per method and size")
     ap.add_argument("--pair-lists", action="store_true", help="question 3 only")
+    ap.add_argument("--variants", action="store_true", help="question 4 only (printed, not written)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--replicas", type=int, default=R, help=argparse.SUPPRESS)
     ap.add_argument("--calls", type=int, default=6, help=argparse.SUPPRESS)
@@ -458,6 +502,8 @@ def main() -> None:
         child(args)
     elif args.pair_lists:
         pair_lists(args)
+    elif args.variants:
+        variants(args)
     else:
         peers_and_sgemm(args)
 

@@ -329,3 +329,42 @@ def test_vmap_per_sample_gradients_with_a_shared_pair_list():
         model(samples[s], species)["energy"].sum().backward()  # own neighbour list, no shared one
         for k, v in model.named_parameters():
             torch.testing.assert_close(per_sample[k][s], v.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_gaussian_rbf_has_no_denormals_and_equals_the_plain_gaussians():
+    from boltzgrad.models.schnet import GaussianRBF
+
+    rbf = GaussianRBF(0.0, 5.0, 20)
+    d = torch.linspace(0.0, 6.0, 5001)
+    out = rbf(d)
+    # float32 would hold the tails between e^-87 and e^-103 as denormals (slow on x86); they are 0 here
+    assert not ((out != 0) & (out.abs() < torch.finfo(torch.float32).tiny)).any()
+    d64 = torch.linspace(0.0, 6.0, 5001, dtype=torch.float64)
+    plain = torch.exp(rbf.coeff * (d64[:, None] - rbf.centers.double()) ** 2)
+    assert ((plain > 0) & (plain < torch.finfo(torch.float32).tiny)).any()  # the plain formula does make them
+    torch.testing.assert_close(rbf(d64), plain, rtol=1e-14, atol=2e-22)
+    torch.testing.assert_close(out, plain.float(), rtol=1e-4, atol=2e-22)  # float32 rounding of d, amplified by exp
+    x = torch.tensor([0.3, 1.7, 2.2, 4.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(rbf, (x,))
+    assert torch.autograd.gradgradcheck(rbf, (x,))
+
+
+def test_energies_and_forces_equal_those_of_the_plain_gaussians():
+    from boltzgrad.models import schnet as schnet_module
+
+    model = small_schnet(n_rbf=25)
+    pos, species = random_molecule(12, spread=3.0)
+    e_new, f_new = energy_forces(model, pos, species)
+
+    def plain_forward(self, distances):
+        diff = distances[:, None] - self.centers.to(distances.dtype)
+        return torch.exp(self.coeff * diff * diff)
+
+    original = schnet_module.GaussianRBF.forward
+    schnet_module.GaussianRBF.forward = plain_forward
+    try:
+        e_old, f_old = energy_forces(model, pos, species)
+    finally:
+        schnet_module.GaussianRBF.forward = original
+    torch.testing.assert_close(e_new, e_old, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(f_new, f_old, rtol=1e-13, atol=1e-13)

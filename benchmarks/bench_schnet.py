@@ -24,19 +24,24 @@ Questions:
   4. (``--variants``) What do the float32 denormals in the Gaussian tails cost? boltzgrad's model (tails below
      e^-50 set to 0) against the same weights with the plain ``exp`` Gaussians, with and without
      ``torch.set_flush_denormal(True)``, interleaved, ratios per repeat.
+  5. (``--softplus-state``) ``F.softplus`` of a [19692, 64] float32 tensor in fresh processes (alternating), with
+     boltzgrad's process settings (``boltzgrad/_process.py``: torch's constant pages prefaulted, glibc malloc
+     thresholds), with either or both turned off, and with both off after one small ``pow``; CPU time and page
+     faults of its first and later calls.
 
 Agreement of energies and forces with a float64 evaluation of boltzgrad's model is checked before anything is
 timed (a peer that disagrees is reported and not timed). Times are CPU time of the process
 (``time.process_time``, which counts the kernel's time for page faults too; on a shared machine it counts the work,
 not the wait for a core), one thread. Warm: the methods and the sgemm are interleaved within each repeat, min and
 median over repeats. Fresh: each method runs in new processes (alternating), its first call and the median of
-calls 2-6 are timed, with the page faults of those calls; boltzgrad runs there once with its malloc settings
-(``import boltzgrad``) and once with ``BOLTZGRAD_MALLOC=0`` (glibc's defaults).
+calls 2-6 are timed, with the page faults of those calls; boltzgrad runs there with its process settings
+(``import boltzgrad``) and with either or both turned off (``BOLTZGRAD_PREFAULT=0``, ``BOLTZGRAD_MALLOC=0``).
 
     python benchmarks/bench_schnet.py                   # questions 1-2, tables appended to benchmarks/RESULTS.md
     python benchmarks/bench_schnet.py --model default   # the same with bg.models.SchNet() (64/64/6/25)
     python benchmarks/bench_schnet.py --pair-lists      # question 3
     python benchmarks/bench_schnet.py --variants        # question 4 (printed only)
+    python benchmarks/bench_schnet.py --softplus-state  # question 5 (printed only)
     python benchmarks/bench_schnet.py --quick           # fewer repeats, no file written
 """
 
@@ -284,12 +289,22 @@ def child(args) -> None:
     print(json.dumps({"times": times, "faults": faults}))
 
 
+# boltzgrad's process settings (boltzgrad/_process.py) turned off, one or both
+OFF = {"BOLTZGRAD_PREFAULT=0": {"BOLTZGRAD_PREFAULT": "0"}, "BOLTZGRAD_MALLOC=0": {"BOLTZGRAD_MALLOC": "0"},
+       "both =0 (as before)": {"BOLTZGRAD_PREFAULT": "0", "BOLTZGRAD_MALLOC": "0"}}
+
+
+def _clean_env() -> dict:
+    ours = ("MALLOC_", "BOLTZGRAD_MALLOC", "BOLTZGRAD_PREFAULT")
+    return {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+
+
 def fresh(args, names: list[str], n_replicas: int, processes: int) -> dict:
     """``{label: [result per process]}``, the labels' processes alternating."""
     variants = [(n, n, {}) for n in names]
-    variants.insert(1, ("boltzgrad, BOLTZGRAD_MALLOC=0", "boltzgrad", {"BOLTZGRAD_MALLOC": "0"}))
+    variants[1:1] = [(f"boltzgrad, {k}", "boltzgrad", v) for k, v in OFF.items()]
     out = {label: [] for label, _, _ in variants}
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGRAD_MALLOC"}
+    base_env = _clean_env()
     for _ in range(processes):
         for label, name, extra in variants:
             cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--replicas", str(n_replicas),
@@ -445,6 +460,48 @@ def pair_lists(args) -> None:
         )
 
 
+_SOFTPLUS_CHILD = """
+import json, resource, sys, time, torch
+import torch.nn.functional as F
+import boltzgrad
+torch.set_num_threads(1)
+x = torch.randn(19692, 64)
+if sys.argv[1] == "pow":
+    (torch.rand(100, 64) + 0.5).pow(1.7)
+times, faults = [], []
+for _ in range(20):
+    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
+    F.softplus(x)
+    times.append(time.process_time() - t0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps({"times": times, "faults": faults}))
+"""
+
+
+def softplus_state(args) -> None:
+    """Question 5: F.softplus of [19692, 64] float32 in fresh processes, with and without the malloc settings."""
+    setups = {"import boltzgrad": ({}, "-")}
+    setups.update({k: (v, "-") for k, v in OFF.items()})
+    setups["both =0, one [100, 64] pow first"] = (OFF["both =0 (as before)"], "pow")
+    base_env = _clean_env()
+    res = {name: [] for name in setups}
+    for _ in range(2 if args.quick else args.processes):
+        for name, (extra, arg) in setups.items():
+            out = subprocess.run([sys.executable, "-c", _SOFTPLUS_CHILD, arg], env=dict(base_env, OMP_NUM_THREADS="1",
+                                 **extra), capture_output=True, text=True, timeout=300, check=True)
+            res[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = []
+    for name, runs in res.items():
+        early = [statistics.median(r["times"][:5]) for r in runs]
+        late = [statistics.median(r["times"][10:]) for r in runs]
+        f_early = [statistics.median(r["faults"][:5]) for r in runs]
+        f_late = [statistics.median(r["faults"][10:]) for r in runs]
+        rows.append(f"| {name} | {_ms(early)} | {_ms(late)} | {statistics.median(f_early):.0f} | "
+                    f"{statistics.median(f_late):.0f} |")
+    print("| fresh process | calls 1-5, median ms (min / median over processes) | calls 11-20 | page faults per "
+          "call 1-5 (median) | calls 11-20 |\n|---|---|---|---|---|\n" + "\n".join(rows))
+
+
 def variants(args) -> None:
     """Question 4: boltzgrad's model against itself with the plain Gaussians and with denormals flushed."""
     from boltzgrad.models import schnet as schnet_module
@@ -493,6 +550,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=3, help="fresh processes per method and size")
     ap.add_argument("--pair-lists", action="store_true", help="question 3 only")
     ap.add_argument("--variants", action="store_true", help="question 4 only (printed, not written)")
+    ap.add_argument("--softplus-state", action="store_true", help="question 5 only (printed, not written)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--replicas", type=int, default=R, help=argparse.SUPPRESS)
     ap.add_argument("--calls", type=int, default=6, help=argparse.SUPPRESS)
@@ -504,6 +562,8 @@ def main() -> None:
         pair_lists(args)
     elif args.variants:
         variants(args)
+    elif args.softplus_state:
+        softplus_state(args)
     else:
         peers_and_sgemm(args)
 

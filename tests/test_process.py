@@ -1,5 +1,6 @@
-"""boltzgrad's malloc settings (boltzgrad/_malloc.py): freed tensor memory stays in the process, so a loop that
-allocates and frees SchNet-sized temporaries stops page-faulting; the shifted softplus equals its formula."""
+"""boltzgrad's process settings (boltzgrad/_process.py): torch's constant pages are mapped at import; freed tensor
+memory stays in the process, so a loop that allocates and frees SchNet-sized temporaries stops page-faulting; the
+shifted softplus equals its formula."""
 
 import json
 import math
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from boltzgrad import _malloc
+from boltzgrad import _process
 from boltzgrad.models.schnet import shifted_softplus
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -24,7 +25,7 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 _LOOP = """
 import json, resource, sys, torch
 import boltzgrad
-from boltzgrad import _malloc
+from boltzgrad import _process
 from boltzgrad.models.schnet import shifted_softplus
 torch.set_num_threads(1)
 x = torch.randn(19692, 64)
@@ -34,15 +35,20 @@ for it in range(12):
     a = shifted_softplus(x); b = shifted_softplus(x); c = shifted_softplus(x)
     del a, b, c
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-print(json.dumps({"state": _malloc.state, "faults": faults[4:]}))
+print(json.dumps({"state": _process.state["malloc"], "faults": faults[4:]}))
 """
 _PAGES = 19692 * 64 * 4 // 4096  # pages of one output
 
 
 def _run_loop(**env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "BOLTZGRAD_MALLOC"}
+    return _run(_LOOP, **env)
+
+
+def _run(code, **env):
+    ours = ("MALLOC_", "BOLTZGRAD_MALLOC", "BOLTZGRAD_PREFAULT")
+    full = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     full.update(env, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _LOOP], env=full, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -68,8 +74,37 @@ def test_glibc_variables_of_the_user_win():
 
 
 def test_configure_runs_once_and_says_what_it_did():
-    assert _malloc.state is not None  # importing boltzgrad ran it
-    assert _malloc.configure() == _malloc.state
+    assert set(_process.state) == {"malloc", "prefault"}  # importing boltzgrad ran it
+    assert _process.configure() is _process.state
+
+
+# A fresh process reports which pages of libtorch_cpu's read-only segments are in its page table
+# (/proc/self/pagemap, bit 63: present; readable without privileges).
+_PAGEMAP = """
+import json, struct, torch
+import boltzgrad
+from boltzgrad import _process
+missing = total = 0
+with open("/proc/self/pagemap", "rb") as f:
+    for start, end in _process.torch_constant_ranges():
+        f.seek(start // 4096 * 8)
+        entries = struct.unpack(f"{(end - start) // 4096}Q", f.read((end - start) // 4096 * 8))
+        missing += sum(1 for e in entries if not e >> 63)
+        total += len(entries)
+print(json.dumps({"state": _process.state["prefault"], "missing": missing, "total": total}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="/proc/self/pagemap is Linux's")
+def test_import_maps_torchs_constant_pages():
+    on = _run(_PAGEMAP)
+    assert on["state"] == "applied"
+    assert on["total"] > 1000  # libtorch_cpu's read-only data: tens of MiB
+    assert on["missing"] == 0, on
+    # the control: without the prefault most of those pages are never touched by a process
+    off = _run(_PAGEMAP, BOLTZGRAD_PREFAULT="0")
+    assert off["state"] == "disabled by BOLTZGRAD_PREFAULT=0"
+    assert off["missing"] > off["total"] // 10, off
 
 
 def _old_ssp(x):

@@ -21,9 +21,10 @@ Questions:
          does: between rebuilds only the stored candidates are re-filtered (atoms here move 0.01 Å per step);
        * ``dense``: every pair ``i < j`` of each replica, precomputed once (210 per replica), handed as
          ``pairs=``; the model then filters them by the cutoff itself.
-  4. (``--variants``) What do the float32 denormals in the Gaussian tails cost? boltzgrad's model (tails below
-     e^-50 set to 0) against the same weights with the plain ``exp`` Gaussians, with and without
-     ``torch.set_flush_denormal(True)``, interleaved, ratios per repeat.
+  4. (``--variants``) What do the fused continuous-filter convolution (``boltzgrad.ops.cfconv``) and the
+     Gaussian tails set to 0 below e^-50 bring? boltzgrad's model against the same weights with the convolution as
+     gathers, products and scatters, then also with the plain ``exp`` Gaussians (float32 denormal tails), with
+     and without ``torch.set_flush_denormal(True)``; interleaved, ratios per repeat.
   5. (``--softplus-state``) ``F.softplus`` of a [19692, 64] float32 tensor in fresh processes (alternating), with
      boltzgrad's process settings (``boltzgrad/_process.py``: torch's constant pages prefaulted, glibc malloc
      thresholds), with either or both turned off, and with both off after one small ``pow``; CPU time and page
@@ -503,31 +504,44 @@ def softplus_state(args) -> None:
 
 
 def variants(args) -> None:
-    """Question 4: boltzgrad's model against itself with the plain Gaussians and with denormals flushed."""
+    """Question 4: boltzgrad's model against itself without the fused cfconv, with the plain Gaussians, and with
+    denormals flushed."""
     from boltzgrad.models import schnet as schnet_module
 
     repeats = 3 if args.quick else args.repeats
     model = make_model(args.model)
     pos, species, batch = make_inputs()
-    ours = schnet_module.GaussianRBF.forward
+    ours_rbf, ours_conv = schnet_module.GaussianRBF.forward, schnet_module._convolve
 
-    def plain(self, distances):  # exp of every exponent: float32 keeps tails between e^-87 and e^-103 as denormals
+    def plain_rbf(self, distances):  # exp of every exponent: float32 keeps tails between e^-87 and e^-103 as denormals
         diff = distances[:, None] - self.centers.to(distances.dtype)
         return torch.exp(self.coeff * diff * diff)
 
-    setups = {"boltzgrad": (ours, False), "plain Gaussians (denormal tails)": (plain, False),
-              "plain Gaussians, torch.set_flush_denormal(True)": (plain, True)}
+    def unfused(w, x, i, j):  # gather, product and scatter per direction, through [P, K] temporaries
+        return schnet_module._segment_sum(w * x[j], i, x.shape[0]) + schnet_module._segment_sum(w * x[i], j, x.shape[0])
+
+    setups = {"boltzgrad": (ours_rbf, ours_conv, False),
+              "unfused cfconv": (ours_rbf, unfused, False),
+              "unfused cfconv, plain Gaussians (as before)": (plain_rbf, unfused, False),
+              "unfused cfconv, plain Gaussians, torch.set_flush_denormal(True)": (plain_rbf, unfused, True)}
+
+    def use(name):
+        rbf, conv, flush = setups[name]
+        schnet_module.GaussianRBF.forward, schnet_module._convolve = rbf, conv
+        torch.set_flush_denormal(flush)
+
     results, times = {}, {name: [] for name in setups}
-    for name, (fwd, flush) in setups.items():
-        schnet_module.GaussianRBF.forward, _ = fwd, torch.set_flush_denormal(flush)
+    for name in setups:
+        use(name)
         results[name] = energy_and_forces(model, pos, species, batch=batch)
     for _ in range(repeats + 1):
-        for name, (fwd, flush) in setups.items():
-            schnet_module.GaussianRBF.forward, _ = fwd, torch.set_flush_denormal(flush)
+        for name in setups:
+            use(name)
             t0 = CLOCK()
             energy_and_forces(model, pos, species, batch=batch)
             times[name].append(CLOCK() - t0)
-    schnet_module.GaussianRBF.forward, _ = ours, torch.set_flush_denormal(False)
+    use("boltzgrad")
+    torch.set_flush_denormal(False)
     ref = times["boltzgrad"][1:]
     e0, f0 = results["boltzgrad"]
     rows = []
@@ -536,9 +550,10 @@ def variants(args) -> None:
         e, f = results[name]
         rows.append(f"| {name} | {_ms(ts[1:])} | {min(ratio):.2f} / {statistics.median(ratio):.2f} | "
                     f"{float((e - e0).abs().max()):.1e} / {float((f - f0).abs().max()):.1e} |")
-    table = ("| variant (warm, 128 x 21) | ms, min / median | time / boltzgrad's, min / median (pairwise) | "
-             "max abs. difference energy (eV) / forces (eV/Å) |\n|---|---|---|---|\n" + "\n".join(rows))
-    print(table)
+    d = dims(model)
+    print(f"SchNet {d['F']}/{d['K']}/{d['I']}/{d['G']}, {R} x {N} atoms, float32, warm, {repeats} interleaved repeats")
+    print("| variant | ms, min / median | time / boltzgrad's, min / median (pairwise) | max abs. difference energy "
+          "(eV) / forces (eV/Å) |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 def main() -> None:

@@ -368,3 +368,40 @@ def test_energies_and_forces_equal_those_of_the_plain_gaussians():
         schnet_module.GaussianRBF.forward = original
     torch.testing.assert_close(e_new, e_old, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(f_new, f_old, rtol=1e-13, atol=1e-13)
+
+
+def test_fused_convolution_equals_gathers_and_scatters_to_second_order():
+    from boltzgrad.models import schnet as schnet_module
+
+    model = small_schnet(n_interactions=3)
+    pos, species = random_molecule(12, spread=3.0)
+    batch = torch.zeros(12, dtype=torch.int64)
+    cell = torch.eye(3, dtype=torch.float64)[None] * 3.5  # periodic: pairs with images, and of atoms with themselves
+    pairs = bg.neighbor_list(pos, 4.0, batch=batch, cell=cell, pbc=True)
+    assert bool((pairs.i == pairs.j).any())
+
+    def unfused(w, x, i, j):
+        return schnet_module._segment_sum(w * x[j], i, x.shape[0]) + schnet_module._segment_sum(w * x[i], j,
+                                                                                                x.shape[0])
+
+    def run():
+        model.zero_grad()
+        p = pos.clone().requires_grad_(True)
+        e = model(p, species, batch=batch, cell=cell, pbc=True)["energy"]
+        (f,) = torch.autograd.grad(e.sum(), p, create_graph=True)
+        (f ** 2).sum().backward()  # force training: a second derivative w.r.t. the parameters
+        grads = [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
+        return e.detach(), f.detach(), grads
+
+    fused = run()
+    original = schnet_module._convolve
+    schnet_module._convolve = unfused
+    try:
+        plain = run()
+    finally:
+        schnet_module._convolve = original
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused[1], plain[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(fused[2], plain[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any(float(g.abs().max()) > 0 for g in fused[2])

@@ -35,6 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import as_int, as_tensor, check_dim, positive_float
+from ..ops.cfconv import _HAS_OPS as _HAS_CFCONV
+from ..ops.cfconv import cfconv as _cfconv
 from .base import normalize_system
 from .pair import pair_geometry, safe_distance
 
@@ -108,9 +110,15 @@ class Interaction(nn.Module):
     def forward(self, h, rbf, fcut, i, j):
         w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
         x = self.in2f(h)
-        # half list: the filter is symmetric in (i, j), each pair sends a message both ways
-        m = _segment_sum(w * x[j], i, x.shape[0]) + _segment_sum(w * x[i], j, x.shape[0])
-        return h + self.dense(shifted_softplus(self.f2out(m)))
+        return h + self.dense(shifted_softplus(self.f2out(_convolve(w, x, i, j))))
+
+
+def _convolve(w: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``m [N, K]``: on a half list the filter is symmetric in (i, j), so each pair sends a message both ways."""
+    if w.device.type == "cpu" and _HAS_CFCONV and not _in_functorch(w):
+        # the compiled op: one pass over the filters, derivatives of any order (boltzgrad/ops/cfconv.py)
+        return _cfconv(w, x, i, j)
+    return _segment_sum(w * x[j], i, x.shape[0]) + _segment_sum(w * x[i], j, x.shape[0])
 
 
 def _in_functorch(t: torch.Tensor) -> bool:

@@ -292,7 +292,7 @@ def child(args) -> None:
 
 # boltzgrad's process settings (boltzgrad/_process.py) turned off, one or both
 OFF = {"BOLTZGRAD_PREFAULT=0": {"BOLTZGRAD_PREFAULT": "0"}, "BOLTZGRAD_MALLOC=0": {"BOLTZGRAD_MALLOC": "0"},
-       "both =0 (as before)": {"BOLTZGRAD_PREFAULT": "0", "BOLTZGRAD_MALLOC": "0"}}
+       "both =0": {"BOLTZGRAD_PREFAULT": "0", "BOLTZGRAD_MALLOC": "0"}}
 
 
 def _clean_env() -> dict:
@@ -483,7 +483,7 @@ def softplus_state(args) -> None:
     """Question 5: F.softplus of [19692, 64] float32 in fresh processes, with and without the malloc settings."""
     setups = {"import boltzgrad": ({}, "-")}
     setups.update({k: (v, "-") for k, v in OFF.items()})
-    setups["both =0, one [100, 64] pow first"] = (OFF["both =0 (as before)"], "pow")
+    setups["both =0, one [100, 64] pow first"] = (OFF["both =0"], "pow")
     base_env = _clean_env()
     res = {name: [] for name in setups}
     for _ in range(2 if args.quick else args.processes):

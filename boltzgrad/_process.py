@@ -6,7 +6,7 @@
    load from a page that this process has never touched, so that its page-table entry is missing, is not a page
    fault (the fault is suppressed for masked-off lanes) but a microcode assist on every execution, and since no
    lane is ever loaded the page stays untouched for the life of the process. ``F.softplus`` of a [19692, 64] float32
-   tensor then took 2.2-3.3 ms instead of 1.9-2.0 ms on the development machine, until some unrelated op (a
+   tensor then took 2.2-3.6 ms instead of 1.9-2.0 ms on the development machine, until some unrelated op (a
    ``pow``, ``atan2`` or ``lgamma``, which read constants on the same page) happened to run. The
    read-only segments of ``libtorch_cpu.so`` (about 60 MiB of file pages that the page cache already holds) are
    mapped into the page table once, by reading one byte of each page (about 5 ms).

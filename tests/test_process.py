@@ -59,18 +59,19 @@ def test_import_keeps_freed_tensors_in_the_process():
     assert on["state"] == "applied"
     # no output is faulted in again once the heap has grown to the loop's size
     assert sum(on["faults"]) < _PAGES, on
-    # the control: with glibc's defaults the memory goes back to the kernel and outputs are faulted in again
-    # (how many per iteration depends on the heap's history; more than two outputs' worth over the 8 iterations)
+    # glibc's defaults adapt to the history of the process (sometimes this loop faults every iteration, sometimes
+    # not at all), so the control that the loop does fault when memory goes back is the next test
     off = _run_loop(BOLTZGRAD_MALLOC="0")
     assert off["state"] == "disabled by BOLTZGRAD_MALLOC=0"
-    assert sum(off["faults"]) > 2 * _PAGES, off
 
 
 @glibc_only
 def test_glibc_variables_of_the_user_win():
+    # a variable of the user's fixes glibc's thresholds (128 KiB mmap threshold, no dynamic adjustment): every
+    # output is a fresh mapping, faulted in each iteration; boltzgrad leaves it so
     res = _run_loop(MALLOC_TRIM_THRESHOLD_="131072")
     assert res["state"].startswith("left to")
-    assert sum(res["faults"]) > 2 * _PAGES, res  # a small trim threshold: the memory goes back
+    assert min(res["faults"]) > 2 * _PAGES, res
 
 
 def test_configure_runs_once_and_says_what_it_did():

@@ -91,8 +91,8 @@ class GaussianRBF(nn.Module):
         exponent = self.coeff * diff * diff
         # Gaussian tails below e^-50 (2e-22) are set to 0. In float32, exp stores the tails between e^-87 and
         # e^-103 as denormals (3-4% of the entries at 20-25 Gaussians on 5 Å), and every matmul and elementwise op
-        # that reads them, forward and backward, runs slowly on x86 (microcode assists): 8% of a SchNet
-        # energies + forces call (benchmarks/RESULTS.md). The change is below float64's resolution of 1.
+        # that reads them, forward and backward, runs slowly on x86 (microcode assists): a SchNet energies + forces
+        # call took 1.1-1.2x as long (benchmarks/RESULTS.md). The change is below float64's resolution of 1.
         return torch.where(exponent > _RBF_FLOOR, torch.exp(exponent), 0.0)
 
 

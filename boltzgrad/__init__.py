@@ -3,7 +3,7 @@
 Units throughout: energy eV, length Å, time fs, mass amu, temperature K (``kT`` in eV).
 """
 
-from . import baselines, criteria, data, md, models, observables, ops, pretrain, stable
+from . import _process, baselines, criteria, data, md, models, observables, ops, pretrain, stable
 from ._extension import compiled_backends
 from .estimators import BoltzmannEstimator, boltzmann_loss, local_boltzmann_loss, reweight
 from .neighbors import NeighborList, Pairs, neighbor_list
@@ -11,6 +11,8 @@ from .ops import RunningCovariance
 from .system import System
 
 __version__ = "0.1.0.dev0"
+
+_process.configure()  # fast-path settings of the process (boltzgrad/_process.py)
 
 
 __all__ = ["ops", "compiled_backends", "RunningCovariance", "neighbor_list", "NeighborList", "Pairs", "__version__",

@@ -85,6 +85,19 @@ def comoment_merge(ca, mxa, mya, na, cb, mxb, myb, nb):
     return c, mxa + dx * (nb / n), mya + dy * (nb / n)
 
 
+# --------------------------------------------------------------------------- cfconv
+
+
+def cfconv(w: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """out [N, K]: each pair p adds w[p] * x[j[p]] to row i[p] and w[p] * x[i[p]] to row j[p]."""
+    return torch.zeros_like(x).index_add(0, i, w * x[j]).index_add(0, j, w * x[i])
+
+
+def pair_product(a: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """y [P, K] = a[i] * b[j] + a[j] * b[i]."""
+    return a[i] * b[j] + a[j] * b[i]
+
+
 # --------------------------------------------------------------------------- neighbour lists
 
 

@@ -12,7 +12,8 @@ import boltzgrad as bg
 NAMES = [
     # kernels
     "neighbor_list", "Pairs", "NeighborList", "NeighborList.__call__", "ops.smeared_histogram", "ops.covariance",
-    "RunningCovariance", "RunningCovariance.update", "RunningCovariance.merge", "compiled_backends",
+    "ops.cfconv", "ops.pair_product", "RunningCovariance", "RunningCovariance.update", "RunningCovariance.merge",
+    "compiled_backends",
     # observables
     "observables.DistanceHistogram", "observables.RDF", "observables.BondLengths", "observables.bonds_from_structure",
     "observables.min_intermolecular_distance", "observables.vacf", "observables.diffusivity",
@@ -40,6 +41,8 @@ SIGNATURES = {
     "NeighborList.__call__": ["self", "positions", "*", "batch", "cell", "pbc"],
     "ops.smeared_histogram": ["values", "segment", "n_segments", "centers", "sigma", "*", "weights"],
     "ops.covariance": ["x", "y"],
+    "ops.cfconv": ["w", "x", "i", "j"],
+    "ops.pair_product": ["a", "b", "i", "j"],
     "RunningCovariance": ["k", "p"],
     "observables.DistanceHistogram": ["r_max", "n_bins", "sigma"],
     "observables.RDF": ["r_max", "n_bins", "sigma", "species_pairs"],

@@ -92,7 +92,27 @@ def pair_vectors_cases(device, dtype):
     return [(positions.clone().requires_grad_(True), cell.clone().requires_grad_(True), batch, i, j, shifts)]
 
 
+def _cfconv_case(device, dtype, n=9, p=20, k=5):
+    g = torch.Generator().manual_seed(2)
+    i, j = torch.randint(0, n, (p,), generator=g), torch.randint(0, n, (p,), generator=g)
+    j[0] = i[0]  # an atom paired with its own periodic image
+    w, x = torch.randn(p, k, generator=g, dtype=torch.float64), torch.randn(n, k, generator=g, dtype=torch.float64)
+    w, x = w.to(device, dtype).requires_grad_(True), x.to(device, dtype).requires_grad_(True)
+    return w, x, i.to(device), j.to(device)
+
+
+def cfconv_cases(device, dtype):
+    return [_cfconv_case(device, dtype)]
+
+
+def pair_product_cases(device, dtype):
+    w, x, i, j = _cfconv_case(device, dtype)
+    return [(torch.randn_like(x).requires_grad_(True), x, i, j)]
+
+
 CASES = {
+    "cfconv": cfconv_cases,
+    "pair_product": pair_product_cases,
     "smeared_scatter": smeared_scatter_cases,
     "smeared_gather": smeared_gather_cases,
     "covariance": covariance_cases,

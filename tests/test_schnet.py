@@ -329,3 +329,79 @@ def test_vmap_per_sample_gradients_with_a_shared_pair_list():
         model(samples[s], species)["energy"].sum().backward()  # own neighbour list, no shared one
         for k, v in model.named_parameters():
             torch.testing.assert_close(per_sample[k][s], v.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_gaussian_rbf_has_no_denormals_and_equals_the_plain_gaussians():
+    from boltzgrad.models.schnet import GaussianRBF
+
+    rbf = GaussianRBF(0.0, 5.0, 20)
+    d = torch.linspace(0.0, 6.0, 5001)
+    out = rbf(d)
+    # float32 would hold the tails between e^-87 and e^-103 as denormals (slow on x86); they are 0 here
+    assert not ((out != 0) & (out.abs() < torch.finfo(torch.float32).tiny)).any()
+    d64 = torch.linspace(0.0, 6.0, 5001, dtype=torch.float64)
+    plain = torch.exp(rbf.coeff * (d64[:, None] - rbf.centers.double()) ** 2)
+    assert ((plain > 0) & (plain < torch.finfo(torch.float32).tiny)).any()  # the plain formula does make them
+    torch.testing.assert_close(rbf(d64), plain, rtol=1e-14, atol=2e-22)
+    torch.testing.assert_close(out, plain.float(), rtol=1e-4, atol=2e-22)  # float32 rounding of d, amplified by exp
+    x = torch.tensor([0.3, 1.7, 2.2, 4.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(rbf, (x,))
+    assert torch.autograd.gradgradcheck(rbf, (x,))
+
+
+def test_energies_and_forces_equal_those_of_the_plain_gaussians():
+    from boltzgrad.models import schnet as schnet_module
+
+    model = small_schnet(n_rbf=25)
+    pos, species = random_molecule(12, spread=3.0)
+    e_new, f_new = energy_forces(model, pos, species)
+
+    def plain_forward(self, distances):
+        diff = distances[:, None] - self.centers.to(distances.dtype)
+        return torch.exp(self.coeff * diff * diff)
+
+    original = schnet_module.GaussianRBF.forward
+    schnet_module.GaussianRBF.forward = plain_forward
+    try:
+        e_old, f_old = energy_forces(model, pos, species)
+    finally:
+        schnet_module.GaussianRBF.forward = original
+    torch.testing.assert_close(e_new, e_old, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(f_new, f_old, rtol=1e-13, atol=1e-13)
+
+
+def test_fused_convolution_equals_gathers_and_scatters_to_second_order():
+    from boltzgrad.models import schnet as schnet_module
+
+    model = small_schnet(n_interactions=3)
+    pos, species = random_molecule(12, spread=3.0)
+    batch = torch.zeros(12, dtype=torch.int64)
+    cell = torch.eye(3, dtype=torch.float64)[None] * 3.5  # periodic: pairs with images, and of atoms with themselves
+    pairs = bg.neighbor_list(pos, 4.0, batch=batch, cell=cell, pbc=True)
+    assert bool((pairs.i == pairs.j).any())
+
+    def unfused(w, x, i, j):
+        return schnet_module._segment_sum(w * x[j], i, x.shape[0]) + schnet_module._segment_sum(w * x[i], j,
+                                                                                                x.shape[0])
+
+    def run():
+        model.zero_grad()
+        p = pos.clone().requires_grad_(True)
+        e = model(p, species, batch=batch, cell=cell, pbc=True)["energy"]
+        (f,) = torch.autograd.grad(e.sum(), p, create_graph=True)
+        (f ** 2).sum().backward()  # force training: a second derivative w.r.t. the parameters
+        grads = [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
+        return e.detach(), f.detach(), grads
+
+    fused = run()
+    original = schnet_module._convolve
+    schnet_module._convolve = unfused
+    try:
+        plain = run()
+    finally:
+        schnet_module._convolve = original
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused[1], plain[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(fused[2], plain[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any(float(g.abs().max()) > 0 for g in fused[2])

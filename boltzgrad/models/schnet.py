@@ -35,17 +35,25 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import as_int, as_tensor, check_dim, positive_float
+from ..ops.cfconv import _HAS_OPS as _HAS_CFCONV
+from ..ops.cfconv import cfconv as _cfconv
 from .base import normalize_system
 from .pair import pair_geometry, safe_distance
 
 __all__ = ["SchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
 
 _LOG2 = math.log(2.0)
+_RBF_FLOOR = -50.0  # GaussianRBF: exponents below this give 0 (e^-50 = 1.9e-22)
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
-    """``ln(1 + e^x) - ln 2`` elementwise (zero at x = 0, smooth to all orders)."""
-    return F.softplus(x) - _LOG2
+    """``ln(1 + e^x) - ln 2`` elementwise (zero at x = 0, smooth to all orders).
+
+    The shift is subtracted in place from softplus's output (softplus saves its input, not its output, for the
+    backward), which saves one [n_pairs, n_filters] temporary per call; derivatives of every order are those of
+    ``F.softplus(x) - ln 2``.
+    """
+    return F.softplus(x).sub_(_LOG2)
 
 
 def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -80,7 +88,12 @@ class GaussianRBF(nn.Module):
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
         diff = distances[:, None] - self.centers.to(distances.dtype)
-        return torch.exp(self.coeff * diff * diff)
+        exponent = self.coeff * diff * diff
+        # Gaussian tails below e^-50 (2e-22) are set to 0. In float32, exp stores the tails between e^-87 and
+        # e^-103 as denormals (3-4% of the entries at 20-25 Gaussians on 5 Å), and every matmul and elementwise op
+        # that reads them, forward and backward, runs slowly on x86 (microcode assists): a SchNet energies + forces
+        # call took 1.1-1.2x as long (benchmarks/RESULTS.md). The change is below float64's resolution of 1.
+        return torch.where(exponent > _RBF_FLOOR, torch.exp(exponent), 0.0)
 
 
 class Interaction(nn.Module):
@@ -97,9 +110,15 @@ class Interaction(nn.Module):
     def forward(self, h, rbf, fcut, i, j):
         w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
         x = self.in2f(h)
-        # half list: the filter is symmetric in (i, j), each pair sends a message both ways
-        m = _segment_sum(w * x[j], i, x.shape[0]) + _segment_sum(w * x[i], j, x.shape[0])
-        return h + self.dense(shifted_softplus(self.f2out(m)))
+        return h + self.dense(shifted_softplus(self.f2out(_convolve(w, x, i, j))))
+
+
+def _convolve(w: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``m [N, K]``: on a half list the filter is symmetric in (i, j), so each pair sends a message both ways."""
+    if w.device.type == "cpu" and _HAS_CFCONV and not _in_functorch(w):
+        # the compiled op: one pass over the filters, derivatives of any order (boltzgrad/ops/cfconv.py)
+        return _cfconv(w, x, i, j)
+    return _segment_sum(w * x[j], i, x.shape[0]) + _segment_sum(w * x[i], j, x.shape[0])
 
 
 def _in_functorch(t: torch.Tensor) -> bool:

@@ -27,3 +27,14 @@ void comoment_merge_cuda(const T* ca, const T* cb, const T* mxa, const T* mxb, c
                          int64_t K, int64_t P, T factor, T frac_b, T* c, T* mx, T* my, cudaStream_t stream);
 
 }  // namespace boltzgrad
+
+namespace boltzgrad {
+
+template <typename T>
+void cfconv_cuda(const T* w, const T* x, const int64_t* i, const int64_t* j, int64_t P, int64_t K, T* out,
+                 cudaStream_t stream);
+template <typename T>
+void pair_product_cuda(const T* a, const T* b, const int64_t* i, const int64_t* j, int64_t P, int64_t K, T* y,
+                       cudaStream_t stream);
+
+}  // namespace boltzgrad

@@ -179,15 +179,20 @@ class Simulator:
         """[R] largest squared distance from the origin (Å²) an atom may have: 2**28 times the smallest lattice
         plane distance of its box along periodic axes (then its fractional coordinates stay below the neighbour
         search's 2**29 bound); None when nothing is periodic."""
-        if cell is None or not bool(pbc.any()) or not bool(torch.isfinite(cell).all()):
+        if cell is None:
             return None
+        # cached for the very tensors of the last call, unmodified since (the same cell at every step of a run)
+        key = (cell, cell._version, pbc, pbc._version)
         cached = self.__dict__.get("_reach")
-        if cached is not None and cached[0] is cell:
+        if cached is not None and all(a is b for a, b in zip(cached[0][::2], key[::2], strict=True)) \
+                and cached[0][1::2] == key[1::2]:
             return cached[1]
-        plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
-        smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
-        limit = ((2.0**28) * smallest).square().to(cell.dtype)
-        self.__dict__["_reach"] = (cell, limit)
+        limit = None
+        if bool(pbc.any() & torch.isfinite(cell).all()):
+            plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
+            smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
+            limit = ((2.0**28) * smallest).square().to(cell.dtype)
+        self.__dict__["_reach"] = (key, limit)
         return limit
 
     def _guarded_compute(self, positions: torch.Tensor, cell: torch.Tensor | None):
@@ -235,7 +240,7 @@ class Simulator:
             total = new.energy.sum() + new.forces.sum() + new.velocities.sum()
             if new.virial is not None:
                 total = total + new.virial.sum()
-            if bool(torch.isfinite(total)) and not bool(old.frozen.any()):
+            if bool(torch.isfinite(total) & ~old.frozen.any()):
                 return new
             bad = torch.zeros_like(old.frozen)
         bad = bad | ~torch.isfinite(new.energy)

@@ -60,7 +60,7 @@ from boltzgrad.md import simulator as md_simulator
 from boltzgrad.md import units
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _results import append_section  # noqa: E402
+from _results import append_section, replace_section  # noqa: E402
 from bench_schnet import ASPIRIN, N, R, molecule_like  # noqa: E402  (same molecule as the SchNet benchmark)
 
 CLOCK = time.process_time
@@ -348,9 +348,10 @@ def main_overhead(args) -> None:
         cmd = "nice -n 10 .venv/bin/python benchmarks/bench_md.py" + " ".join([""] + sys.argv[1:])
         body = "\n\n".join(f"{text}\n\n{table}" for text, table in sections)
         day = time.strftime("%Y-%m-%d")
-        append_section(f"\n## MD step: per-step work against replicas (issue 19, item 3; {day})\n\n"
-                       f"Command: `{cmd}` ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
-                       f"torch {torch.__version__}). {torchsim_status()}.\n\n{body}\n")
+        replace_section("## MD step: per-step work against replicas",
+                        f"## MD step: per-step work against replicas (issue 19, item 3; {day})\n\n"
+                        f"Command: `{cmd}` ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
+                        f"torch {torch.__version__}). {torchsim_status()}.\n\n{body}\n")
 
 
 def main() -> None:

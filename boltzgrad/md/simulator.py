@@ -152,8 +152,12 @@ class Simulator:
         if isinstance(self.compile, dict):
             options.update(self.compile)
         compiled = torch.compile(static.core, **options)
+        warm = []
 
         def step(*args):
+            if not warm:  # the first step eagerly: the integrator fills its caches, which the compiled step reads
+                warm.append(True)
+                return static.core(*args)
             # forces come from torch.autograd.grad inside the step
             with torch._dynamo.config.patch(trace_autograd_ops=True):
                 return compiled(*args)

@@ -49,6 +49,8 @@ import time
 
 import numpy as np
 import torch
+import torch._functorch.config
+import torch._inductor.config
 from ase import Atoms
 from ase import units as ase_units
 from ase.calculators.lj import LennardJones as AseLJ
@@ -295,7 +297,11 @@ def compile_comparison(replicas, steps, rounds):
             sims = {c: bg.md.Simulator(model, bg.md.Langevin(2.0, kT, 0.01, seed=1), skin=0.3, check_every=10,
                                        compile=c) for c in (False, True)}
             w0 = time.perf_counter()
-            sims[True].run(state, 10)  # compiles
+            # compiles, cold: without inductor's and AOTAutograd's caches of compiled graphs (kept on disk across
+            # processes, which would make a rerun of this script measure cache hits)
+            with torch._inductor.config.patch(fx_graph_cache=False), \
+                    torch._functorch.config.patch(enable_autograd_cache=False):
+                sims[True].run(state, 10)
             compile_wall = time.perf_counter() - w0
             times = {c: [] for c in sims}
             finals = {}
@@ -341,7 +347,8 @@ def main_overhead(args) -> None:
         print(table, flush=True)
         sections.append(("The static step (``check_every=10``) eager and under ``torch.compile(fullgraph=True, "
                          "dynamic=False)`` (inductor, CPU); same clusters, float32; 200 timed steps per run, medians "
-                         "of 3 interleaved rounds (CPU time); compile time: the first run of 10 steps (wall); Δx: "
+                         "of 3 interleaved rounds (CPU time); compile time: the first run of 10 steps (wall), "
+                         "caches of compiled graphs off; Δx: "
                          "positions of the compiled and the eager run after the last round.",
                          table))
     if not (args.quick or args.no_write):

@@ -23,8 +23,20 @@ the ASE loop are checked to produce the same forces on the starting geometry.
 Times are CPU times of this process (``time.process_time``), so other load on a shared machine does not
 count; one thread by default.
 
+  4. (``--step-overhead``) Does the per-step host work of the MD step grow with the number of replicas? A
+     near-free potential (Lennard-Jones on 8-atom clusters) at R = 1, 8, 64, 512 replicas, default step and
+     static step (``check_every=10``) side by side: CPU time per step, aten ops dispatched per step and host
+     synchronisations per step (``aten::_local_scalar_dense``: ``.item()``, ``bool(tensor)``; ``aten::equal``),
+     counted with a ``TorchDispatchMode``.
+  5. (``--compile``) The static step under ``torch.compile(fullgraph=True)`` against the same step run eagerly,
+     Lennard-Jones and a small SchNet at a small and a larger replica count: compile time (wall) and
+     steady-state CPU time per step.
+  6. TorchSim, when installed, would be the peer of questions 1 and 3; it is not a dependency of boltzgrad and
+     the comparison is skipped with the reason when it cannot be imported.
+
     nice -n 10 .venv/bin/python benchmarks/bench_md.py            # table appended to benchmarks/RESULTS.md
     nice -n 10 .venv/bin/python benchmarks/bench_md.py --quick    # fewer steps, no file written
+    nice -n 10 .venv/bin/python benchmarks/bench_md.py --step-overhead --compile   # questions 4 and 5 only
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ import time
 
 import numpy as np
 import torch
+import torch._functorch.config
+import torch._inductor.config
 from ase import Atoms
 from ase import units as ase_units
 from ase.calculators.lj import LennardJones as AseLJ
@@ -48,7 +62,7 @@ from boltzgrad.md import simulator as md_simulator
 from boltzgrad.md import units
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _results import append_section  # noqa: E402
+from _results import append_section, replace_section  # noqa: E402
 from bench_schnet import ASPIRIN, N, R, molecule_like  # noqa: E402  (same molecule as the SchNet benchmark)
 
 CLOCK = time.process_time
@@ -195,6 +209,158 @@ def check_forces_agree(model, calc_factory, name, tol):
     print(f"{name}: bg forces == ASE calculator forces to {worst:.1e} (relative, float64)", flush=True)
 
 
+# ---------------------------------------------------------------------------------------------- questions 4 and 5
+CLUSTER_LJ = dict(epsilon=0.01, sigma=1.0, cutoff=2.5)  # eV, Å, Å: argon-like, a near-free model call
+
+
+def clusters(n_rep, dtype=torch.float32, seed=1, n=8):
+    """``n_rep`` jittered 8-atom clusters (a 2 x 2 x 2 cube, 1.15 Å edges) at 30 K."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.stack(torch.meshgrid(*[torch.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n].double() * 1.15
+    pos = (base.repeat(n_rep, 1) + 0.05 * torch.randn(n_rep * n, 3, generator=g, dtype=torch.float64)).to(dtype)
+    batch = torch.arange(n_rep).repeat_interleave(n)
+    masses = torch.full((n_rep * n,), 39.9, dtype=dtype)
+    v = bg.md.maxwell_boltzmann(masses, units.kT(30.0), batch=batch, generator=g)
+    return bg.md.State(pos, v, masses, torch.ones(n_rep * n, dtype=torch.int64), batch=batch)
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops dispatched (forward and backward) and the host synchronisations among them."""
+
+    SYNCS = ("aten::_local_scalar_dense", "aten::equal")
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        if func._schema.name in self.SYNCS:
+            self.syncs += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _sims(model, steps):
+    kT = units.kT(30.0)
+    return {"default": lambda: bg.md.Simulator(model, bg.md.Langevin(2.0, kT, 0.01, seed=1), skin=0.3),
+            "static (check_every=10)": lambda: bg.md.Simulator(model, bg.md.Langevin(2.0, kT, 0.01, seed=1), skin=0.3,
+                                                                check_every=10)}
+
+
+def count_per_step(make_sim, state, steps):
+    """Ops and syncs per step: a run of ``steps`` steps minus a run of 0 (the setup of ``run``)."""
+    counts = []
+    for n in (0, steps):
+        with OpCounter() as c:
+            make_sim().run(state, n)
+        counts.append((c.ops, c.syncs))
+    return (counts[1][0] - counts[0][0]) / steps, (counts[1][1] - counts[0][1]) / steps
+
+
+def step_overhead(steps, rounds, replicas=(1, 8, 64, 512)):
+    model = bg.models.LennardJones(**CLUSTER_LJ)
+    makers = _sims(model, steps)
+    rows = []
+    for n_rep in replicas:
+        state = makers["default"]().run(clusters(n_rep), 100)  # equilibrated start
+        times = {k: [] for k in makers}
+        for _ in range(rounds):  # interleaved: both steps see the same machine load
+            for k, make in makers.items():
+                sim = make()
+                t0 = CLOCK()
+                sim.run(state, steps)
+                times[k].append(1e3 * (CLOCK() - t0) / steps)
+        counts = {k: count_per_step(make, state, min(steps, 100)) for k, make in makers.items()}
+        for k in makers:
+            t = float(np.median(times[k]))
+            ops, syncs = counts[k]
+            rows.append((n_rep, k, t, ops, syncs))
+            print(f"R={n_rep:4d} {k:24s} {t:7.3f} ms/step  {ops:6.1f} ops/step  {syncs:5.2f} syncs/step", flush=True)
+    base = {k: t for n_rep, k, t, _, _ in rows if n_rep == replicas[0]}
+    table = ("| R | step | CPU ms / step | / R = 1 | µs / replica-step | aten ops / step | host syncs / step |\n"
+             "|---|---|---|---|---|---|---|\n")
+    table += "\n".join(f"| {n_rep} | {k} | {t:.3f} | {t / base[k]:.2f} | {1e3 * t / n_rep:.1f} | {ops:.1f} | "
+                       f"{syncs:.2f} |" for n_rep, k, t, ops, syncs in rows)
+    return table
+
+
+def compile_comparison(replicas, steps, rounds):
+    """The static step eager and under torch.compile(fullgraph=True): compile wall time, CPU ms per step."""
+    torch.manual_seed(0)
+    schnet = bg.models.SchNet(n_features=32, n_filters=32, n_interactions=3, n_rbf=16, cutoff=2.5)
+    models = {"LennardJones": bg.models.LennardJones(**CLUSTER_LJ), "SchNet 32/32/3/16": schnet}
+    kT = units.kT(30.0)
+    rows = []
+    for name, model in models.items():
+        for n_rep in replicas:
+            state = bg.md.Simulator(model, bg.md.Langevin(2.0, kT, 0.01, seed=1), skin=0.3).run(clusters(n_rep), 20)
+            sims = {c: bg.md.Simulator(model, bg.md.Langevin(2.0, kT, 0.01, seed=1), skin=0.3, check_every=10,
+                                       compile=c) for c in (False, True)}
+            w0 = time.perf_counter()
+            # compiles, cold: without inductor's and AOTAutograd's caches of compiled graphs (kept on disk across
+            # processes, which would make a rerun of this script measure cache hits)
+            with torch._inductor.config.patch(fx_graph_cache=False), \
+                    torch._functorch.config.patch(enable_autograd_cache=False):
+                sims[True].run(state, 10)
+            compile_wall = time.perf_counter() - w0
+            times = {c: [] for c in sims}
+            finals = {}
+            for _ in range(rounds):
+                for c, sim in sims.items():
+                    t0 = CLOCK()
+                    finals[c] = sim.run(state, steps)
+                    times[c].append(1e3 * (CLOCK() - t0) / steps)
+            diff = float((finals[True].positions - finals[False].positions).abs().max())
+            eager, comp = float(np.median(times[False])), float(np.median(times[True]))
+            rows.append(f"| {name} | {n_rep} | {compile_wall:.1f} | {eager:.3f} | {comp:.3f} | {eager / comp:.2f} | "
+                        f"{diff:.1e} |")
+            print(rows[-1], flush=True)
+    return ("| model | R | compile (s, wall) | eager static step (CPU ms) | compiled (CPU ms) | eager / compiled | "
+            "max abs Δx after the run (Å) |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def torchsim_status() -> str:
+    try:
+        import torch_sim  # noqa: F401
+    except ImportError as err:
+        return f"TorchSim skipped: it cannot be imported here ({err}); it is not a dependency of boltzgrad"
+    return ("TorchSim is installed, but this script has no adapter for it yet: its batched integrators were not "
+            "compared")
+
+
+def main_overhead(args) -> None:
+    steps = 30 if args.quick else args.steps
+    rounds = 2 if args.quick else 5
+    print(torchsim_status(), flush=True)
+    sections = []
+    if args.step_overhead:
+        table = step_overhead(steps, rounds)
+        print(table, flush=True)
+        sections.append(("Per step, 8-atom Lennard-Jones clusters (argon-like, cutoff 2.5 Å, skin 0.3 Å), float32, "
+                         f"Langevin 2 fs with counter-based noise; {steps} timed steps per run, medians of {rounds} "
+                         "interleaved rounds (CPU time, one thread); ops and syncs counted over 100 steps with a "
+                         "TorchDispatchMode (a run of 0 steps subtracted; the Verlet searches inside the steps are "
+                         "included).", table))
+    if args.compile:
+        reps = (8, 64) if args.quick else (8, 512)
+        table = compile_comparison(reps, 20 if args.quick else 200, 2 if args.quick else 3)
+        print(table, flush=True)
+        sections.append(("The static step (``check_every=10``) eager and under ``torch.compile(fullgraph=True, "
+                         "dynamic=False)`` (inductor, CPU); same clusters, float32; 200 timed steps per run, medians "
+                         "of 3 interleaved rounds (CPU time); compile time: the first run of 10 steps (wall), "
+                         "caches of compiled graphs off; Δx: "
+                         "positions of the compiled and the eager run after the last round.",
+                         table))
+    if not (args.quick or args.no_write):
+        cmd = "nice -n 10 .venv/bin/python benchmarks/bench_md.py" + " ".join([""] + sys.argv[1:])
+        body = "\n\n".join(f"{text}\n\n{table}" for text, table in sections)
+        day = time.strftime("%Y-%m-%d")
+        replace_section("## MD step: per-step work against replicas",
+                        f"## MD step: per-step work against replicas (issue 19, item 3; {day})\n\n"
+                        f"Command: `{cmd}` ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
+                        f"torch {torch.__version__}). {torchsim_status()}.\n\n{body}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps, nothing written")
@@ -202,8 +368,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=300, help="timed bg steps per potential")
     ap.add_argument("--ase-steps", type=int, default=10, help="ASE steps per replica")
+    ap.add_argument("--step-overhead", action="store_true", help="question 4 only: per-step work against replicas")
+    ap.add_argument("--compile", action="store_true", help="question 5 only: torch.compile against eager")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.step_overhead or args.compile:
+        main_overhead(args)
+        return
+    print(torchsim_status(), flush=True)
     steps = 40 if args.quick else args.steps
     ase_steps = 2 if args.quick else args.ase_steps
 

@@ -22,6 +22,7 @@ class SkinRule:
         """Forget the last search."""
         self._ref: torch.Tensor | None = None
         self._key = None
+        self._sources = None
 
     def stale(self, positions: torch.Tensor, batch: torch.Tensor, cell: torch.Tensor | None,
               pbc: torch.Tensor) -> bool:
@@ -30,11 +31,12 @@ class SkinRule:
         if ref is None or ref.shape != positions.shape or ref.dtype != positions.dtype \
                 or ref.device != positions.device:
             return True
-        old_batch, old_cell, old_pbc = self._key
-        if not torch.equal(old_batch, batch) or old_pbc.shape != pbc.shape or not torch.equal(old_pbc, pbc):
-            return True
-        if (old_cell is None) != (cell is None) or (cell is not None and not torch.equal(old_cell, cell.detach())):
-            return True
+        if not self._unchanged(batch, cell, pbc):
+            old_batch, old_cell, old_pbc = self._key
+            if not torch.equal(old_batch, batch) or old_pbc.shape != pbc.shape or not torch.equal(old_pbc, pbc):
+                return True
+            if (old_cell is None) != (cell is None) or (cell is not None and not torch.equal(old_cell, cell.detach())):
+                return True
         if positions.shape[0] == 0:
             return False
         moved2 = ((positions.detach() - ref) ** 2).sum(-1).max()
@@ -46,3 +48,23 @@ class SkinRule:
         """Remember the arguments of the search just done."""
         self._ref = positions.detach().clone()
         self._key = (batch.clone(), None if cell is None else cell.detach().clone(), pbc.clone())
+        # the tensors themselves (kept alive, so their memory is not reused) and their version counters: a later
+        # call with the same, unmodified tensors needs no comparison of values (a host synchronisation each)
+        self._sources = tuple(None if t is None else (t, _signature(t)) for t in (batch, cell, pbc))
+
+    def _unchanged(self, batch, cell, pbc) -> bool:
+        sources = getattr(self, "_sources", None)
+        if sources is None:
+            return False
+        for t, src in zip((batch, cell, pbc), sources, strict=True):
+            if (t is None) != (src is None):
+                return False
+            if t is not None and _signature(t) != src[1]:
+                return False
+        return True
+
+
+def _signature(t: torch.Tensor):
+    """Identifies a tensor's values while the tensor it was taken from is alive: same memory, layout and version
+    counter (shared with its views and detached aliases, bumped by every in-place change)."""
+    return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)

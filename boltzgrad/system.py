@@ -94,10 +94,9 @@ class System:
                 raise ValueError(f"batch must be an int64 tensor, got dtype {batch.dtype}")
             if batch.device != dev:
                 raise ValueError(f"batch must be on the device of positions ({dev}), got {batch.device}")
-            if check_values:
-                from_batch = replica_count(batch)
-            else:
-                from_batch = int(batch[-1]) + 1 if n else 0
+            # the count from batch: its values (a host synchronisation), needed to check them or when nothing
+            # else gives R
+            from_batch = replica_count(batch) if check_values else None
 
         if cell is not None:
             cell = as_tensor("cell", cell, dtype=positions.dtype, device=dev)
@@ -121,6 +120,8 @@ class System:
             candidates.append(("cell", cell.shape[0]))
         if pbc.dim() == 2 and pbc.shape[0] != 1:
             candidates.append(("pbc", pbc.shape[0]))
+        if not candidates and from_batch is None:
+            from_batch = int(batch[-1]) + 1 if n else 0
         name, R = candidates[0] if candidates else ("batch", from_batch)
         for other, value in candidates[1:]:
             if value != R:
@@ -128,7 +129,7 @@ class System:
         if R < 0 or R > _checks.MAX_REPLICAS:
             raise ValueError(f"{name} gives R = {R} replicas; at most MAX_REPLICAS = {_checks.MAX_REPLICAS} are "
                              "supported")
-        if from_batch > R:
+        if from_batch is not None and from_batch > R:
             raise ValueError(f"batch holds replica index {from_batch - 1}, but there are R = {R} replicas "
                              f"(from {name})")
         if cell is not None:

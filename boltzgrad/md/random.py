@@ -49,23 +49,35 @@ def _mix(x):
     return x ^ (x >> 15)
 
 
-def _key(seed: int, stream: int, step: int) -> int:
-    """The 32-bit key shared by all numbers of one (seed, stream, step)."""
+def _key(seed: int, stream: int, step):
+    """The 32-bit key shared by all numbers of one (seed, stream, step).
+
+    ``step`` may be a 0-d int64 tensor (>= 0): the key is then a 0-d tensor computed on its device with the same
+    integer operations (the same value), so a step counter kept on the device needs no host synchronisation.
+    """
     h = 0x9E3779B9
-    for v, name in ((seed, "seed"), (stream, "stream"), (step, "step")):
+    for v, name in ((seed, "seed"), (stream, "stream")):
         v = int(v)
         if not 0 <= v < 2**64:
             raise ValueError(f"{name} must be in [0, 2**64), got {v}")
         h = _mix(h ^ (v & _MASK))
         h = _mix(h ^ (v >> 32))
-    return h
+    if isinstance(step, torch.Tensor):
+        if step.dim() != 0 or step.dtype != torch.int64:
+            raise ValueError(f"step must be an int or a 0-d int64 tensor, got {step.dtype} {tuple(step.shape)}")
+        return _mix(_mix(step & _MASK ^ h) ^ (step >> 32))
+    v = int(step)
+    if not 0 <= v < 2**64:
+        raise ValueError(f"step must be in [0, 2**64), got {v}")
+    h = _mix(h ^ (v & _MASK))
+    return _mix(h ^ (v >> 32))
 
 
 def counter_uniform(seed: int, stream: int, replica: torch.Tensor, step: int, index: torch.Tensor) -> torch.Tensor:
     """32-bit random integers (int64 tensor, values in ``[0, 2**32)``) at the given coordinates.
 
     Args:
-        seed, stream, step: ints in ``[0, 2**64)``.
+        seed, stream: ints in ``[0, 2**64)``. step: an int in ``[0, 2**63)``, or a 0-d int64 tensor.
         replica, index: int64 tensors >= 0 of one shape (broadcastable), each below 2**32.
     """
     h = _mix(_mix(index & _MASK) ^ _key(seed, stream, step))
@@ -99,7 +111,7 @@ def replica_normal(seed: int, stream: int, step: int, replica_id: torch.Tensor, 
     and is numbered within it, so a replica's numbers do not depend on the other replicas of the batch.
 
     Args:
-        seed, stream, step: ints >= 0.
+        seed, stream: ints >= 0. step: an int >= 0 or a 0-d int64 tensor (a step counter on the device).
         replica_id: [R] int64, the global id of each replica of the batch.
         batch: [n_atoms] int64 sorted replica index (0..R-1).
         width: numbers per atom (3 for a velocity).

@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 import torch
 
-from ..models.base import accepts_pairs, energy_and_forces, energy_forces_virial, segment_sum
-from .integrators import Integrator
+from .._checks import as_int
+from ..models.base import accepts_pairs, energy_and_forces, energy_forces_virial
+from ..neighbors import NeighborList
+from . import _static
+from ._static import _replica_any
+from .integrators import Integrator, Langevin
 from .state import State
 from .trajectory import TrajectoryBuffer
 from .verlet import VerletPairs
-
-
-def _replica_any(mask_atoms: torch.Tensor, batch: torch.Tensor, n_rep: int) -> torch.Tensor:
-    return segment_sum(mask_atoms.to(torch.int32), batch, n_rep) > 0
 
 
 def _where_rep(frozen_rep: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,21 @@ class Simulator:
     others: a batch with a frozen replica gives the other replicas exactly the trajectories they would have
     without it. Users may freeze replicas themselves by setting ``state.frozen``.
 
+    **The static step** (``check_every > 1``, ``compile``, ``cuda_graph`` or ``max_pairs``): one step becomes a
+    function of tensors with fixed shapes and no host synchronisation. The Verlet list is a fixed-capacity
+    candidate list (``cutoff + skin``, padded to ``max_pairs`` entries; the model masks the entries beyond its
+    cutoff instead of dropping them), exploding replicas are found and frozen with device operations, and the
+    rebuild test (some atom moved by more than ``skin / 2``) is a running maximum on the device that the host reads
+    every ``check_every`` steps. A block in which the list went stale is run again from its start with a check
+    after every step, so every step is computed with a list holding all pairs within the cutoff, as in the
+    default step; the trajectories agree with it to floating-point rounding (the masked model sums the same pair
+    terms, padded with zeros). Callbacks are called at the end of each block, in step order, with the states
+    of their steps. Supported: pair potentials and SchNet (models whose ``forward`` keeps a fixed-capacity
+    ``pairs`` list's shape), and the integrators that keep the cell (not :class:`~boltzgrad.md.BerendsenNPT`).
+    The step then evaluates all candidates within ``cutoff + skin``, more pairs than the default step's model
+    call filters down to; it pays off where per-step launches and synchronisations dominate (many small
+    replicas, a GPU), and it is what ``torch.compile`` and CUDA graphs need.
+
     Args:
         model: a potential (see :mod:`boltzgrad.models.base`).
         integrator: a :class:`~boltzgrad.md.integrators.Integrator`.
@@ -49,10 +64,24 @@ class Simulator:
             ``state.image`` keeps the unwrapped trajectory.
         buffer_size: capacity of :attr:`trajectory`, the ring buffer used when ``run`` gets ``every`` but no
             ``callback``.
+        check_every: the static step, with the host checking the Verlet list (one synchronisation) every this
+            many steps; 1 (default) without ``compile``, ``cuda_graph`` or ``max_pairs`` is the default step, which
+            checks on the host at every step.
+        compile: run the static step under ``torch.compile(fullgraph=True, dynamic=False)``: True, or a dict of
+            further ``torch.compile`` arguments (e.g. ``{"mode": "max-autotune-no-cudagraphs"}``). The first step
+            compiles (seconds to minutes); a list that outgrows ``max_pairs`` compiles once more.
+        cuda_graph: capture the static step in a CUDA graph and replay it (states on a CUDA device only).
+        max_pairs: capacity of the static step's candidate list; None: 1.25 times the first search's count,
+            rounded up to a multiple of 256. A search that finds more grows it (a new compilation or capture).
+
+    With ``compile`` or ``cuda_graph``, a :class:`~boltzgrad.md.Langevin` integrator needs counter-based noise
+    (``seed=``): a ``torch.Generator`` can be neither compiled nor captured.
     """
 
     def __init__(self, model: torch.nn.Module, integrator: Integrator, *, neighbor_list=None, skin: float = 0.5,
-                 max_displacement: float | None = 1.0, wrap_every: int | None = 100, buffer_size: int = 1000):
+                 max_displacement: float | None = 1.0, wrap_every: int | None = 100, buffer_size: int = 1000,
+                 check_every: int = 1, compile: bool | dict = False, cuda_graph: bool = False,
+                 max_pairs: int | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module potential, got {type(model).__name__}")
         if not isinstance(integrator, Integrator):
@@ -65,6 +94,20 @@ class Simulator:
             raise ValueError(f"max_displacement must be > 0 (Å) or None, got {max_displacement}")
         if wrap_every is not None and int(wrap_every) < 1:
             raise ValueError(f"wrap_every must be >= 1 or None, got {wrap_every}")
+        check_every = as_int("check_every", check_every, minimum=1)
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError("compile must be a bool or a dict of torch.compile arguments, got "
+                            f"{type(compile).__name__}")
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+        if max_pairs is not None:
+            max_pairs = as_int("max_pairs", max_pairs, minimum=1)
+        self.check_every = check_every
+        self.compile = compile
+        self.cuda_graph = cuda_graph
+        self.max_pairs = max_pairs
+        if self.static_step:
+            self._check_static(model, integrator, neighbor_list)
         self.model = model
         self.integrator = integrator
         self.neighbor_list = neighbor_list
@@ -73,8 +116,53 @@ class Simulator:
         self.buffer_size = int(buffer_size)
         self.trajectory: TrajectoryBuffer | None = None
         self.n_model_calls = 0
+        self.n_replayed_blocks = 0
         self._ref: State | None = None
         self._bad: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ the static step
+    @property
+    def static_step(self) -> bool:
+        """True when :meth:`run` uses the static step (``check_every > 1``, ``compile``, ``cuda_graph`` or
+        ``max_pairs``)."""
+        return self.check_every > 1 or bool(self.compile) or self.cuda_graph or self.max_pairs is not None
+
+    def _check_static(self, model, integrator, neighbor_list) -> None:
+        options = "check_every > 1, compile, cuda_graph and max_pairs"
+        if not accepts_pairs(model) or not hasattr(model, "cutoff"):
+            raise ValueError(f"{options} need a model that takes pairs= and has a cutoff (pair potentials, SchNet); "
+                             f"{type(model).__name__} does not")
+        if integrator.needs_virial:
+            raise ValueError(f"{options} need an integrator that keeps the cell; {type(integrator).__name__} "
+                             "changes it every step (the list is then searched at every step)")
+        if isinstance(neighbor_list, NeighborList) and neighbor_list.full_list:
+            raise ValueError("neighbor_list must be a half list (full_list=False) for the static step")
+        if neighbor_list is not None and not isinstance(neighbor_list, (NeighborList, VerletPairs)):
+            raise ValueError(f"{options} need neighbor_list to be a bg.md.VerletPairs or bg.NeighborList (its cutoff "
+                             f"and skin), got {type(neighbor_list).__name__}")
+        if (self.compile or self.cuda_graph) and isinstance(integrator, Langevin) and integrator.seed is None:
+            raise ValueError("compile and cuda_graph need Langevin(..., seed=...) (counter-based noise): the noise of "
+                             "a torch.Generator can be neither compiled nor captured")
+
+    def _step_function(self, static):
+        """The static step's function: eager, or compiled with ``torch.compile(fullgraph=True)``."""
+        if not self.compile:
+            return static.core
+        options = {"fullgraph": True, "dynamic": False}
+        if isinstance(self.compile, dict):
+            options.update(self.compile)
+        compiled = torch.compile(static.core, **options)
+        warm = []
+
+        def step(*args):
+            if not warm:  # the first step eagerly: the integrator fills its caches, which the compiled step reads
+                warm.append(True)
+                return static.core(*args)
+            # forces come from torch.autograd.grad inside the step
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                return compiled(*args)
+
+        return step
 
     # ------------------------------------------------------------------ forces
     def evaluate(self, state: State, positions: torch.Tensor, cell: torch.Tensor | None):
@@ -95,15 +183,20 @@ class Simulator:
         """[R] largest squared distance from the origin (Å²) an atom may have: 2**28 times the smallest lattice
         plane distance of its box along periodic axes (then its fractional coordinates stay below the neighbour
         search's 2**29 bound); None when nothing is periodic."""
-        if cell is None or not bool(pbc.any()) or not bool(torch.isfinite(cell).all()):
+        if cell is None:
             return None
+        # cached for the very tensors of the last call, unmodified since (the same cell at every step of a run)
+        key = (cell, cell._version, pbc, pbc._version)
         cached = self.__dict__.get("_reach")
-        if cached is not None and cached[0] is cell:
+        if cached is not None and all(a is b for a, b in zip(cached[0][::2], key[::2], strict=True)) \
+                and cached[0][1::2] == key[1::2]:
             return cached[1]
-        plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
-        smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
-        limit = ((2.0**28) * smallest).square().to(cell.dtype)
-        self.__dict__["_reach"] = (cell, limit)
+        limit = None
+        if bool(pbc.any() & torch.isfinite(cell).all()):
+            plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
+            smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
+            limit = ((2.0**28) * smallest).square().to(cell.dtype)
+        self.__dict__["_reach"] = (key, limit)
         return limit
 
     def _guarded_compute(self, positions: torch.Tensor, cell: torch.Tensor | None):
@@ -151,7 +244,7 @@ class Simulator:
             total = new.energy.sum() + new.forces.sum() + new.velocities.sum()
             if new.virial is not None:
                 total = total + new.virial.sum()
-            if bool(torch.isfinite(total)) and not bool(old.frozen.any()):
+            if bool(torch.isfinite(total) & ~old.frozen.any()):
                 return new
             bad = torch.zeros_like(old.frozen)
         bad = bad | ~torch.isfinite(new.energy)
@@ -169,9 +262,12 @@ class Simulator:
         out.frozen_step = torch.where(newly, torch.full_like(old.frozen_step, new.step), old.frozen_step)
         return out
 
-    def _initialise(self, state: State) -> State:
+    def _initialise(self, state: State, evaluate=None) -> State:
         """Forces (and virial) at the state's own positions; replicas with a non-finite start are frozen."""
-        energy, forces, virial = self.evaluate(state, state.positions, state.cell)
+        if evaluate is None:
+            energy, forces, virial = self.evaluate(state, state.positions, state.cell)
+        else:
+            energy, forces, virial = evaluate(state)
         new = state.replace(energy=energy, forces=forces, virial=virial)
         bad = ~torch.isfinite(energy) | _replica_any(~torch.isfinite(forces).all(-1), state.batch, state.n_replicas)
         if virial is not None:
@@ -218,6 +314,10 @@ class Simulator:
             if self.trajectory is None:
                 self.trajectory = TrajectoryBuffer(self.buffer_size)
             callback = self.trajectory
+        if self.static_step:
+            if self.cuda_graph and state.positions.device.type != "cuda":
+                raise ValueError(f"cuda_graph=True needs a state on a CUDA device, got {state.positions.device}")
+            return _static.run_static(self, state, n_steps, every, callback)
         state = state.replace()
         self.integrator.init(state)
         state = self._initialise(state)

@@ -65,6 +65,50 @@ def pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pbc=False,
     return i, j, vectors, safe_distance(d2), batch, n_rep
 
 
+def masked_pair_geometry(positions, cutoff: float, *, batch=None, cell=None, pairs):
+    """Every entry of a given list with its distance and a validity weight: fixed shapes, no host synchronisation.
+
+    The shape-stable twin of :func:`pair_geometry` for fixed-capacity lists (``pairs.num_pairs`` set, e.g. the
+    padded list of the :class:`~boltzgrad.md.Simulator`'s static step) and for ``torch.func`` transforms: no
+    entry is dropped, so the outputs have the list's length whatever the positions, as ``torch.compile(...,
+    fullgraph=True)`` and CUDA graphs need. A potential multiplies each pair's contribution by ``weight``.
+
+    Args:
+        positions: [n_atoms, 3] float, Å.
+        cutoff: float, Å.
+        batch: [n_atoms] int64 or None. cell: [R, 3, 3] float, Å, or None (normalised, as
+            ``System.of(...).cell``).
+        pairs: a ``bg.Pairs`` (half list) built with a cutoff >= ``cutoff``; padding (beyond ``num_pairs``)
+            is allowed.
+
+    Returns:
+        ``(i [P], j [P], distances [P] Å, weight [P])``: ``weight`` is 1 for the entries within ``cutoff`` (and
+        within ``num_pairs``), else 0; the distance of an entry with weight 0 is 1 Å (a harmless value with a
+        zero gradient), that of two coincident atoms 0 with a zero gradient.
+    """
+    i, j = pairs.i, pairs.j
+    vec = positions[j] - positions[i]
+    if cell is not None:
+        b = torch.zeros_like(i) if batch is None else batch[i]
+        vec = vec + torch.bmm(pairs.shifts.to(positions.dtype).unsqueeze(1), cell[b]).squeeze(1)
+    d2 = (vec * vec).sum(-1)
+    valid = d2 < cutoff * cutoff
+    if pairs.num_pairs is not None:
+        valid = valid & pairs.mask
+    d = safe_distance(torch.where(valid, d2, torch.ones_like(d2)))
+    return i, j, d, valid.to(positions.dtype)
+
+
+def _fixed(pairs) -> bool:
+    return pairs is not None and pairs.num_pairs is not None
+
+
+def _masked(positions, cutoff, batch, cell, pbc, pairs):
+    system = System.of(positions, batch=batch, cell=cell, pbc=pbc, check_values=False)
+    i, j, r, w = masked_pair_geometry(positions, cutoff, batch=system.batch, cell=system.cell, pairs=pairs)
+    return i, j, r, w, system.batch, system.n_replicas
+
+
 def _split_pair_energies(e_pair, i, j, batch, n_atoms, n_rep):
     atom_e = segment_sum(0.5 * e_pair, i, n_atoms).index_add(0, j, 0.5 * e_pair)
     energy = segment_sum(e_pair, batch[i], n_rep)
@@ -98,11 +142,21 @@ class LennardJones(nn.Module):
         return f"epsilon={self.epsilon}, sigma={self.sigma}, cutoff={self.cutoff}"
 
     def forward(self, positions, species=None, *, batch=None, cell=None, pbc=False, pairs=None):
-        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface."""
-        i, j, _, r, batch, n_rep = pair_geometry(positions, self.cutoff, batch=batch, cell=cell, pbc=pbc,
-                                                 pairs=pairs)
+        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface.
+
+        A fixed-capacity ``pairs`` (``num_pairs`` set) keeps its shape: every entry is evaluated and weighted
+        (:func:`masked_pair_geometry`), so the call has static shapes and no host synchronisation.
+        """
+        if _fixed(pairs):
+            i, j, r, w, batch, n_rep = _masked(positions, self.cutoff, batch, cell, pbc, pairs)
+        else:
+            i, j, _, r, batch, n_rep = pair_geometry(positions, self.cutoff, batch=batch, cell=cell, pbc=pbc,
+                                                     pairs=pairs)
+            w = None
         s6 = (self.sigma / r) ** 6
         e = 4.0 * self.epsilon * (s6 * s6 - s6) - self.shift
+        if w is not None:
+            e = e * w
         return _split_pair_energies(e, i, j, batch, positions.shape[0], n_rep)
 
 
@@ -154,7 +208,11 @@ class PairMLP(nn.Module):
         return e * _cosine_cutoff(r, self.cutoff)
 
     def forward(self, positions, species=None, *, batch=None, cell=None, pbc=False, pairs=None):
-        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface."""
+        """Energies [R] (eV) and atom energies [n_atoms] (eV); arguments as the potential interface (a
+        fixed-capacity ``pairs`` keeps its shape, as in :class:`LennardJones`)."""
+        if _fixed(pairs):
+            i, j, r, w, batch, n_rep = _masked(positions, self.cutoff, batch, cell, pbc, pairs)
+            return _split_pair_energies(self.pair_energy(r) * w, i, j, batch, positions.shape[0], n_rep)
         i, j, _, r, batch, n_rep = pair_geometry(positions, self.cutoff, batch=batch, cell=cell, pbc=pbc,
                                                  pairs=pairs)
         return _split_pair_energies(self.pair_energy(r), i, j, batch, positions.shape[0], n_rep)

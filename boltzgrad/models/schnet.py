@@ -38,7 +38,7 @@ from .._checks import as_int, as_tensor, check_dim, positive_float
 from ..ops.cfconv import _HAS_OPS as _HAS_CFCONV
 from ..ops.cfconv import cfconv as _cfconv
 from .base import normalize_system
-from .pair import pair_geometry, safe_distance
+from .pair import masked_pair_geometry, pair_geometry
 
 __all__ = ["SchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
 
@@ -122,8 +122,14 @@ def _convolve(w: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor
 
 
 def _in_functorch(t: torch.Tensor) -> bool:
-    # inside torch.func transforms (vmap, grad): no host syncs, no data-dependent shapes
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    # inside torch.func transforms (vmap, grad): no host syncs, no data-dependent shapes (torch.compile traces
+    # tensors that are never functorch wrappers, and cannot trace this test)
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    # a CUDA graph is being captured on the current stream: no host synchronisation allowed
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -135,21 +141,6 @@ def _segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Ten
     if values.is_cuda or _in_functorch(values):
         return out.index_add(0, index, values)
     return out.index_put((index,), values, accumulate=True)
-
-
-def _fixed_pair_geometry(positions, cell, batch, pairs, cutoff):
-    """Distances [P] and a validity weight [P] for a given list, without filtering (vmap-compatible)."""
-    i, j = pairs.i, pairs.j
-    vec = positions[j] - positions[i]
-    if cell is not None:
-        b = torch.zeros_like(i) if batch is None else batch[i]
-        vec = vec + torch.bmm(pairs.shifts.to(positions.dtype).unsqueeze(1), cell[b]).squeeze(1)
-    d2 = (vec * vec).sum(-1)
-    valid = d2 < cutoff * cutoff
-    if pairs.num_pairs is not None:
-        valid = valid & pairs.mask
-    d = safe_distance(torch.where(valid, d2, torch.ones_like(d2)))
-    return i, j, d, valid.to(positions.dtype)
 
 
 class SchNet(nn.Module):
@@ -212,9 +203,10 @@ class SchNet(nn.Module):
             pairs: optional :class:`boltzgrad.Pairs`, a half list built with a cutoff >= ``cutoff`` (e.g.
                 by the MD simulator's Verlet list). Only its indices and integer shifts are used: pair
                 vectors are recomputed from ``positions`` and ``cell``, so forces and virials are exact
-                for the tensors passed in; pairs beyond ``cutoff`` and padding are dropped. Inside
-                ``torch.func`` transforms (``vmap`` over configurations that share this list, e.g. for
-                per-sample parameter gradients) they are masked instead of dropped (no host syncs).
+                for the tensors passed in; pairs beyond ``cutoff`` are dropped. For a fixed-capacity list
+                (``num_pairs`` set: padding, ``torch.compile`` and CUDA graphs) and inside ``torch.func``
+                transforms (``vmap`` over configurations that share this list, e.g. for per-sample
+                parameter gradients) they are masked instead of dropped (static shapes, no host syncs).
         Returns:
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
@@ -225,7 +217,7 @@ class SchNet(nn.Module):
                              f"them (positions.to({dtype}) or model.to({positions.dtype}))")
         if species.dtype != torch.int64:
             raise ValueError(f"species must be int64 atomic numbers, got dtype {species.dtype}")
-        if species.numel() and not torch.compiler.is_compiling():
+        if species.numel() and not torch.compiler.is_compiling() and not _capturing(species):
             lo, hi = int(species.min()), int(species.max())
             if lo < 0 or hi > self.max_z:
                 raise ValueError(f"species has atomic numbers in [{lo}, {hi}], outside [0, max_z={self.max_z}]")
@@ -233,9 +225,11 @@ class SchNet(nn.Module):
             with torch.no_grad():
                 pairs = self.neighbor_list(positions.detach(), batch=batch,
                                            cell=None if system.cell is None else system.cell.detach(), pbc=pbc)
-        if pairs is not None and _in_functorch(positions):
-            # e.g. per-sample parameter gradients with torch.func.vmap over configurations sharing one list
-            i, j, d, weight = _fixed_pair_geometry(positions, system.cell, batch, pairs, self.cutoff)
+        if pairs is not None and (pairs.num_pairs is not None or _in_functorch(positions)):
+            # fixed shapes: a fixed-capacity list (torch.compile, CUDA graphs), or per-sample parameter gradients
+            # with torch.func.vmap over configurations sharing one list
+            i, j, d, weight = masked_pair_geometry(positions, self.cutoff, batch=batch, cell=system.cell,
+                                                   pairs=pairs)
         else:
             i, j, _, d, _, _ = pair_geometry(positions, self.cutoff, batch=batch, cell=system.cell, pbc=pbc,
                                              pairs=pairs)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .._checks import as_int
+from .._skin import _signature
 from ..models.base import accepts_pairs, energy_and_forces, energy_forces_virial
 from ..neighbors import NeighborList
 from . import _static
@@ -185,18 +186,18 @@ class Simulator:
         search's 2**29 bound); None when nothing is periodic."""
         if cell is None:
             return None
-        # cached for the very tensors of the last call, unmodified since (the same cell at every step of a run)
-        key = (cell, cell._version, pbc, pbc._version)
+        # cached for the tensors of the last call, unmodified since (the same cell at every step of a run); the
+        # cache keeps them alive, so their signatures cannot be reused by other tensors
+        key = (_signature(cell), _signature(pbc))
         cached = self.__dict__.get("_reach")
-        if cached is not None and all(a is b for a, b in zip(cached[0][::2], key[::2], strict=True)) \
-                and cached[0][1::2] == key[1::2]:
-            return cached[1]
+        if cached is not None and cached[0] == key:
+            return cached[2]
         limit = None
         if bool(pbc.any() & torch.isfinite(cell).all()):
             plane = 1.0 / torch.linalg.vector_norm(torch.linalg.inv(cell.detach().double()), dim=1)
             smallest = torch.where(pbc, plane, torch.full_like(plane, math.inf)).min(1).values
             limit = ((2.0**28) * smallest).square().to(cell.dtype)
-        self.__dict__["_reach"] = (key, limit)
+        self.__dict__["_reach"] = (key, (cell, pbc), limit)
         return limit
 
     def _guarded_compute(self, positions: torch.Tensor, cell: torch.Tensor | None):

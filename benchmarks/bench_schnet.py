@@ -14,6 +14,11 @@ Questions:
      FLOPs it must do (counted analytically by ``matmul_flops``: every dense layer on atoms and on pairs, forward,
      plus the input gradients needed for the forces) / its time. The count is boltzgrad's (filters on the half
      list); the peers evaluate filters on the full list, twice those FLOPs, and are rated with the same count.
+     ``boltzgrad, tabulated filters`` is the same model as ``SchNet.tabulated()`` (filter networks replaced by
+     cubic Hermite tables at 0.005 Å, fused with the convolution: ``boltzgrad.ops.tabulated``), the route for MD
+     and evaluation. It skips the pair-level matmuls, so its GFLOP/s is an effective rate: the exact model's
+     FLOP count over its time, i.e. the rate the exact model would need to be as fast; the matmul FLOPs it
+     does execute (atom-wise layers only) are printed with the sizes.
   3. (``--pair-lists``) How much does it save to feed the paper-size model (64/64/6/25) boltzgrad's neighbour
      lists instead of a dense all-pairs list? Methods (one model, the same weights; only the pair list differs):
        * ``neighbor_list``: the model's default, ``bg.neighbor_list`` (half list) searched at every call;
@@ -68,6 +73,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import append_section  # noqa: E402
 
 R, N = 128, 21
+TABULATED = "boltzgrad, tabulated filters"
 ASPIRIN = [6] * 9 + [8] * 4 + [1] * 8  # C9H8O4
 CLOCK = time.process_time
 
@@ -234,7 +240,9 @@ def schnetpack_method(model: SchNet):
 
 def methods_for(model: SchNet) -> tuple[dict, dict]:
     """``({name: run(pos, species, batch) -> (energy, forces)}, {peer: why it is skipped})``."""
-    runs = {"boltzgrad": lambda pos, species, batch: energy_and_forces(model, pos, species, batch=batch)}
+    tabulated = model.tabulated()
+    runs = {"boltzgrad": lambda pos, species, batch: energy_and_forces(model, pos, species, batch=batch),
+            TABULATED: lambda pos, species, batch: energy_and_forces(tabulated, pos, species, batch=batch)}
     skipped = {}
     for name, make in (("pyg", pyg_method), ("schnetpack", schnetpack_method)):
         try:
@@ -359,6 +367,7 @@ def peers_and_sgemm(args) -> None:
             print(f"[{size}] {name}: agreement with float64, max rel. error energy {ee:.1e}, forces {ef:.1e}")
         fwd, bwd = matmul_flops(model, n_atoms, n_pairs)
         flops = fwd + bwd
+        executed = sum(matmul_flops(model, n_atoms, 0))
         t = warm(runs, pos, species, batch, model, n_pairs, repeats)
         sg_name = "sgemm 1024^3"
         sg_rate = 2 * 1024**3 / statistics.median(t[sg_name]) / 1e9
@@ -387,7 +396,8 @@ def peers_and_sgemm(args) -> None:
                        " | page faults per call 2-6 (min / median) |\n|---|---|---|---|\n" + "\n".join(frows))
         info = (f"[{size}] {n_rep} replicas x {N} atoms ({n_atoms}), {n_pairs} pairs (half list); SchNet "
                 f"{d['F']}/{d['K']}/{d['I']}/{d['G']} ({n_params} parameters), float32; matmul FLOPs per call "
-                f"{fwd / 1e6:.0f} M forward + {bwd / 1e6:.0f} M backward; sgemm 1024^3 {sg_rate:.1f} GFLOP/s")
+                f"{fwd / 1e6:.0f} M forward + {bwd / 1e6:.0f} M backward ({executed / 1e6:.0f} M executed with "
+                f"tabulated filters); sgemm 1024^3 {sg_rate:.1f} GFLOP/s")
         skip = "".join(f"; {n} skipped: {w}" for n, w in skipped.items())
         print(info + skip)
         print(warm_table)

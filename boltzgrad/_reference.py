@@ -98,6 +98,20 @@ def pair_product(a: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: torch.Ten
     return a[i] * b[j] + a[j] * b[i]
 
 
+def tabulated_cfconv(d: torch.Tensor, coefficients: torch.Tensor, x: torch.Tensor, i: torch.Tensor,
+                     j: torch.Tensor, spacing: float) -> torch.Tensor:
+    """cfconv with filters w(d) interpolated from cubic coefficients [G, 4, K] per interval of width spacing
+    (zero outside [0, G spacing)); differentiable w.r.t. d, coefficients and x to any order."""
+    n_intervals = coefficients.shape[0]
+    u = d * (1.0 / spacing)  # as the kernels: one rounding of 1 / spacing, then a product
+    inside = (u >= 0) & (u < n_intervals)
+    g = u.detach().floor().clamp(0, max(n_intervals - 1, 0)).long()
+    t = (u - g.to(u.dtype))[:, None]
+    c = coefficients[g]
+    w = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    return cfconv(w * inside.to(w.dtype)[:, None], x, i, j)
+
+
 # --------------------------------------------------------------------------- neighbour lists
 
 

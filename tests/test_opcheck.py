@@ -110,7 +110,29 @@ def pair_product_cases(device, dtype):
     return [(torch.randn_like(x).requires_grad_(True), x, i, j)]
 
 
+def _tabulated_case(device, dtype, n=9, p=20, k=5, g=6, h=0.5):
+    gen = torch.Generator().manual_seed(3)
+    i, j = torch.randint(0, n, (p,), generator=gen), torch.randint(0, n, (p,), generator=gen)
+    j[0] = i[0]  # an atom paired with its own periodic image
+    d = 0.01 + torch.rand(p, generator=gen, dtype=torch.float64) * (g * h + 0.4)  # a few beyond the table
+    c = torch.randn(g, 4, k, generator=gen, dtype=torch.float64)
+    x = torch.randn(n, k, generator=gen, dtype=torch.float64)
+    return d.to(device, dtype), c.to(device, dtype), x.to(device, dtype), i.to(device), j.to(device), h
+
+
+def tabulated_cfconv_cases(device, dtype):
+    d, c, x, i, j, h = _tabulated_case(device, dtype)
+    return [(d.requires_grad_(True), c, x.requires_grad_(True), i, j, h)]
+
+
+def tabulated_cfconv_backward_cases(device, dtype):
+    d, c, x, i, j, h = _tabulated_case(device, dtype)
+    return [(torch.randn_like(x), d, c, x, i, j, h)]
+
+
 CASES = {
+    "tabulated_cfconv": tabulated_cfconv_cases,
+    "tabulated_cfconv_backward": tabulated_cfconv_backward_cases,
     "cfconv": cfconv_cases,
     "pair_product": pair_product_cases,
     "smeared_scatter": smeared_scatter_cases,

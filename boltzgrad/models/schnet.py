@@ -37,10 +37,11 @@ from torch.nn import functional as F
 from .._checks import as_int, as_tensor, check_dim, positive_float
 from ..ops.cfconv import _HAS_OPS as _HAS_CFCONV
 from ..ops.cfconv import cfconv as _cfconv
+from ..ops.tabulated import tabulated_cfconv
 from .base import normalize_system
 from .pair import masked_pair_geometry, pair_geometry
 
-__all__ = ["SchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
+__all__ = ["SchNet", "TabulatedSchNet", "shifted_softplus", "GaussianRBF", "cosine_cutoff", "fit_species_shift_scale"]
 
 _LOG2 = math.log(2.0)
 _RBF_FLOOR = -50.0  # GaussianRBF: exponents below this give 0 (e^-50 = 1.9e-22)
@@ -111,6 +112,32 @@ class Interaction(nn.Module):
         w = self.filter2(shifted_softplus(self.filter1(rbf))) * fcut[:, None]
         x = self.in2f(h)
         return h + self.dense(shifted_softplus(self.f2out(_convolve(w, x, i, j))))
+
+    def filter_value_slope(self, rbf: GaussianRBF, cutoff: float, r: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filter ``W(r) = f_c(r) Dense(ssp(Dense(e(r))))`` [G, K] and ``dW/dr`` [G, K] at distances ``r`` [G],
+        in float64 from float64 copies of the weights, by the chain rule through the same functions."""
+        with torch.no_grad():
+            r = r.double()
+            diff = r[:, None] - rbf.centers.double()
+            exponent = rbf.coeff * diff * diff
+            e = torch.where(exponent > _RBF_FLOOR, torch.exp(exponent), 0.0)
+            de = e * (2.0 * rbf.coeff) * diff
+            w1, b1 = self.filter1.weight.double(), self.filter1.bias.double()
+            w2, b2 = self.filter2.weight.double(), self.filter2.bias.double()
+            z = F.linear(e, w1, b1)
+            dz = de @ w1.T
+            o = F.linear(F.softplus(z) - _LOG2, w2, b2)
+            do = (torch.sigmoid(z) * dz) @ w2.T
+            inside = (r < cutoff).double()
+            fc = 0.5 * (torch.cos(r * (math.pi / cutoff)) + 1.0) * inside
+            dfc = -0.5 * (math.pi / cutoff) * torch.sin(r * (math.pi / cutoff)) * inside
+            return o * fc[:, None], do * fc[:, None] + o * dfc[:, None]
+
+    def tabulated(self, h, d, coefficients, spacing, i, j):
+        """The block with its filters read from a table (see :class:`TabulatedSchNet`)."""
+        x = self.in2f(h)
+        return h + self.dense(shifted_softplus(self.f2out(tabulated_cfconv(d, coefficients, x, i, j, spacing))))
 
 
 def _convolve(w: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -210,6 +237,13 @@ class SchNet(nn.Module):
         Returns:
             dict with ``energy`` [R] (eV) and ``atom_energies`` [n_atoms] (eV).
         """
+        return self._energies(positions, species, batch, cell, pbc, pairs, None)
+
+    def tabulated(self, spacing: float = 0.005) -> TabulatedSchNet:
+        """This model with its filter networks tabulated, for fast MD: see :class:`TabulatedSchNet`."""
+        return TabulatedSchNet(self, spacing)
+
+    def _energies(self, positions, species, batch, cell, pbc, pairs, tables) -> dict:
         system = normalize_system(positions, species, batch=batch, cell=cell, pbc=pbc, check_values=False)
         dtype = self.embedding.weight.dtype
         if positions.dtype != dtype:
@@ -236,7 +270,13 @@ class SchNet(nn.Module):
             weight = None
 
         h = self.embedding(species).to(positions.dtype)
-        if self.interactions:
+        if self.interactions and tables is not None:
+            spacing, coefficients = tables
+            if weight is not None:  # masked entries: a distance beyond the table, whose filter is 0
+                d = torch.where(weight > 0, d, torch.full_like(d, 2.0 * self.cutoff))
+            for block, c in zip(self.interactions, coefficients, strict=True):
+                h = block.tabulated(h, d, c, spacing, i, j)
+        elif self.interactions:
             rbf = self.rbf(d)
             fcut = cosine_cutoff(d, self.cutoff)
             if weight is not None:
@@ -260,6 +300,95 @@ class SchNet(nn.Module):
         shift, scale = fit_species_shift_scale(energy, species, batch, forces, max_z=self.max_z)
         self.shift.copy_(shift.to(self.shift))
         self.scale.copy_(scale.to(self.scale))
+
+
+class TabulatedSchNet(nn.Module):
+    """A :class:`SchNet` whose filter-generating networks are read from tables: the same energies and forces,
+    several times faster, for MD and evaluation (not for training).
+
+    Each interaction's filter ``W(d) = f_c(d) Dense(ssp(Dense(e(d))))`` depends on the pair distance alone, so it is
+    tabulated on a uniform grid of ``G = ceil(cutoff / spacing)`` intervals on ``[0, cutoff]`` with its value and
+    slope at the nodes (float64, forward-mode derivative) and evaluated by piecewise cubic Hermite interpolation:
+    the two Dense layers, the shifted softplus, the Gaussian expansion and the cutoff per pair (about 80% of the
+    model's multiply-adds at the default sizes) become one cubic per pair and filter, fused with the convolution
+    (:func:`boltzgrad.ops.tabulated.tabulated_cfconv`). The interpolation error is ``O(spacing^4)``: at the default
+    0.005 Å it is far below float32's resolution of the filters (``tests/test_tabulated.py`` measures it), so
+    energies and forces agree with the SchNet's within float32 rounding. The same compression of an embedding
+    network by tabulated polynomials is DeePMD-kit's ``dp compress``.
+
+    This is a view of ``model``, not a copy: it holds the model as its submodule ``model`` (same parameters,
+    device and dtype) and rebuilds its tables on the first call after any filter parameter changed (an optimizer
+    step, ``load_state_dict``), which costs about as much as one model call on ``G`` pairs. Energies are
+    differentiable once w.r.t. positions and cell (forces, virials) and carry no gradient to the filter networks'
+    parameters; a second derivative (``create_graph=True``) raises. Train the SchNet; simulate with this.
+
+    Args:
+        model: the :class:`SchNet`.
+        spacing: the grid spacing, Å (> 0; the grid is refined so that it ends exactly at the cutoff).
+    """
+
+    accepts_pairs = True
+
+    def __init__(self, model: SchNet, spacing: float = 0.005):
+        super().__init__()
+        if not isinstance(model, SchNet):
+            raise TypeError(f"model must be a SchNet, got {type(model).__name__}")
+        spacing = positive_float("spacing", spacing, "Å")
+        if spacing > model.cutoff:
+            raise ValueError(f"spacing must be at most the cutoff ({model.cutoff} Å), got {spacing}")
+        self.model = model
+        self.n_intervals = math.ceil(model.cutoff / spacing - 1e-9)
+        self.spacing = model.cutoff / self.n_intervals
+        self._tables = None  # (key, [G, 4, K] coefficients per interaction)
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.cutoff
+
+    @property
+    def neighbor_list(self):
+        return self.model.neighbor_list
+
+    def _key(self):
+        m = self.model
+        params = [p for block in m.interactions for p in (*block.filter1.parameters(), *block.filter2.parameters())]
+        return (m.embedding.weight.dtype, m.embedding.weight.device, m.rbf.centers._version,
+                tuple((id(p), p._version) for p in params))
+
+    def tables(self) -> list[torch.Tensor]:
+        """The cubic coefficients ``[G, 4, K]`` of each interaction's filter (rebuilt when a parameter changed)."""
+        key = self._key()
+        if self._tables is None or self._tables[0] != key:
+            self._tables = (key, self._build())
+        return self._tables[1]
+
+    def _build(self) -> list[torch.Tensor]:
+        m = self.model
+        dtype, device = m.embedding.weight.dtype, m.embedding.weight.device
+        h = self.spacing
+        r = torch.arange(self.n_intervals + 1, dtype=torch.float64, device=device) * h
+        out = []
+        for block in m.interactions:
+            f, s = block.filter_value_slope(m.rbf, m.cutoff, r)
+            f0, f1, s0, s1 = f[:-1], f[1:], s[:-1] * h, s[1:] * h
+            c = torch.stack([f0, s0, 3.0 * (f1 - f0) - 2.0 * s0 - s1, 2.0 * (f0 - f1) + s0 + s1], dim=1)
+            out.append(c.to(dtype).contiguous())
+        return out
+
+    def forward(self, positions, species, *, batch=None, cell=None, pbc=False, pairs=None) -> dict:
+        """As :meth:`SchNet.forward`, with the filters from the tables."""
+        return self.model._energies(positions, species, batch, cell, pbc, pairs, (self.spacing, self.tables()))
+
+
+def md_model(model: nn.Module, filter_table: float | None) -> nn.Module:
+    """The model to run MD with: ``model`` itself, or with ``filter_table`` (a spacing in Å) its
+    :class:`TabulatedSchNet` view (a clear error for a model that is not a SchNet)."""
+    if filter_table is None:
+        return model
+    if not isinstance(model, SchNet):
+        raise ValueError(f"filter_table={filter_table} tabulates the filters of a SchNet; this model is a "
+                         f"{type(model).__name__} (set filter_table to null)")
+    return model.tabulated(filter_table)
 
 
 @torch.no_grad()

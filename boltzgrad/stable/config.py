@@ -34,6 +34,9 @@ class StableConfig(Section):
         barostat_tau: NPT barostat coupling time, fs (2000, the paper's 2 ps).
         compressibility: NPT isothermal compressibility, 1/bar (4.57e-5, liquid water).
         friction: Langevin friction, 1/fs (1e-4 = 0.1/ps).
+        filter_table: grid spacing, Å, of tabulated filters for a SchNet's MD (``SchNet.tabulated``: the same
+            forces within float32 rounding, several times faster); None (default): the exact filter networks. The
+            gradients (observable and QM losses) always use the exact model.
         n_replicas: R, replicas simulated in parallel (128).
         tau: τ, MD steps per simulation chunk and per learning-phase window; unstable replicas are
             rewound by τ steps (rounded up to a multiple of ``check_every``) from where they were found
@@ -106,6 +109,7 @@ class StableConfig(Section):
     barostat_tau: float = setting(2000.0, gt=0)
     compressibility: float = setting(4.57e-5, gt=0)
     friction: float = setting(1e-4, gt=0)
+    filter_table: float | None = setting(None, gt=0)
     n_replicas: int = setting(128, ge=1)
     tau: int = setting(2000, ge=1)
     check_every: int = setting(100, ge=1)

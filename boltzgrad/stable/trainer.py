@@ -60,6 +60,7 @@ from ..md.random import STREAM_THERMOSTAT
 from ..md.simulator import Simulator
 from ..md.state import State, maxwell_boltzmann
 from ..models.base import model_dtype_device as _model_dtype_device
+from ..models.schnet import md_model
 from ..pretrain import NonFiniteLossError, check_finite_parameters, dataset_digest, digest, qm_loss
 from .checkpoint import (
     CheckpointError,
@@ -635,7 +636,8 @@ class StableTrainer:
         cfg = self.config
         monitor = StabilityMonitor(self.criteria, cfg.check_every, freeze=True)
         window = _Window(monitor, start.step, cfg.n_dump if sample else None, bar, self.periodic, on_check)
-        sim = Simulator(self.model, self._integrator())
+        # the MD runs on the exact model or its tabulated-filter view (which follows every parameter update)
+        sim = Simulator(md_model(self.model, cfg.filter_table), self._integrator())
         with torch.no_grad():
             end = sim.run(start, cfg.tau, every=1, callback=window)
         return end, monitor, window

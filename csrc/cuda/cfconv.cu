@@ -7,11 +7,6 @@
 namespace boltzgrad {
 namespace {
 
-int launch_blocks(int64_t total) {
-    const int64_t blocks = (total + kThreads - 1) / kThreads;
-    return static_cast<int>(blocks > 65535 ? 65535 : blocks);
-}
-
 template <typename T>
 __global__ void cfconv_kernel(const T* w, const T* x, const int64_t* i, const int64_t* j, int64_t P, int64_t K,
                               T* out) {

@@ -9,6 +9,12 @@ namespace boltzgrad {
 
 constexpr int kThreads = 256;
 
+// blocks of kThreads for a grid-stride loop over `total` elements
+inline int launch_blocks(int64_t total) {
+    const int64_t blocks = (total + kThreads - 1) / kThreads;
+    return static_cast<int>(blocks > 65535 ? 65535 : blocks);
+}
+
 template <typename T>
 void smeared_scatter_cuda(const T* values, const int64_t* segment, const T* weights, int64_t n,
                           const T* centers, int32_t n_bins, T sigma, int32_t order, T* out,
@@ -36,5 +42,17 @@ void cfconv_cuda(const T* w, const T* x, const int64_t* i, const int64_t* j, int
 template <typename T>
 void pair_product_cuda(const T* a, const T* b, const int64_t* i, const int64_t* j, int64_t P, int64_t K, T* y,
                        cudaStream_t stream);
+
+}  // namespace boltzgrad
+
+namespace boltzgrad {
+
+template <typename T>
+void tabulated_cfconv_cuda(const T* d, const T* c, const T* x, const int64_t* i, const int64_t* j, int64_t P,
+                           int64_t K, int64_t G, T inv_h, T* out, cudaStream_t stream);
+template <typename T>
+void tabulated_cfconv_backward_cuda(const T* gout, const T* d, const T* c, const T* x, const int64_t* i,
+                                    const int64_t* j, int64_t P, int64_t K, int64_t G, T inv_h, T* gd, T* gx,
+                                    cudaStream_t stream);
 
 }  // namespace boltzgrad

@@ -376,8 +376,16 @@ class TabulatedSchNet(nn.Module):
         return out
 
     def forward(self, positions, species, *, batch=None, cell=None, pbc=False, pairs=None) -> dict:
-        """As :meth:`SchNet.forward`, with the filters from the tables."""
-        return self.model._energies(positions, species, batch, cell, pbc, pairs, (self.spacing, self.tables()))
+        """As :meth:`SchNet.forward`, with the filters from the tables.
+
+        Under ``torch.compile`` the tables of the last eager call are used (the parameter versions cannot be
+        guarded); the static MD step makes an eager force call at the start of every run, so a compiled run always
+        sees the current parameters."""
+        if torch.compiler.is_compiling() and self._tables is not None:
+            tables = self._tables[1]
+        else:
+            tables = self.tables()
+        return self.model._energies(positions, species, batch, cell, pbc, pairs, (self.spacing, tables))
 
 
 def md_model(model: nn.Module, filter_table: float | None) -> nn.Module:

@@ -39,6 +39,7 @@ __all__ = [
     "BondLengthCriterion",
     "MinDistanceCriterion",
     "RDFCriterion",
+    "DensityCriterion",
     "NonFinite",
     "StabilityMonitor",
     "TRAIN_BOND_THRESHOLD",
@@ -320,6 +321,36 @@ class RDFCriterion(Criterion):
 
     def load_state_dict(self, state: dict) -> None:
         self._frames, self._count, self._head = state["frames"], state["count"], state["head"]
+
+
+class DensityCriterion(Criterion):
+    """Box volume (NPT): unstable if a replica's volume is off its reference by more than a relative ``tolerance``.
+
+    A liquid whose model pressure is wrong expands or collapses under a barostat without any close contact or broken
+    bond (bond-length and minimum-distance criteria stay quiet while the density halves); this catches it.
+
+    Args:
+        reference_volume: Å^3, e.g. the mean cell volume of the reference data.
+        tolerance: relative deviation ``|V / V_ref - 1|`` beyond which the replica is unstable (0.1).
+
+    ``measure(state)`` is ``|V / V_ref - 1|`` per replica (``[R]``); the state must be periodic.
+    """
+
+    name = "density"
+
+    def __init__(self, reference_volume: float, tolerance: float = 0.1):
+        self.reference_volume = positive_float("reference_volume", reference_volume, "Å^3")
+        self.tolerance = positive_float("tolerance", tolerance)
+
+    @torch.no_grad()
+    def measure(self, state) -> torch.Tensor:
+        if not _periodic(state):
+            raise ValueError("the density criterion needs periodic replicas (a cell and pbc)")
+        volume = torch.linalg.det(state.cell.double()).abs()
+        return (volume / self.reference_volume - 1.0).abs().to(state.positions.dtype)
+
+    def _unstable(self, value):
+        return value > self.tolerance
 
 
 class NonFinite(Criterion):

@@ -82,3 +82,39 @@ def test_the_diffusion_fit_window_is_an_evaluation_setting(lj_run):
     assert too_long.diffusivity is None  # no replica ran long enough for the window
     with pytest.raises(ValueError, match="evaluate.diffusion_fit must be \\[t_min, t_max\\] with t_min < t_max"):
         evaluate_config(cfg, {"diffusion_fit": [300.0, 100.0]})
+
+
+def test_density_criterion_fires_on_a_box_that_expands():
+    import boltzgrad as bg
+    from boltzgrad.criteria import DensityCriterion
+
+    cell = torch.eye(3, dtype=torch.float64).expand(3, 3, 3) * torch.tensor([10.0, 10.3, 11.0],
+                                                                             dtype=torch.float64)[:, None, None]
+    pos = torch.rand(6, 3, dtype=torch.float64)
+    state = bg.md.State(pos, torch.zeros_like(pos), torch.ones(6, dtype=torch.float64), torch.ones(6).long(),
+                        batch=torch.arange(3).repeat_interleave(2), cell=cell, pbc=True)
+    crit = DensityCriterion(1000.0, 0.1)
+    torch.testing.assert_close(crit.measure(state), torch.tensor([0.0, 10.3**3 / 1000 - 1, 0.331],
+                                                                 dtype=torch.float64))
+    assert crit(state).tolist() == [False, False, True]
+    open_state = bg.md.State(pos, torch.zeros_like(pos), torch.ones(6, dtype=torch.float64), torch.ones(6).long())
+    with pytest.raises(ValueError, match="periodic"):
+        crit(open_state)
+    with pytest.raises(ValueError, match="tolerance"):
+        DensityCriterion(1000.0, 0.0)
+
+
+def test_npt_training_with_the_density_criterion(lj_run, tmp_path):
+    model, cfg, data = lj_run
+    with pytest.raises(Exception, match="berendsen_npt"):
+        stable_config(cfg, {"criterion": "density"})
+    config = stable_config(cfg, {"n_replicas": 2, "tau": 20, "check_every": 10, "n_dump": 5, "max_cycles": 1,
+                                 "max_learning_steps": 2, "minibatch": 4, "qm_batch_size": 4, **NPT,
+                                 "criterion": "density", "density_tolerance": 0.05})
+    trainer = StableTrainer(copy.deepcopy(model), data["train"], config, out_dir=tmp_path)
+    crit = trainer.criteria[0]
+    assert crit.name == "density"
+    volume = float(torch.linalg.det(data["train"].cell.double()).abs().mean())
+    assert crit.reference_volume == pytest.approx(volume, rel=1e-12) and crit.tolerance == 0.05
+    trainer.step()
+    assert math.isfinite(float(crit.measure(trainer.state).max()))

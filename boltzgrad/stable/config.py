@@ -48,10 +48,11 @@ class StableConfig(Section):
     Stability criterion used in training:
         criterion: ``"bond_length"`` (max bond-length deviation; bonds from covalent radii of the first
             training structure, reference lengths = their mean over the reference data) or
-            ``"min_distance"`` (minimum intermolecular distance, molecules = bonded groups).
+            ``"min_distance"`` (minimum intermolecular distance, molecules = bonded groups) or ``"density"``
+            (NPT: the box volume off the reference data's mean volume by more than ``density_tolerance``).
         bond_threshold: Å (0.25). bond_mult: factor on the sum of covalent radii below which two atoms of the
             first training structure are bonded (1.2: with 1.0, ASE's radii miss O-H bonds of water at 1.01 Å).
-        min_distance_threshold: Å (1.2).
+        min_distance_threshold: Å (1.2). density_tolerance: relative volume deviation (0.1).
         upper_threshold: unstable fraction above which the simulation phase rewinds and learning
             starts (0.5; chosen here). lower_threshold: unstable fraction below which the learning
             phase ends (0.2; chosen here), ``0 <= lower < upper <= 1``.
@@ -114,10 +115,11 @@ class StableConfig(Section):
     tau: int = setting(2000, ge=1)
     check_every: int = setting(100, ge=1)
     n_dump: int = setting(50, ge=1)
-    criterion: str = setting("bond_length", choices=("bond_length", "min_distance"))
+    criterion: str = setting("bond_length", choices=("bond_length", "min_distance", "density"))
     bond_threshold: float = setting(0.25, gt=0)
     bond_mult: float = setting(1.2, gt=0)
     min_distance_threshold: float = setting(1.2, gt=0)
+    density_tolerance: float = setting(0.1, gt=0)
     upper_threshold: float = setting(0.5, ge=0, le=1)
     lower_threshold: float = setting(0.2, ge=0, le=1)
     observable: str = setting("distance_histogram", choices=("distance_histogram", "rdf", "bond_length"))
@@ -161,6 +163,9 @@ class StableConfig(Section):
             yield Problem("n_dump", f"({self.n_dump}) must be <= {{prefix}}tau ({self.tau}): no sample would be taken")
         if ok("check_every", "tau") and self.check_every > self.tau:
             yield Problem("check_every", f"({self.check_every}) must be <= {{prefix}}tau ({self.tau})")
+        if ok("criterion", "thermostat") and self.criterion == "density" and self.thermostat != "berendsen_npt":
+            yield Problem("criterion", f"'density' watches the box volume, which only an NPT run changes: "
+                                       f"{{prefix}}thermostat must be 'berendsen_npt', got {self.thermostat!r}")
         if ok("estimator", "observable") and self.estimator == "local" and self.observable != "bond_length":
             yield Problem("estimator", f"'local' works on per-molecule observables: {{prefix}}observable must be "
                                        f"'bond_length', got {self.observable!r}")

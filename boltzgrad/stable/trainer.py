@@ -53,7 +53,14 @@ from .. import distributed as dist
 from .. import observables as obs_mod
 from .._files import remove_stale_temporaries
 from .._tensorboard import Scalars
-from ..criteria import BondLengthCriterion, Criterion, MinDistanceCriterion, NonFinite, StabilityMonitor
+from ..criteria import (
+    BondLengthCriterion,
+    Criterion,
+    DensityCriterion,
+    MinDistanceCriterion,
+    NonFinite,
+    StabilityMonitor,
+)
 from ..md import units
 from ..md.integrators import BerendsenNPT, Langevin, NoseHoover
 from ..md.random import STREAM_THERMOSTAT
@@ -475,6 +482,13 @@ class StableTrainer:
                                      f"(covalent radii x bond_mult={cfg.bond_mult})")
                 ref_len = self._mean_bond_lengths(ref_data)
                 criteria = [BondLengthCriterion(self.bonds, ref_len, cfg.bond_threshold)]
+            elif cfg.criterion == "density":
+                if not self.periodic:
+                    raise ValueError("criterion 'density' needs periodic training structures (a cell and pbc)")
+                cells = getattr(ref_data, "cell", None)
+                cells = dataset.cell if cells is None else cells
+                volume = float(torch.linalg.det(cells.double()).abs().mean())
+                criteria = [DensityCriterion(volume, cfg.density_tolerance)]
             else:
                 if int(self.molecule.max()) == 0:
                     raise ValueError("criterion 'min_distance' needs at least two molecules")

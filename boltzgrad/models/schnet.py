@@ -119,19 +119,16 @@ class Interaction(nn.Module):
         in float64 from float64 copies of the weights, by the chain rule through the same functions."""
         with torch.no_grad():
             r = r.double()
-            diff = r[:, None] - rbf.centers.double()
-            exponent = rbf.coeff * diff * diff
-            e = torch.where(exponent > _RBF_FLOOR, torch.exp(exponent), 0.0)
-            de = e * (2.0 * rbf.coeff) * diff
+            e = rbf(r)
+            de = e * (2.0 * rbf.coeff) * (r[:, None] - rbf.centers.double())
             w1, b1 = self.filter1.weight.double(), self.filter1.bias.double()
             w2, b2 = self.filter2.weight.double(), self.filter2.bias.double()
             z = F.linear(e, w1, b1)
             dz = de @ w1.T
             o = F.linear(F.softplus(z) - _LOG2, w2, b2)
             do = (torch.sigmoid(z) * dz) @ w2.T
-            inside = (r < cutoff).double()
-            fc = 0.5 * (torch.cos(r * (math.pi / cutoff)) + 1.0) * inside
-            dfc = -0.5 * (math.pi / cutoff) * torch.sin(r * (math.pi / cutoff)) * inside
+            fc = cosine_cutoff(r, cutoff)
+            dfc = -0.5 * (math.pi / cutoff) * torch.sin(r * (math.pi / cutoff)) * (r < cutoff).double()
             return o * fc[:, None], do * fc[:, None] + o * dfc[:, None]
 
     def tabulated(self, h, d, coefficients, spacing, i, j):
@@ -308,7 +305,7 @@ class TabulatedSchNet(nn.Module):
 
     Each interaction's filter ``W(d) = f_c(d) Dense(ssp(Dense(e(d))))`` depends on the pair distance alone, so it is
     tabulated on a uniform grid of ``G = ceil(cutoff / spacing)`` intervals on ``[0, cutoff]`` with its value and
-    slope at the nodes (float64, forward-mode derivative) and evaluated by piecewise cubic Hermite interpolation:
+    slope at the nodes (float64, slope by the chain rule) and evaluated by piecewise cubic Hermite interpolation:
     the two Dense layers, the shifted softplus, the Gaussian expansion and the cutoff per pair (about 80% of the
     model's multiply-adds at the default sizes) become one cubic per pair and filter, fused with the convolution
     (:func:`boltzgrad.ops.tabulated.tabulated_cfconv`). The interpolation error is ``O(spacing^4)``: at the default

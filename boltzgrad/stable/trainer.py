@@ -431,6 +431,9 @@ class StableTrainer:
         check_finite_parameters(model)
         self.config = cfg = config
         self.model = model
+        # the MD runs on the exact model or its tabulated-filter view, made once: it follows every parameter update
+        # and keeps its tables between windows until one changes
+        self._md_model = md_model(model, cfg.filter_table)
         self.dataset = dataset
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
         self.dtype, self.device = _model_dtype_device(model)
@@ -650,8 +653,7 @@ class StableTrainer:
         cfg = self.config
         monitor = StabilityMonitor(self.criteria, cfg.check_every, freeze=True)
         window = _Window(monitor, start.step, cfg.n_dump if sample else None, bar, self.periodic, on_check)
-        # the MD runs on the exact model or its tabulated-filter view (which follows every parameter update)
-        sim = Simulator(md_model(self.model, cfg.filter_table), self._integrator())
+        sim = Simulator(self._md_model, self._integrator())
         with torch.no_grad():
             end = sim.run(start, cfg.tau, every=1, callback=window)
         return end, monitor, window

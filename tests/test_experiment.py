@@ -194,8 +194,8 @@ WATER_TINY = {
     "data.split": "[12, 4, 4]", "data.starts": "test",
     "model": "{kind: schnet, n_features: 8, n_filters: 8, n_interactions: 1, n_rbf: 8, cutoff: 4.0}",
     "pretrain.epochs": 1, "pretrain.batch_size": 4,
-    "evaluate": "{replicas: 2, max_time: 60.0, check_every: 20, sample_every: 10, vacf_window: 5, rdf_window: 2, "
-                "diffusion_species: null, diffusion_fit: null, progress: false}",
+    "evaluate": "{replicas: 2, max_time: 100.0, check_every: 20, sample_every: 5, vacf_window: 5, rdf_window: 2, "
+                "diffusion_species: 8, diffusion_fit: null, progress: false}",
     "train.n_replicas": 2, "train.tau": 20, "train.check_every": 10, "train.n_dump": 5, "train.max_cycles": 1,
     "train.max_simulation_steps": 40, "train.max_learning_steps": 1, "train.minibatch": 4, "train.qm_weight": 0.1,
     "train.qm_batch_size": 2, "train.upper_threshold": 0.4, "train.lower_threshold": 0.0, "train.progress": "false",
@@ -205,9 +205,10 @@ WATER_TINY = {
 
 def test_water_experiment_compares_the_local_estimator_with_the_global_one(tmp_path):
     """The localized estimator (single-molecule neighbourhoods, mean O-H length) against the global estimator on
-    the same budget, with the QM-only control, on a tiny water run."""
+    the same budget, with the QM-only control, on a tiny water run of the NVT experiment's configuration; the
+    summary reports the oxygens' self-diffusion coefficient per arm against the dataset's reference."""
     model = tmp_path / "model.pt"
-    args = ["--config", str(ROOT / "configs" / "water_schnet.yaml"), "--out-dir", str(tmp_path / "run"),
+    args = ["--config", str(ROOT / "configs" / "water_local.yaml"), "--out-dir", str(tmp_path / "run"),
             *[a for k, v in WATER_TINY.items() for a in ("--set", f"{k}={v}")], "--set", f"model.checkpoint={model}"]
     main(["pretrain", *args])
     main(["experiment", *args])
@@ -221,3 +222,46 @@ def test_water_experiment_compares_the_local_estimator_with_the_global_one(tmp_p
     for arm in ("stable", "global"):  # both took an estimator step (the tiny model is unstable at once)
         hist = json.loads((out / f"{arm}_s0" / "train" / "history.json").read_text())["history"]
         assert any(r["phase"] == "learn" and np.isfinite(r["obs_loss"]) for r in hist)
+    ref = json.loads((ROOT / "data" / "water_spcfw" / "reference.json").read_text())["oxygen_diffusion"]
+    values = [e["D"] for e in ref.values() if isinstance(e, dict) and "D" in e]
+    assert summary["reference_diffusivity"] == pytest.approx(sum(values) / len(values))
+    for arm, a in summary["arms"].items():
+        rec = json.loads((out / "eval" / f"{arm}_s0.json").read_text())
+        per = [d for d in rec["replica_diffusivity"] if d is not None]
+        assert len(rec["replica_diffusivity"]) == 2
+        if per:  # the pooled mean over replicas is what the table reports
+            assert a["diffusivity"]["replicas"]["mean"] == pytest.approx(np.mean(per))
+            assert a["diffusivity"]["replicas"]["n"] == len(per)
+
+
+def test_summary_reports_the_diffusivity_pooled_over_replicas_against_the_reference(tmp_path):
+    from boltzgrad.stable.experiment import _plots, format_markdown, summarize
+
+    rng = np.random.default_rng(0)
+
+    def rec(arm, seed, d):
+        return {"arm": arm, "seed": seed, "max_time": 1000.0, "stable_time": [1000.0, 400.0, 1000.0],
+                "unstable": [False, True, False], "median_stable_time": 1000.0, "r": [0.5, 1.5],
+                "kinds": [[8, 8]], "model_structure": [[1.0, 2.0]], "reference_structure": [[1.0, 2.1]],
+                "structure_error": 0.1, "test_metrics": None, "diffusivity": float(np.mean([x for x in d if x])),
+                "replica_diffusivity": d}
+
+    records = {"pretrained": [rec("pretrained", s, [2e-4 + 1e-5 * rng.standard_normal(), None, 2e-4])
+                              for s in (0, 1)],
+               "stable": [rec("stable", s, [3e-4, None, 3.2e-4]) for s in (0, 1)]}
+    summary = summarize(records, n_boot=50)
+    d = summary["arms"]["stable"]["diffusivity"]
+    assert d["replicas"]["n"] == 4 and d["replicas"]["mean"] == pytest.approx(3.1e-4)
+    assert d["replicas"]["sem"] == pytest.approx(np.std([3e-4, 3.2e-4] * 2, ddof=1) / 2)
+    assert d["mean"] == pytest.approx(3.1e-4) and d["sd"] == pytest.approx(0.0, abs=1e-12)  # over seeds
+    summary["reference_diffusivity"] = 2.5e-4
+    md = format_markdown(summary)
+    assert "D (Å²/fs)" in md and "3.100e-04" in md and "(n = 4)" in md and "reference 2.500e-04" in md
+    paths = _plots(records, {}, str(tmp_path), StableConfig(), 2.5e-4)
+    assert os.path.getsize(paths["diffusivity"]) > 0
+    # without any diffusion coefficient, no column and no plot
+    for recs in records.values():
+        for r in recs:
+            r["replica_diffusivity"], r["diffusivity"] = None, None
+    assert "D (Å²/fs)" not in format_markdown(summarize(records, n_boot=50))
+    assert "diffusivity" not in _plots(records, {}, str(tmp_path / "none"), StableConfig())

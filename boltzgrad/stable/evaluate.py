@@ -669,6 +669,8 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
     if diffusion_atoms is not None:
         values = [d for d in tally.diffusivity if d is not None]
         diff = float(np.mean(values)) if values else None
+    # each replica's coefficient (None: no stable stretch long enough for the fit), for statistics over replicas
+    replica_d = {} if diffusion_atoms is None else {"replica_diffusivity": list(tally.diffusivity)}
     test_metrics = None
     if test_set is not None:
         test_metrics = evaluate_energy_forces(model, test_set, batch_size=config.batch_size)
@@ -683,7 +685,7 @@ def evaluate(model: torch.nn.Module, config: EvaluateConfig | dict | str | os.Pa
         model_structure=model_s, reference_structure=ref_s, structure_error=err, vacf=vacf_mean,
         vacf_dt=config.vacf_every * config.dt, diffusivity=diff, test_metrics=test_metrics,
         settings=dataclasses.asdict(config), seconds=time.perf_counter() - t_start,
-        n_stable_frames=int(total), extra={"criterion": crit_info, **_npt_summary(tally, first)})
+        n_stable_frames=int(total), extra={"criterion": crit_info, **_npt_summary(tally, first), **replica_d})
     if out_dir is not None:
         if distributed.is_root():
             result.save(out_dir, prefix)

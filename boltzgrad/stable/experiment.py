@@ -17,7 +17,9 @@ experiment's ``evaluate`` overrides) with evaluation seed ``evaluate.seed + trai
 training seed share starting structures and thermostat noise; the pre-trained model is evaluated with each of
 these evaluation seeds too. Per arm the table gives the median stable time with a hierarchical bootstrap 95%
 interval (seeds, then replicas), the fraction of replicas stable to the end, force and energy MAE on the test
-split and the h(r) error (mean ± sd over seeds); between arms, a log-rank test stratified by training seed.
+split and the h(r) error (mean ± sd over seeds), and, where the evaluation measures one (``diffusion_species``),
+the self-diffusion coefficient pooled over the replicas of all seeds (mean ± standard error, against the dataset's
+reference value where it stores one); between arms, a log-rank test stratified by training seed.
 
 ``generalization`` (optional) evaluates some arms (default: pre-trained and StABlE, first seed) at other
 temperatures, against the reference h(r) Boltzmann-reweighted from the data's temperature (the effective
@@ -27,7 +29,8 @@ Everything is resumable: a trained model, a control or an evaluation already on 
 interrupted midway continues from its checkpoint. Outputs under ``<out_dir>/experiment``: ``<arm>_s<seed>/``
 (training runs and model files), ``eval/<arm>_s<seed>.json``, ``summary.json``, ``summary.md``,
 ``survival.png`` (Kaplan-Meier curves, Fig. 3b), ``structure.png`` (h(r) vs reference, Fig. 3c) and
-``training.png`` (unstable fraction during StABlE training, Fig. 3a); with ``generalization``, also
+``training.png`` (unstable fraction during StABlE training, Fig. 3a), ``diffusivity.png`` (each replica's
+coefficient per arm with the mean and its 95% interval, when measured); with ``generalization``, also
 ``generalization.png`` (Kaplan-Meier curves per condition) and ``generalization_structure.png`` (h(r) at each
 temperature against the reweighted reference).
 """
@@ -138,6 +141,7 @@ def _evaluate(model, cfg, out, arm, seed, overrides, data, verbose, tag: str = "
            "model_structure": np.asarray(r.model_structure).tolist(),
            "reference_structure": None if r.reference_structure is None else np.asarray(r.reference_structure).tolist(),
            "structure_error": None if r.structure_error is None else float(max(r.structure_error)),
+           "diffusivity": r.diffusivity, "replica_diffusivity": r.extra.get("replica_diffusivity"),
            "test_metrics": r.test_metrics, "seconds": r.seconds}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_json(path, rec)
@@ -280,6 +284,10 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
             records[arm].append(_evaluate(models[(arm, seed)], cfg, out, arm, seed, settings["evaluate"], data,
                                           verbose))
     summary = summarize(records, n_boot=settings["bootstrap"])
+    if evaluate_config(cfg, settings["evaluate"]).diffusion_species == 8:
+        from .run import reference_diffusivity
+
+        summary["reference_diffusivity"] = reference_diffusivity(cfg)
     summary["generalization"], references = _generalization(models, records, cfg, out, settings, data, verbose)
     summary["settings"] = {"experiment": settings, "train": stable_config(cfg, settings["train"]).to_dict(),
                            "evaluate": dataclasses.asdict(evaluate_config(cfg, settings["evaluate"])),
@@ -288,7 +296,8 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
     _write_json(os.path.join(out, "summary.json"), summary)
     md = format_markdown(summary)
     atomic_write_text(os.path.join(out, "summary.md"), md)
-    summary["plots"] = _plots(records, histories, out, stable_config(cfg, settings["train"]))
+    summary["plots"] = _plots(records, histories, out, stable_config(cfg, settings["train"]),
+                              summary.get("reference_diffusivity"))
     if summary["generalization"]:
         summary["plots"].update(_generalization_plots(summary["generalization"], references, out))
     if verbose:
@@ -324,7 +333,14 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
             "force_mae": stat([(r["test_metrics"] or {}).get("force_mae") for r in recs]),
             "energy_mae": stat([(r["test_metrics"] or {}).get("energy_mae") for r in recs]),
             "hr_error": stat([r["structure_error"] for r in recs]),
+            "diffusivity": stat([r.get("diffusivity") for r in recs]),
         }
+        per_replica = [d for r in recs for d in (r.get("replica_diffusivity") or []) if d is not None]
+        if per_replica:  # pooled over seeds: mean and its standard error over replicas
+            arms[arm]["diffusivity"]["replicas"] = {
+                "n": len(per_replica), "mean": float(np.mean(per_replica)),
+                "sem": float(np.std(per_replica, ddof=1) / math.sqrt(len(per_replica))) if len(per_replica) > 1
+                else None}
     tests = {}
     pairs = [("stable", "qm_only"), ("stable", "pretrained"), ("qm_only", "pretrained"), ("obs_only", "qm_only"),
              ("stable", "global"), ("global", "qm_only")]
@@ -353,17 +369,31 @@ def format_markdown(summary: dict) -> str:
             return "n/a"
         return f"{v['mean']:.4f}" + ("" if v["sd"] is None else f" ± {v['sd']:.4f}")
 
+    def diffusivity(a):  # pooled over the replicas of all seeds: mean ± standard error (n replicas)
+        d = (a.get("diffusivity") or {}).get("replicas")
+        if not d:
+            return "n/a"
+        return f"{d['mean']:.3e}" + ("" if d["sem"] is None else f" ± {d['sem']:.1e}") + f" (n = {d['n']})"
+
+    with_d = any((a.get("diffusivity") or {}).get("replicas") for a in summary["arms"].values())
     lines = ["| arm | seeds | replicas | median stable time (ps) [95% CI] | stable to the end | force MAE (eV/Å) | "
-             "energy MAE (eV) | h(r) error |", "|---|---|---|---|---|---|---|---|"]
+             "energy MAE (eV) | h(r) error |" + (" D (Å²/fs) |" if with_d else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if with_d else "")]
     for arm, a in summary["arms"].items():
         lo, hi = a["median_ci95_fs"]
         lines.append(f"| {arm} | {len(a['seeds'])} | {a['replicas']} | {a['median_stable_time_fs'] / 1000:.3g} "
                      f"[{lo / 1000:.3g}, {hi / 1000:.3g}] | {a['stable_to_end']}/{a['replicas']} | "
-                     f"{ms(a['force_mae'])} | {ms(a['energy_mae'])} | {ms(a['hr_error'])} |")
+                     f"{ms(a['force_mae'])} | {ms(a['energy_mae'])} | {ms(a['hr_error'])} |"
+                     + (f" {diffusivity(a)} |" if with_d else ""))
     first = next(iter(summary["arms"].values()))
     lines.append("")
     lines.append(f"Run length {first['max_time_fs'] / 1000:.4g} ps; medians count replicas stable to the end at the "
                  "run length; intervals: hierarchical bootstrap over seeds and replicas; ± is the sd over seeds.")
+    if with_d:
+        ref = summary.get("reference_diffusivity")
+        lines.append("D: self-diffusion coefficient of the evaluated species from each replica's stable frames, mean "
+                     "± standard error over the replicas of all seeds" +
+                     (f"; reference {ref:.3e} Å²/fs." if ref is not None else "."))
     for name, t in summary["tests"].items():
         ratio = "n/a" if t["median_ratio"] is None else f"{t['median_ratio']:.2f}"
         lines.append(f"- {name}: log-rank (stratified by seed) chi2 = {t['chi2']:.2f}, p = {t['p']:.2g}; "
@@ -385,7 +415,7 @@ def format_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(records, histories, out, config) -> dict:
+def _plots(records, histories, out, config, reference_diffusivity=None) -> dict:
     from .plots import _figure, _save, plot_structure
 
     paths = {}
@@ -410,6 +440,24 @@ def _plots(records, histories, out, config) -> dict:
     paths["structure"] = plot_structure(first["r"], curves, os.path.join(out, "structure.png"),
                                         reference=None if ref is None else np.asarray(ref, dtype=float),
                                         kinds=first.get("kinds", []))
+
+    per_arm = {arm: [d for r in recs for d in (r.get("replica_diffusivity") or []) if d is not None]
+               for arm, recs in records.items()}
+    if any(per_arm.values()):
+        plt, fig, (ax,) = _figure(1, 5.5)
+        for k, values in enumerate(per_arm.values()):
+            if values:
+                x = k + 0.15 * np.linspace(-1, 1, len(values))
+                ax.plot(x, values, ".", color=f"C{k}", alpha=0.6)
+                sem = np.std(values, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+                ax.errorbar([k], [np.mean(values)], yerr=[1.96 * sem], fmt="o", color="k", capsize=4)
+        if reference_diffusivity is not None:
+            ax.axhline(reference_diffusivity, color="k", ls="--", lw=1.0, label="reference")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(per_arm)), list(per_arm))
+        ax.set_ylabel("D (Å²/fs)")
+        ax.set_title("self-diffusion: replicas, mean ± 95% CI")
+        paths["diffusivity"] = _save(plt, fig, os.path.join(out, "diffusivity.png"))
 
     if histories:
         plt, fig, (ax,) = _figure(1, 5.5)

@@ -129,6 +129,7 @@ def test_run_config_file_errors(tmp_path):
 def test_shipped_configs_are_valid():
     from boltzgrad.stable.config import StableConfig
     from boltzgrad.stable.evaluate import EvaluateConfig
+    from boltzgrad.stable.experiment import experiment_settings
     from boltzgrad.stable.systems import build_model
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
@@ -136,6 +137,7 @@ def test_shipped_configs_are_valid():
         StableConfig.from_dict(cfg["train"])
         EvaluateConfig.from_dict(cfg["evaluate"])
         build_model(cfg["model"])
+        experiment_settings(cfg)  # the experiment's overrides on top of train/evaluate are valid too
 
 
 def test_make_data_still_registered(tmp_path):

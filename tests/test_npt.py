@@ -77,9 +77,14 @@ def test_the_diffusion_fit_window_is_an_evaluation_setting(lj_run):
     window = evaluate(model, evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 150.0]}), data["starts"],
                       reference=data["reference"])
     assert window.diffusivity is not None and window.diffusivity > 0
-    too_long = evaluate(model, evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 10000.0]}), data["starts"],
+    too_long = evaluate(model, evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 390.0]}), data["starts"],
                         reference=data["reference"])
-    assert too_long.diffusivity is None  # no replica ran long enough for the window
+    assert too_long.diffusivity is None  # the run's longest lag, but no replica stayed stable that long
+    assert too_long.extra["replica_diffusivity"] == [None, None]
+    # a window past the run's longest lag (400 fs less one 10 fs frame) is a configuration error, not a silent None
+    with pytest.raises(ValueError, match=r"evaluate.diffusion_fit ends at 395 fs, after the longest lag of the run "
+                                         r"\(390 fs"):
+        evaluate_config(cfg, {**base, "diffusion_fit": [40.0, 395.0]})
     with pytest.raises(ValueError, match="evaluate.diffusion_fit must be \\[t_min, t_max\\] with t_min < t_max"):
         evaluate_config(cfg, {"diffusion_fit": [300.0, 100.0]})
 

@@ -146,6 +146,14 @@ class EvaluateConfig(Section):
         if "diffusion_fit" not in bad and self.diffusion_fit is not None and \
                 not self.diffusion_fit[0] < self.diffusion_fit[1]:
             yield Problem("diffusion_fit", f"must be [t_min, t_max] with t_min < t_max (fs), got {self.diffusion_fit}")
+        if self.diffusion_species is not None and self.diffusion_fit is not None and \
+                not bad & {"diffusion_fit", "max_time", "dt", "sample_every"}:
+            # frames at sample_every, 2 sample_every, ..., n_steps: the longest lag is one frame short of the run
+            longest = (self.n_steps - self.sample_every) * self.dt
+            if self.diffusion_fit[1] > longest:
+                yield Problem("diffusion_fit", f"ends at {self.diffusion_fit[1]:g} fs, after the longest lag of the "
+                                               f"run ({longest:g} fs: {{prefix}}max_time {self.max_time:g} fs less one "
+                                               "frame): no replica could have a diffusion coefficient")
         if "check_every" not in bad:
             for name in ("sample_every", "vacf_every"):
                 if name not in bad and self.check_every % getattr(self, name):

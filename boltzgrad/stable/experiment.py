@@ -302,8 +302,8 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
         summary["plots"].update(_generalization_plots(summary["generalization"], references, out))
     if verbose:
         print(md)
-        print(f"experiment: results in {out}/ (summary.md, summary.json, survival.png, structure.png, training.png"
-              f"{', generalization.png, generalization_structure.png' if summary['generalization'] else ''})")
+        names = ["summary.md", "summary.json"] + [os.path.basename(p) for p in summary["plots"].values()]
+        print(f"experiment: results in {out}/ ({', '.join(names)})")
     return summary
 
 

@@ -6,9 +6,11 @@ molecule's mean O-H length, U_n the sum of its atoms' energies), which drops the
 length with the energies of the atoms around it. This script samples the pre-trained model by Nose-Hoover MD as
 StABlE training does (300 K, 20 fs, stable frames only: minimum intermolecular distance >= 1.2 A), splits the
 replicas into two independent halves, and reports for each estimator the agreement of its two halves (how much of
-it is signal), the agreement of the two estimators, and their norms.
+it is signal), the agreement of the two estimators, and their norms; with ``--shell R``, also for an estimator whose
+neighbourhood is the molecule and every atom within R of its oxygen.
 
-    python benchmarks/experiments/water/scripts/estimator_gradients.py [--model PATH] [--replicas 8] [--steps 3000]
+    python benchmarks/experiments/water/scripts/estimator_gradients.py [--model PATH] [--replicas 8] [--steps 3000] \
+        [--shell 3.5 --shell 6.0]
 """
 
 import argparse
@@ -66,8 +68,12 @@ def pool_mean_oh(box: float) -> float:
     return float(bond_lengths(ds.positions.view(-1, N, 3).double(), box).mean())
 
 
-def gradients(model, x, species, box, beta):
-    """(J_global, J_local) flat over the parameters, from frames x [S, N, 3]."""
+def gradients(model, x, species, box, beta, shells=()):
+    """(J_global, J_local, [J_shell for each radius]) flat over the parameters, from frames x [S, N, 3].
+
+    A shell estimator keeps each molecule's own observable O_n but takes as its energy the atomic energies of every
+    atom within ``radius`` of its oxygen (the molecule and its neighbours), between the local estimator
+    (the molecule alone) and the global one (the whole frame)."""
     params = [p for p in model.parameters() if p.requires_grad]
     S = x.shape[0]
     o_n = bond_lengths(x, box)  # [S, 64]
@@ -75,19 +81,24 @@ def gradients(model, x, species, box, beta):
     c_f = -beta * (o_f - o_f.mean()) / (S - 1)
     c_n = -beta * (o_n - o_n.mean()) / (S * N_MOL - 1)
     a = c_n.repeat_interleave(3, dim=1)  # per-atom weight of the local estimator: its molecule's coefficient
-    g_glob = [torch.zeros_like(p) for p in params]
-    g_loc = [torch.zeros_like(p) for p in params]
+    acc = [[torch.zeros_like(p) for p in params] for _ in range(2 + len(shells))]
     for sl in torch.arange(S).split(32):
         b = len(sl)
-        out = model(x[sl].reshape(-1, 3), species.repeat(b), batch=torch.arange(b).repeat_interleave(N),
-                    cell=(torch.eye(3, dtype=torch.float64) * box).expand(b, 3, 3), pbc=True)
-        gg = torch.autograd.grad((c_f[sl] * out["energy"]).sum(), params, retain_graph=True)
-        gl = torch.autograd.grad((a[sl].reshape(-1) * out["atom_energies"]).sum(), params)
-        for acc, g in zip(g_glob, gg, strict=True):
-            acc += g
-        for acc, g in zip(g_loc, gl, strict=True):
-            acc += g
-    return torch.cat([g.flatten() for g in g_glob]), torch.cat([g.flatten() for g in g_loc])
+        pos, batch = x[sl].reshape(-1, 3), torch.arange(b).repeat_interleave(N)
+        cell = (torch.eye(3, dtype=torch.float64) * box).expand(b, 3, 3).contiguous()
+        out = model(pos, species.repeat(b), batch=batch, cell=cell, pbc=True)
+        weights = [(c_f[sl] * out["energy"]).sum(), (a[sl].reshape(-1) * out["atom_energies"]).sum()]
+        oxygens = torch.arange(b * N_MOL) * 3  # molecule m of frame f: oxygen f * N + 3 m, coefficient c_n[f, m]
+        for radius in shells:
+            nb = bg.estimators.radius_neighborhoods(pos, radius, batch=batch, cell=cell, pbc=True, centers=oxygens)
+            w = torch.zeros(b * N, dtype=pos.dtype).index_add(0, nb.atom, c_n[sl].reshape(-1)[nb.hood])
+            weights.append((w * out["atom_energies"]).sum())
+        for k, total in enumerate(weights):
+            for a_k, g in zip(acc[k], torch.autograd.grad(total, params, retain_graph=k + 1 < len(weights)),
+                              strict=True):
+                a_k += g
+    flat = [torch.cat([g.flatten() for g in gs]) for gs in acc]
+    return flat[0], flat[1], flat[2:]
 
 
 def cos(a, b) -> float:
@@ -102,6 +113,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--equilibrate", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shell", type=float, action="append", default=[],
+                    help="also the shell estimator with this radius (Å) around each oxygen; repeatable")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -117,8 +130,8 @@ def main() -> None:
     for name, rep in halves.items():
         mask = alive & rep.unsqueeze(0)
         counts[name] = int(mask.sum())
-        J[name] = gradients(model, x[mask], species, box, beta)
-    (ga, la), (gb, lb), (g, l_) = J["A"], J["B"], J["all"]
+        J[name] = gradients(model, x[mask], species, box, beta, args.shell)
+    (ga, la, sa), (gb, lb, sb), (g, l_, s_all) = J["A"], J["B"], J["all"]
     res = {
         "model": args.model, "replicas": args.replicas, "frames_per_replica": int(x.shape[0]),
         "stable_frames": counts,
@@ -131,6 +144,9 @@ def main() -> None:
         "norm_global": float(g.norm()), "norm_local": float(l_.norm()),
         "norm_halves_global": [float(ga.norm()), float(gb.norm())],
         "norm_halves_local": [float(la.norm()), float(lb.norm())],
+        "shells": [{"radius": r, "cos_halves": cos(sa[k], sb[k]), "cos_global": cos(s_all[k], g),
+                    "cos_global_halves": [cos(sa[k], gb), cos(sb[k], ga)], "cos_local": cos(s_all[k], l_),
+                    "norm": float(s_all[k].norm())} for k, r in enumerate(args.shell)],
         "seconds": time.perf_counter() - t0,
     }
     text = json.dumps(res, indent=1)

@@ -1,0 +1,53 @@
+"""Is the shipped water model at its plateau? Continue its pre-training from the shipped weights on the same data
+(same split, loss weights and batch size as configs/water_schnet.yaml; Adam restarted at the run's final learning
+rate, 6.25e-5, halved after 10 epochs without improvement; energy shift/scale kept) and compare the validation and test
+errors before and after. Resumable (checkpoints in the output directory).
+
+    python benchmarks/experiments/water/scripts/plateau_check.py [--epochs 40] \
+        [--out benchmarks/experiments/water/plateau/pretrain]
+"""
+
+import argparse
+import json
+import os
+
+import torch
+
+from boltzgrad._files import atomic_write_text
+from boltzgrad.pretrain import evaluate_energy_forces, fit_energy_forces
+from boltzgrad.stable.run_config import PretrainConfig, load_run_config
+from boltzgrad.stable.systems import load_data, load_model, save_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/water_schnet.yaml")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=6.25e-5)
+    ap.add_argument("--out", default="benchmarks/experiments/water/plateau/pretrain")
+    ap.add_argument("--output", default=None, help="also write the best weights as a boltzgrad model file")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_run_config(args.config)
+    model, _ = load_model(cfg["model"]["checkpoint"])
+    data = load_data(cfg["data"])
+    before = {"val": evaluate_energy_forces(model, data["val"]), "test": evaluate_energy_forces(model, data["test"])}
+    section = PretrainConfig.from_dict(cfg["pretrain"], path="pretrain").to_dict()
+    section.update(epochs=args.epochs, lr=args.lr, fit_shift_scale=False, progress=False, tensorboard=False)
+    result = fit_energy_forces(model, data["train"], val_dataset=data["val"], test_dataset=data["test"],
+                               checkpoint_dir=args.out, resume=os.path.isfile(os.path.join(args.out, "last.pt")),
+                               seed=cfg["seed"], **section)
+    after = {"val": evaluate_energy_forces(model, data["val"]), "test": result.test_metrics}
+    res = {"model": cfg["model"]["checkpoint"], "settings": section, "best_epoch": result.best_epoch,
+           "epochs_run": len(result.history), "before": before, "after": after,
+           "val_force_mae_per_epoch": [h.get("val_force_mae") for h in result.history]}
+    if args.output:
+        save_model(args.output, model, cfg["model"], test_metrics=result.test_metrics, best_epoch=result.best_epoch,
+                   epochs_run=len(result.history), continued_from=cfg["model"]["checkpoint"], settings=section)
+    text = json.dumps(res, indent=1)
+    atomic_write_text(os.path.join(args.out, "plateau_check.json"), text + "\n")
+    print(json.dumps({k: res[k] for k in ("best_epoch", "epochs_run", "before", "after")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

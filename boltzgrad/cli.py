@@ -181,6 +181,10 @@ def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     _device_argument(parser)
     parser.add_argument("--output", default=None, help="model file to write (default: the config's model.checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted pre-training")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="start from this model file's weights instead of a fresh model (continue or fine-tune a "
+                             "pre-trained model; it must match the model section); its energy shift and scale are "
+                             "kept")
 
 
 def _pretrain(args: argparse.Namespace) -> dict:
@@ -189,7 +193,7 @@ def _pretrain(args: argparse.Namespace) -> dict:
     from . import distributed
     from .pretrain import fit_energy_forces
     from .stable.run_config import PretrainConfig
-    from .stable.systems import build_model, load_data, save_model
+    from .stable.systems import build_model, check_model_spec, load_data, load_model, save_model
 
     _set_threads(args)
     cfg = _load_run(args)
@@ -200,20 +204,31 @@ def _pretrain(args: argparse.Namespace) -> dict:
     check_writable_dir(os.path.dirname(os.path.abspath(str(output))), "--output" if args.output else
                        "the directory of config field 'model.checkpoint'")
     build_model(cfg["model"])  # a bad model section fails before the data are loaded (the seeded model comes below)
+    init = None
+    if args.init:
+        if not os.path.isfile(args.init):
+            raise ValueError(f"--init {args.init!r}: no such model file")
+        init, blob = load_model(args.init)
+        check_model_spec(cfg["model"], args.init, blob["spec"])
+        section["fit_shift_scale"] = False  # the starting model's energy shift and scale stay
     data = load_data(cfg["data"])
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model"]).to(_device(args))
+    model = build_model(cfg["model"])
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(_device(args))
     run_dir = os.path.join(cfg["out_dir"], "pretrain")
     root = distributed.is_root()  # under torchrun only process 0 prints and writes the model file
     if root:
-        print(f"pretrain: {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters) on "
+        print(f"pretrain: {type(model).__name__} ({sum(p.numel() for p in model.parameters())} parameters"
+              f"{', from ' + str(args.init) if args.init else ''}) on "
               f"{len(data['train'])} structures of {cfg['data']['source']}, validation {len(data['val'])}, "
               f"test {len(data['test'])}; logs in {run_dir}")
     result = fit_energy_forces(model, data["train"], val_dataset=data["val"] if len(data["val"]) else None,
                                test_dataset=data["test"], checkpoint_dir=run_dir, resume=args.resume,
                                seed=cfg["seed"], **section)
     info = {"test_metrics": result.test_metrics, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "n_train": len(data["train"]),
+            "epochs_run": len(result.history), "n_train": len(data["train"]), "init": args.init,
             "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     if root:
         save_model(output, model, cfg["model"], **info)

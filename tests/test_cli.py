@@ -222,6 +222,27 @@ def test_full_demo(tmp_path):
     assert arms["stable"]["force_mae"]["mean"] < 1.2 * arms["pretrained"]["force_mae"]["mean"]
 
 
+def test_pretrain_init_starts_from_a_model_file(tmp_path):
+    """`pretrain --init MODEL` continues from the file's weights (shift and scale included), not a fresh model."""
+    _run(["pretrain"], tmp_path)
+    start = tmp_path / "start.pt"
+    shutil.copy(tmp_path / "model.pt", start)
+    trained = load_model(start)[0].state_dict()
+    frozen = ("--set", "pretrain.lr=1.0e-12", "--set", "pretrain.epochs=1")
+    _run(["pretrain"], tmp_path, "--init", str(start), *frozen)
+    model, blob = load_model(tmp_path / "model.pt")
+    assert blob["init"] == str(start)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=1e-6)
+    _run(["pretrain"], tmp_path, *frozen)  # the same run from a fresh model ends elsewhere
+    fresh = load_model(tmp_path / "model.pt")[0].state_dict()
+    assert max(float((fresh[k] - trained[k]).abs().max()) for k in trained) > 1e-3
+    with pytest.raises(SystemExit, match="--init .*no such model file"):
+        _run(["pretrain"], tmp_path, "--init", str(tmp_path / "missing.pt"))
+    with pytest.raises(SystemExit, match=r"does not match the config's model section.*model.hidden"):
+        _run(["pretrain"], tmp_path, "--init", str(start), "--set", "model.hidden=[8, 8]")
+
+
 def test_model_kind_as_an_import_path(tmp_path, monkeypatch):
     # any function returning a potential, its settings passed through from the model section
     (tmp_path / "my_potentials.py").write_text(

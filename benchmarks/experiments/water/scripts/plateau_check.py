@@ -23,12 +23,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/water_schnet.yaml")
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--split", type=int, nargs=3, default=None, help="data.split override (train val test)")
     ap.add_argument("--lr", type=float, default=6.25e-5)
     ap.add_argument("--out", default="benchmarks/experiments/water/plateau/pretrain")
     ap.add_argument("--output", default=None, help="also write the best weights as a boltzgrad model file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_run_config(args.config)
+    if args.split:
+        cfg["data"]["split"] = list(args.split)
     model, _ = load_model(cfg["model"]["checkpoint"])
     data = load_data(cfg["data"])
     before = {"val": evaluate_energy_forces(model, data["val"]), "test": evaluate_energy_forces(model, data["test"])}

@@ -27,12 +27,22 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=6.25e-5)
     ap.add_argument("--out", default="benchmarks/experiments/water/plateau/pretrain")
     ap.add_argument("--output", default=None, help="also write the best weights as a boltzgrad model file")
+    ap.add_argument("--export", default=None, metavar="MODEL_FILE",
+                    help="only write the best weights of the checkpoint in --out so far as a model file (to carry an "
+                         "unfinished continuation over: `boltzgrad pretrain --init MODEL_FILE` goes on from it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_run_config(args.config)
     if args.split:
         cfg["data"]["split"] = list(args.split)
     model, _ = load_model(cfg["model"]["checkpoint"])
+    if args.export:
+        best = torch.load(os.path.join(args.out, "best.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(best["model"])
+        save_model(args.export, model, cfg["model"], best_epoch=best["epoch"], val_metrics=best["val"],
+                   continued_from=cfg["model"]["checkpoint"], unfinished=True)
+        print(f"best weights of epoch {best['epoch']} (validation {best['val']}) written to {args.export}")
+        return
     data = load_data(cfg["data"])
     before = {"val": evaluate_energy_forces(model, data["val"]), "test": evaluate_energy_forces(model, data["test"])}
     section = PretrainConfig.from_dict(cfg["pretrain"], path="pretrain").to_dict()

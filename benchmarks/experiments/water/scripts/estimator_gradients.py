@@ -54,12 +54,18 @@ def sample(model, replicas: int, steps: int, every: int, equilibrate: int, seed:
     return x, alive, species, box
 
 
+OH_BONDS = torch.stack([torch.arange(N_MOL) * 3, torch.arange(N_MOL) * 3 + 1], 1).repeat_interleave(2, 0)
+OH_BONDS[1::2, 1] += 1  # (O, H1), (O, H2) of each molecule
+
+
 def bond_lengths(x: torch.Tensor, box: float) -> torch.Tensor:
-    """[S, 64] mean O-H length of each molecule (minimum image)."""
-    x = x.view(-1, N_MOL, 3, 3)
-    d = x[:, :, 1:] - x[:, :, :1]
-    d = d - box * torch.round(d / box)
-    return d.norm(dim=-1).mean(-1)
+    """[S, 64] mean O-H length of each molecule (periodic, ``bg.observables.BondLengths``)."""
+    x = x.reshape(-1, N, 3)
+    S = x.shape[0]
+    cell = (torch.eye(3, dtype=x.dtype) * box).expand(S, 3, 3)
+    lengths = bg.observables.BondLengths(OH_BONDS)(x.reshape(-1, 3), batch=torch.arange(S).repeat_interleave(N),
+                                                   cell=cell, pbc=True)
+    return lengths.view(S, N_MOL, 2).mean(-1)
 
 
 def pool_mean_oh(box: float) -> float:

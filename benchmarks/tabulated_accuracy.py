@@ -18,7 +18,7 @@ import boltzgrad as bg
 from boltzgrad.models import energy_and_forces
 from boltzgrad.stable.systems import load_model
 
-MODELS = {"water_spcfw": "data/models/water_schnet.pt", "aspirin_gfn2": "data/models/aspirin_schnet_n200.pt"}
+MODELS = {"water_spcfw": "data/models/water_schnet_e293.pt", "aspirin_gfn2": "data/models/aspirin_schnet_n200.pt"}
 
 
 def structures(name: str, n: int = 10):

@@ -1,7 +1,7 @@
-"""The shipped water model's pressure at the reference density, on 20 held-out SPC/Fw structures: the
+"""A water model's pressure at the reference density, on 20 held-out SPC/Fw structures: the
 configurational part (virial, tr W / 3V) and the kinetic part at 300 K (N kT / V), in bar.
 
-    python benchmarks/experiments/water/scripts/model_pressure.py [--model data/models/water_schnet.pt]
+    python benchmarks/experiments/water/scripts/model_pressure.py [--model data/models/water_schnet_e293.pt]
 """
 
 import argparse
@@ -17,7 +17,7 @@ EV_PER_A3_IN_BAR = 1.602176634e6
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="data/models/water_schnet.pt")
+    ap.add_argument("--model", default="data/models/water_schnet_e293.pt")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)[0].double()

@@ -1,10 +1,11 @@
-"""Is the shipped water model at its plateau? Continue its pre-training from the shipped weights on the same data
+"""Is a water model at its plateau? Continue its pre-training from its weights (default: the first pre-training run's
+best epoch, data/models/water_schnet_e293.pt, from which the shipped model was continued) on the same data
 (same split, loss weights and batch size as configs/water_schnet.yaml; Adam restarted at the run's final learning
 rate, 6.25e-5, halved after 10 epochs without improvement; energy shift/scale kept) and compare the validation and test
 errors before and after. Resumable (checkpoints in the output directory).
 
     python benchmarks/experiments/water/scripts/plateau_check.py [--epochs 40] \
-        [--out benchmarks/experiments/water/plateau/pretrain]
+        [--model data/models/water_schnet_e293.pt] [--out benchmarks/experiments/water/plateau/pretrain]
 """
 
 import argparse
@@ -22,6 +23,7 @@ from boltzgrad.stable.systems import load_data, load_model, save_model
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/water_schnet.yaml")
+    ap.add_argument("--model", default="data/models/water_schnet_e293.pt", help="the model to continue")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--split", type=int, nargs=3, default=None, help="data.split override (train val test)")
     ap.add_argument("--lr", type=float, default=6.25e-5)
@@ -35,7 +37,8 @@ def main() -> None:
     cfg = load_run_config(args.config)
     if args.split:
         cfg["data"]["split"] = list(args.split)
-    model, _ = load_model(cfg["model"]["checkpoint"])
+    cfg["model"]["checkpoint"] = args.model
+    model, _ = load_model(args.model)
     if args.export:
         best = torch.load(os.path.join(args.out, "best.pt"), map_location="cpu", weights_only=False)
         model.load_state_dict(best["model"])

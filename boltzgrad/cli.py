@@ -227,13 +227,21 @@ def _pretrain(args: argparse.Namespace) -> dict:
     result = fit_energy_forces(model, data["train"], val_dataset=data["val"] if len(data["val"]) else None,
                                test_dataset=data["test"], checkpoint_dir=run_dir, resume=args.resume,
                                seed=cfg["seed"], **section)
+    final_lr = result.history[-1]["lr"] if result.history else None
     info = {"test_metrics": result.test_metrics, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "n_train": len(data["train"]), "init": args.init,
+            "epochs_run": len(result.history), "stopped_early": bool(result.stopped_early), "final_lr": final_lr,
+            "n_train": len(data["train"]), "init": args.init,
             "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     if root:
         save_model(output, model, cfg["model"], **info)
         m = result.test_metrics
-        print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; test energy MAE "
+        if result.stopped_early:
+            ending = (f"stopped early: no lower validation loss for {section['early_stopping_patience']} epochs, "
+                      f"lr {final_lr:.3g}")
+        else:
+            ending = (f"ran all pretrain.epochs ({section['epochs']}) without early stopping: the validation loss "
+                      f"may still be falling (continue with --resume and more epochs, or --init {output})")
+        print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; {ending}; test energy MAE "
               f"{m['energy_mae']:.4g} eV, force MAE {m['force_mae']:.4g} eV/A; model written to {output}")
     distributed.barrier()  # the model file is there when any process returns
     return info

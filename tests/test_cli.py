@@ -243,6 +243,20 @@ def test_pretrain_init_starts_from_a_model_file(tmp_path):
         _run(["pretrain"], tmp_path, "--init", str(start), "--set", "model.hidden=[8, 8]")
 
 
+def test_pretrain_says_whether_it_stopped_at_a_plateau(tmp_path, capsys):
+    """The model file and the last line say whether early stopping ended the run or the epoch limit did."""
+    _run(["pretrain"], tmp_path, "--set", "pretrain.early_stopping_patience=50")
+    blob = load_model(tmp_path / "model.pt")[1]
+    assert blob["stopped_early"] is False and blob["epochs_run"] == 2 and blob["final_lr"] > 0
+    assert "ran all pretrain.epochs (2) without early stopping" in capsys.readouterr().out
+    # a learning rate too small to lower the validation loss: patience 1 ends the run after the second epoch
+    _run(["pretrain"], tmp_path, "--set", "pretrain.epochs=6", "--set", "pretrain.lr=1.0e-14",
+         "--set", "pretrain.early_stopping_patience=1", "--set", "pretrain.min_lr=1.0e-15")
+    blob = load_model(tmp_path / "model.pt")[1]
+    assert blob["stopped_early"] is True and blob["epochs_run"] == 2
+    assert "stopped early: no lower validation loss for 1 epochs" in capsys.readouterr().out
+
+
 def test_model_kind_as_an_import_path(tmp_path, monkeypatch):
     # any function returning a potential, its settings passed through from the model section
     (tmp_path / "my_potentials.py").write_text(

@@ -107,6 +107,14 @@ def gradients(model, x, species, box, beta, shells=()):
     return flat[0], flat[1], flat[2:]
 
 
+def report(res: dict, out) -> None:
+    """Print the result as JSON and, with ``out``, write it there (atomically)."""
+    text = json.dumps(res, indent=1)
+    print(text)
+    if out:
+        atomic_write_text(out, text + "\n")
+
+
 def cos(a, b) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
@@ -155,10 +163,7 @@ def main() -> None:
                     "norm": float(s_all[k].norm())} for k, r in enumerate(args.shell)],
         "seconds": time.perf_counter() - t0,
     }
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
+    report(res, args.out)
 
 
 if __name__ == "__main__":

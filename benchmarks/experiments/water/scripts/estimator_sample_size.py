@@ -20,7 +20,6 @@ mean O-H length, U_fn its atoms' energies), from which both estimators of any su
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,10 +28,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from estimator_gradients import N_MOL, N, bond_lengths, cos, sample  # noqa: E402
+from estimator_gradients import N_MOL, N, bond_lengths, cos, report, sample  # noqa: E402
 
 import boltzgrad as bg  # noqa: E402
-from boltzgrad._files import atomic_write_text  # noqa: E402
 from boltzgrad.stable.systems import load_model  # noqa: E402
 
 
@@ -119,10 +117,7 @@ def main() -> None:
            "all_blocks": {"cos_global_ref": cos(full_global, ref_global), "cos_local_ref": cos(full_local, ref_global),
                           "cos_local_ref_local": cos(full_local, ref_local)},
            "rows": rows, "draws": args.draws, "seconds": time.perf_counter() - t0}
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
+    report(res, args.out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> None:
         best = torch.load(os.path.join(args.out, "best.pt"), map_location="cpu", weights_only=False)
         model.load_state_dict(best["model"])
         save_model(args.export, model, cfg["model"], best_epoch=best["epoch"], val_metrics=best["val"],
-                   continued_from=cfg["model"]["checkpoint"], unfinished=True)
+                   exported_from=os.path.join(args.out, "best.pt"), unfinished=True)
         print(f"best weights of epoch {best['epoch']} (validation {best['val']}) written to {args.export}")
         return
     data = load_data(cfg["data"])

@@ -12,7 +12,7 @@ import torch
 from boltzgrad.cli import main
 from boltzgrad.pretrain import qm_loss
 from boltzgrad.stable.config import StableConfig
-from boltzgrad.stable.survival import kaplan_meier, logrank_test, median_with_ci
+from boltzgrad.stable.survival import kaplan_meier, logrank_test, mean_difference_with_ci, median_with_ci
 from boltzgrad.stable.systems import load_model
 from boltzgrad.stable.trainer import qm_only_control
 
@@ -76,6 +76,55 @@ def test_median_interval_covers_and_shrinks():
     assert lo2 < np.log(2) < hi2  # the exponential's median
     with pytest.raises(ValueError, match="non-empty"):
         median_with_ci([[]])
+
+
+def test_mean_difference_interval_covers_the_true_shift_and_zero_only_without_one():
+    rng = np.random.default_rng(1)
+    a = [rng.normal(1.0 + 0.02 * rng.standard_normal(), 0.05, 8) for _ in range(4)]  # seed-level + replica noise
+    b = [rng.normal(0.8 + 0.02 * rng.standard_normal(), 0.05, 8) for _ in range(4)]
+    d, lo, hi = mean_difference_with_ci(a, b, n_boot=1000)
+    assert lo < d < hi and lo < 0.2 < hi and lo > 0  # the shift of 0.2 is inside, no shift is excluded
+    b_same = [rng.normal(1.0 + 0.02 * rng.standard_normal(), 0.05, 8) for _ in range(4)]
+    d0, lo0, hi0 = mean_difference_with_ci(a, b_same, n_boot=1000)
+    assert lo0 < 0 < hi0
+    # hierarchical: with the same pooled values, a large seed-to-seed spread widens the interval
+    flat = [np.full(8, 1.0) + 0.01 * np.arange(8) for _ in range(4)]
+    spread = [np.full(8, 1.0 + 0.3 * k) + 0.01 * np.arange(8) for k in range(4)]
+    w_flat = np.subtract(*mean_difference_with_ci(flat, b, n_boot=500)[2:0:-1])
+    w_spread = np.subtract(*mean_difference_with_ci(spread, b, n_boot=500)[2:0:-1])
+    assert w_spread > 3 * w_flat
+    with pytest.raises(ValueError, match="groups_b"):
+        mean_difference_with_ci(a, [[]])
+    with pytest.raises(ValueError, match="groups_a must be finite"):
+        mean_difference_with_ci([[1.0, float("nan")]], b)
+
+
+def test_summary_reports_npt_densities_and_their_difference():
+    from boltzgrad.stable.experiment import format_markdown, summarize
+
+    def rec(arm, seed, rho):
+        return {"arm": arm, "seed": seed, "max_time": 1000.0, "stable_time": [1000.0, 1000.0, 300.0],
+                "unstable": [False, False, True], "median_stable_time": 1000.0, "r": [0.5, 1.5],
+                "kinds": [[8, 8]], "model_structure": [[1.0, 2.0]], "reference_structure": [[1.0, 2.1]],
+                "structure_error": 0.1, "test_metrics": None, "diffusivity": None,
+                "npt": {"density_g_cm3": float(np.mean([x for x in rho if x])), "replica_density_g_cm3": rho}}
+
+    records = {"qm_only": [rec("qm_only", s, [0.75 + 0.01 * s, 0.77, None]) for s in (0, 1, 2)],
+               "stable": [rec("stable", s, [1.02, 0.98 + 0.01 * s, 1.0]) for s in (0, 1, 2)]}
+    summary = summarize(records, n_boot=200)
+    rho = summary["arms"]["stable"]["density"]
+    assert rho["n"] == 9 and rho["mean"] == pytest.approx(1.0 + 0.01 / 3)
+    assert summary["arms"]["qm_only"]["density"]["n"] == 6  # replicas without stable frames are left out
+    t = summary["density_tests"]["stable vs qm_only"]
+    assert t["difference"] == pytest.approx(1.0 + 0.01 / 3 - 0.765)
+    assert 0 < t["ci95"][0] < t["difference"] < t["ci95"][1]
+    md = format_markdown(summary)
+    assert "density (g/cm³)" in md and "(n = 9)" in md and "stable vs qm_only: density difference +0.238" in md
+    for recs in records.values():  # NVT records: no density column and no density test
+        for r in recs:
+            r.pop("npt")
+    plain = summarize(records, n_boot=50)
+    assert "density_tests" not in plain and "density (g/cm³)" not in format_markdown(plain)
 
 
 def _tiny_aspirin():

@@ -57,6 +57,10 @@ def test_npt_evaluation_reports_density_and_volume_fluctuations(lj_run):
     assert 0.5 < npt["density_g_cm3"] < 2.5 and npt["volume_sd_A3"] > 0 and npt["frames"] > 0
     assert math.isclose(npt["density_sd_g_cm3"] / npt["density_g_cm3"], npt["volume_sd_A3"] / npt["volume_A3"],
                         rel_tol=1e-9)
+    # each replica's mean density; the pooled density is their frame-weighted harmonic mean, so it lies between them
+    per = npt["replica_density_g_cm3"]
+    assert len(per) == 2 and all(d is not None and 0.5 < d < 2.5 for d in per)
+    assert min(per) * (1 - 1e-12) <= npt["density_g_cm3"] <= max(per) * (1 + 1e-12)
     nvt = evaluate(model, evaluate_config(cfg, {"replicas": 2, "max_time": 200.0, "check_every": 20,
                                                 "sample_every": 10, "vacf_window": 5, "progress": False}),
                    data["starts"], reference=data["reference"])

@@ -538,7 +538,8 @@ _DENSITY = 1.66053906660
 
 def _npt_summary(tally: _Tally, first) -> dict:
     """NPT runs: mean volume and density over the frames of the stable blocks, and their fluctuations (the
-    standard deviation within a replica's run, pooled over replicas)."""
+    standard deviation within a replica's run, pooled over replicas), and each replica's mean density (None for a
+    replica without stable frames)."""
     n, s, s2 = tally.volume.sum(0).tolist()
     if n == 0:
         return {}
@@ -547,8 +548,11 @@ def _npt_summary(tally: _Tally, first) -> dict:
     within = float(((per_s2 - per_s * per_s / per_n.clamp_min(1))[has]).sum() / n)
     mean_v, sd_v = s / n, math.sqrt(max(within, 0.0))
     mass = float(_masses(first["species"], torch.float64).sum())
+    replica = [_DENSITY * mass * c / v if c > 0 else None
+               for c, v in zip(per_n.tolist(), per_s.tolist(), strict=True)]
     return {"npt": {"volume_A3": mean_v, "volume_sd_A3": sd_v, "density_g_cm3": _DENSITY * mass / mean_v,
-                    "density_sd_g_cm3": _DENSITY * mass * sd_v / mean_v**2, "frames": int(n)}}
+                    "density_sd_g_cm3": _DENSITY * mass * sd_v / mean_v**2, "frames": int(n),
+                    "replica_density_g_cm3": replica}}
 
 
 def _structure_summary(tally: _Tally, structure, reference):

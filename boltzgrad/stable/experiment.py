@@ -48,7 +48,7 @@ import numpy as np
 
 from .._files import atomic_write_text
 from .run_config import ARMS, ExperimentConfig, GeneralizationConfig, parse_run_config
-from .survival import kaplan_meier, logrank_test, median_with_ci
+from .survival import kaplan_meier, logrank_test, mean_difference_with_ci, median_with_ci
 
 __all__ = ["ARMS", "EXPERIMENT_FIELDS", "experiment_settings", "run_experiment", "summarize"]
 
@@ -142,7 +142,7 @@ def _evaluate(model, cfg, out, arm, seed, overrides, data, verbose, tag: str = "
            "reference_structure": None if r.reference_structure is None else np.asarray(r.reference_structure).tolist(),
            "structure_error": None if r.structure_error is None else float(max(r.structure_error)),
            "diffusivity": r.diffusivity, "replica_diffusivity": r.extra.get("replica_diffusivity"),
-           "test_metrics": r.test_metrics, "seconds": r.seconds}
+           "test_metrics": r.test_metrics, "npt": r.extra.get("npt"), "seconds": r.seconds}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_json(path, rec)
     if verbose:
@@ -341,6 +341,13 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
                 "n": len(per_replica), "mean": float(np.mean(per_replica)),
                 "sem": float(np.std(per_replica, ddof=1) / math.sqrt(len(per_replica))) if len(per_replica) > 1
                 else None}
+        densities = _replica_densities(recs)
+        if densities is not None:  # NPT: each replica's mean density; pooled over seeds: mean ± standard error
+            pooled = [d for g in densities for d in g]
+            arms[arm]["density"] = {
+                "per_seed": [float(np.mean(g)) if g else None for g in densities], "n": len(pooled),
+                "mean": float(np.mean(pooled)) if pooled else None,
+                "sem": float(np.std(pooled, ddof=1) / math.sqrt(len(pooled))) if len(pooled) > 1 else None}
     tests = {}
     pairs = [("stable", "qm_only"), ("stable", "pretrained"), ("qm_only", "pretrained"), ("obs_only", "qm_only"),
              ("stable", "global"), ("global", "qm_only")]
@@ -352,7 +359,24 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
             med_b = arms[b]["median_stable_time_fs"]
             res["median_ratio"] = arms[a]["median_stable_time_fs"] / med_b if med_b > 0 else None
             tests[f"{a} vs {b}"] = res
-    return {"arms": arms, "tests": tests}
+    out = {"arms": arms, "tests": tests}
+    density_tests = {}
+    for a, b in pairs:
+        if a in records and b in records:
+            ga, gb = (_replica_densities(records[x]) for x in (a, b))
+            if ga and gb and all(ga) and all(gb):
+                d, lo, hi = mean_difference_with_ci(ga, gb, n_boot=n_boot)
+                density_tests[f"{a} vs {b}"] = {"difference": d, "ci95": [lo, hi]}
+    if density_tests:
+        out["density_tests"] = density_tests
+    return out
+
+
+def _replica_densities(recs) -> list[list[float]] | None:
+    """Per seed, the mean density of each replica with stable frames (NPT evaluations), or None without NPT data."""
+    if not any(r.get("npt") for r in recs):
+        return None
+    return [[d for d in ((r.get("npt") or {}).get("replica_density_g_cm3") or []) if d is not None] for r in recs]
 
 
 def _pooled(recs):
@@ -375,16 +399,24 @@ def format_markdown(summary: dict) -> str:
             return "n/a"
         return f"{d['mean']:.3e}" + ("" if d["sem"] is None else f" ± {d['sem']:.1e}") + f" (n = {d['n']})"
 
+    def density(a):  # NPT: each replica's mean density, pooled over seeds: mean ± standard error (n replicas)
+        d = a.get("density") or {}
+        if d.get("mean") is None:
+            return "n/a"
+        return f"{d['mean']:.3f}" + ("" if d["sem"] is None else f" ± {d['sem']:.3f}") + f" (n = {d['n']})"
+
     with_d = any((a.get("diffusivity") or {}).get("replicas") for a in summary["arms"].values())
+    with_rho = any(a.get("density") for a in summary["arms"].values())
     lines = ["| arm | seeds | replicas | median stable time (ps) [95% CI] | stable to the end | force MAE (eV/Å) | "
-             "energy MAE (eV) | h(r) error |" + (" D (Å²/fs) |" if with_d else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if with_d else "")]
+             "energy MAE (eV) | h(r) error |" + (" D (Å²/fs) |" if with_d else "")
+             + (" density (g/cm³) |" if with_rho else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if with_d else "") + ("---|" if with_rho else "")]
     for arm, a in summary["arms"].items():
         lo, hi = a["median_ci95_fs"]
         lines.append(f"| {arm} | {len(a['seeds'])} | {a['replicas']} | {a['median_stable_time_fs'] / 1000:.3g} "
                      f"[{lo / 1000:.3g}, {hi / 1000:.3g}] | {a['stable_to_end']}/{a['replicas']} | "
                      f"{ms(a['force_mae'])} | {ms(a['energy_mae'])} | {ms(a['hr_error'])} |"
-                     + (f" {diffusivity(a)} |" if with_d else ""))
+                     + (f" {diffusivity(a)} |" if with_d else "") + (f" {density(a)} |" if with_rho else ""))
     first = next(iter(summary["arms"].values()))
     lines.append("")
     lines.append(f"Run length {first['max_time_fs'] / 1000:.4g} ps; medians count replicas stable to the end at the "
@@ -394,11 +426,18 @@ def format_markdown(summary: dict) -> str:
         lines.append("D: self-diffusion coefficient of the evaluated species from each replica's stable frames, mean "
                      "± standard error over the replicas of all seeds" +
                      (f"; reference {ref:.3e} Å²/fs." if ref is not None else "."))
+    if with_rho:
+        lines.append("Density: each replica's mean over its stable frames (NPT), mean ± standard error over the "
+                     "replicas of all seeds.")
     for name, t in summary["tests"].items():
         ratio = "n/a" if t["median_ratio"] is None else f"{t['median_ratio']:.2f}"
         lines.append(f"- {name}: log-rank (stratified by seed) chi2 = {t['chi2']:.2f}, p = {t['p']:.2g}; "
                      f"median ratio {ratio}; instabilities observed {t['observed_a']:.0f} vs "
                      f"{t['expected_a']:.1f} expected under equal survival")
+    for name, t in (summary.get("density_tests") or {}).items():
+        lo, hi = t["ci95"]
+        lines.append(f"- {name}: density difference {t['difference']:+.3f} g/cm³ [95% CI {lo:+.3f}, {hi:+.3f}] "
+                     "(hierarchical bootstrap over seeds and replicas)")
     if summary.get("generalization"):
         lines += ["", "Away from the training conditions (one seed per arm; h(r) error against the reference "
                   "Boltzmann-reweighted to the temperature, with its effective sample size):", "",

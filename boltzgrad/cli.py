@@ -235,11 +235,13 @@ def _pretrain(args: argparse.Namespace) -> dict:
     if root:
         save_model(output, model, cfg["model"], **info)
         m = result.test_metrics
+        watched = {"val_loss": "validation loss", "val_force_mae": "validation force MAE",
+                   "val_energy_mae": "validation energy MAE"}[section["monitor"]]
         if result.stopped_early:
-            ending = (f"stopped early: no lower validation loss for {section['early_stopping_patience']} epochs, "
+            ending = (f"stopped early: no lower {watched} for {section['early_stopping_patience']} epochs, "
                       f"lr {final_lr:.3g}")
         else:
-            ending = (f"ran all pretrain.epochs ({section['epochs']}) without early stopping: the validation loss "
+            ending = (f"ran all pretrain.epochs ({section['epochs']}) without early stopping: the {watched} "
                       f"may still be falling (continue with --resume and more epochs, or --init {output})")
         print(f"pretrain: best epoch {result.best_epoch} of {len(result.history)}; {ending}; test energy MAE "
               f"{m['energy_mae']:.4g} eV, force MAE {m['force_mae']:.4g} eV/A; model written to {output}")

@@ -170,6 +170,10 @@ def evaluate_energy_forces(model, dataset, *, batch_size: int = 32, energy_weigh
     }
 
 
+#: ``monitor`` of :func:`fit_energy_forces`: the key of :func:`evaluate_energy_forces` it reads.
+MONITORS = {"val_loss": "loss", "val_force_mae": "force_mae", "val_energy_mae": "energy_mae"}
+
+
 @dataclass
 class FitResult:
     """What :func:`fit_energy_forces` returns.
@@ -177,16 +181,19 @@ class FitResult:
     Attributes:
         history: one dict per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_energy_mae`` (eV),
             ``val_force_mae`` (eV/Å), ``lr``, ``seconds``.
-        best_epoch: epoch with the lowest validation loss (its weights are loaded into the model).
-        best_val_loss: that loss.
+        best_epoch: epoch with the lowest monitored validation metric (``monitor``, the validation loss by default;
+            its weights are loaded into the model).
+        best_val_loss: the validation loss of that epoch.
+        best_metric: the monitored metric of that epoch (``best_val_loss`` when ``monitor`` is ``"val_loss"``).
         test_metrics: :func:`evaluate_energy_forces` of the best model on ``test_dataset`` (None without one).
-        stopped_early: True when training ended because the validation loss stopped improving.
+        stopped_early: True when training ended because the monitored metric stopped improving.
         checkpoint_dir: where ``best.pt``, ``last.pt`` and ``log.jsonl`` were written (None if nowhere).
     """
 
     history: list = field(default_factory=list)
     best_epoch: int = -1
     best_val_loss: float = math.inf
+    best_metric: float = math.inf
     test_metrics: dict | None = None
     stopped_early: bool = False
     checkpoint_dir: str | None = None
@@ -355,6 +362,7 @@ def fit_energy_forces(
     lr_patience: int = 5,
     min_lr: float = 1e-6,
     early_stopping_patience: int = 20,
+    monitor: str = "val_loss",
     grad_clip: float | None = None,
     fit_shift_scale: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -377,8 +385,12 @@ def fit_energy_forces(
         epochs: largest epoch count (an epoch is one pass over the training set in shuffled minibatches).
         batch_size: structures per minibatch.
         lr, weight_decay: Adam's learning rate and L2 weight decay.
-        lr_factor, lr_patience, min_lr: ReduceLROnPlateau on the validation loss.
-        early_stopping_patience: stop after this many epochs without a lower validation loss.
+        lr_factor, lr_patience, min_lr: ReduceLROnPlateau on the monitored metric.
+        early_stopping_patience: stop after this many epochs without a lower monitored metric.
+        monitor: the validation metric that the learning-rate schedule, early stopping and the best weights follow:
+            ``"val_loss"`` (Eq. 1), ``"val_force_mae"`` or ``"val_energy_mae"``. On large structures the loss is
+            dominated by noisy total energies and can stop a run while the force error still falls
+            (docs/faq.md).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         fit_shift_scale: before training, call ``model.fit_shift_scale(energy, species, batch, forces)`` on the
             training set if the model has that method (SchNet's per-species energy shift and scale).
@@ -404,11 +416,15 @@ def fit_energy_forces(
     _check_fit_arguments(model, epochs=epochs, batch_size=batch_size, lr_patience=lr_patience,
                          early_stopping_patience=early_stopping_patience, energy_weight=energy_weight,
                          force_weight=force_weight, lr=lr, resume=resume, checkpoint_dir=checkpoint_dir)
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}")
     train_set, val_set = _fit_sets(dataset, val_dataset, val_fraction, seed, energy_weight, force_weight)
     dtype, device = _model_dtype_device(model)
     config = {"n_train": len(train_set), "n_val": len(val_set), "seed": seed, "batch_size": batch_size,
               "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
               "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set)}
+    if monitor != "val_loss":  # recorded only when set, so that older checkpoints (always the loss) still resume
+        config["monitor"] = monitor
     ckpt_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     root = distributed.is_root()
     if ckpt_dir is not None and root:
@@ -420,6 +436,9 @@ def fit_energy_forces(
     state = _load_on_root(last_path) if resume else None
     if state is not None:
         _check_run(state["config"], config, last_path)
+        if state["config"].get("monitor", "val_loss") != monitor:
+            raise ValueError(f"checkpoint {last_path} belongs to another run: monitor: checkpoint "
+                             f"{state['config'].get('monitor', 'val_loss')!r} vs now {monitor!r}")
     elif fit_shift_scale and hasattr(model, "fit_shift_scale") and train_set.has_energy:
         b = train_set.collate(dtype=torch.float64)
         model.fit_shift_scale(b.energy, b.species, b.batch, b.forces if train_set.has_forces else None)
@@ -437,6 +456,7 @@ def fit_energy_forces(
         start_epoch, bad_epochs = state["epoch"] + 1, state["bad_epochs"]
         result.history, result.best_epoch, result.best_val_loss = state["history"], state["best_epoch"], state[
             "best_val_loss"]
+        result.best_metric = state.get("best_metric", result.best_val_loss)
         best_state = state["best_model"]
         if state["stopped_early"]:
             result.stopped_early = True
@@ -456,14 +476,15 @@ def fit_energy_forces(
                                   grad_clip=grad_clip)
         val = evaluate_energy_forces(model, val_set, batch_size=batch_size, energy_weight=energy_weight,
                                      force_weight=force_weight)
-        scheduler.step(val["loss"])
+        metric = val[MONITORS[monitor]]
+        scheduler.step(metric)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                "val_energy_mae": val["energy_mae"], "val_force_mae": val["force_mae"],
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
-        improved = val["loss"] < result.best_val_loss
+        improved = metric < result.best_metric
         if improved:
-            result.best_val_loss, result.best_epoch, bad_epochs = val["loss"], epoch, 0
+            result.best_metric, result.best_val_loss, result.best_epoch, bad_epochs = metric, val["loss"], epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -479,7 +500,8 @@ def fit_energy_forces(
             _write_fit_files(ckpt_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "bad_epochs": bad_epochs, "history": result.history, "best_epoch": result.best_epoch,
-                "best_val_loss": result.best_val_loss, "best_model": best_state, "config": config,
+                "best_val_loss": result.best_val_loss, "best_metric": result.best_metric, "best_model": best_state,
+                "config": config,
                 "stopped_early": stop}, best={"model": best_state, "epoch": epoch, "val": val, "config": config}
                 if improved else None)
         if stop:

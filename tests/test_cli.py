@@ -255,6 +255,13 @@ def test_pretrain_says_whether_it_stopped_at_a_plateau(tmp_path, capsys):
     blob = load_model(tmp_path / "model.pt")[1]
     assert blob["stopped_early"] is True and blob["epochs_run"] == 2
     assert "stopped early: no lower validation loss for 1 epochs" in capsys.readouterr().out
+    # the same with the validation force MAE as the monitored metric
+    _run(["pretrain"], tmp_path, "--set", "pretrain.epochs=6", "--set", "pretrain.lr=1.0e-14",
+         "--set", "pretrain.early_stopping_patience=1", "--set", "pretrain.min_lr=1.0e-15",
+         "--set", "pretrain.monitor=val_force_mae")
+    assert "stopped early: no lower validation force MAE for 1 epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="pretrain.monitor"):
+        _run(["pretrain"], tmp_path, "--set", "pretrain.monitor=force_mae")
 
 
 def test_model_kind_as_an_import_path(tmp_path, monkeypatch):

@@ -150,6 +150,31 @@ def test_early_stopping(tmp_path):
     assert len(res.history) == res.best_epoch + 1 + 3 < 40
 
 
+def test_monitor_chooses_the_metric_of_the_schedule_early_stopping_and_best_weights(tmp_path):
+    ds = lj_dataset(24)
+    # energies weigh heavily and the labels are noisy: the loss and the force error reach their minima at different
+    # epochs
+    noisy = AtomsDataset(ds.positions.reshape(24, 5, 3), ds.species[:5],
+                         energy=ds.energy + 0.3 * torch.randn(24, generator=torch.Generator().manual_seed(0),
+                                                              dtype=ds.energy.dtype),
+                         forces=ds.forces.reshape(24, 5, 3))
+    kw = dict(epochs=12, batch_size=6, lr=1e-2, val_fraction=0.25, energy_weight=30.0, progress=False, seed=1,
+              early_stopping_patience=100)
+    by_loss = fit_energy_forces(small_model(), noisy, **kw)
+    by_force = fit_energy_forces(small_model(), noisy, monitor="val_force_mae", checkpoint_dir=tmp_path, **kw)
+    loss = [r["val_loss"] for r in by_loss.history]
+    force = [r["val_force_mae"] for r in by_force.history]
+    assert by_loss.best_epoch == int(np.argmin(loss)) and by_loss.best_metric == by_loss.best_val_loss == min(loss)
+    assert by_force.best_epoch == int(np.argmin(force)) and by_force.best_metric == min(force)
+    assert by_force.best_val_loss == by_force.history[by_force.best_epoch]["val_loss"]
+    assert by_loss.best_epoch != by_force.best_epoch  # the setting made a difference here
+    # the checkpoint belongs to a run that monitored the force error: resuming with another monitor is refused
+    with pytest.raises(ValueError, match="monitor"):
+        fit_energy_forces(small_model(), noisy, checkpoint_dir=tmp_path, resume=True, **kw)
+    with pytest.raises(ValueError, match="monitor must be one of val_loss, val_force_mae, val_energy_mae"):
+        fit_energy_forces(small_model(), noisy, monitor="force_mae", progress=False)
+
+
 def test_bad_arguments():
     ds = lj_dataset(4)
     with pytest.raises(ValueError, match="force_weight"):

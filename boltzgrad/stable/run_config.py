@@ -247,6 +247,7 @@ class PretrainConfig(Section):
     lr_patience: int = setting(5, ge=1)
     min_lr: float = setting(1e-6, ge=0)
     early_stopping_patience: int = setting(20, ge=1)
+    monitor: str = setting("val_loss", choices=("val_loss", "val_force_mae", "val_energy_mae"))
     grad_clip: float | None = setting(None, gt=0, finite=False)
     energy_weight: float = setting(1.0, ge=0)
     force_weight: float = setting(100.0, ge=0)

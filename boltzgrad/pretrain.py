@@ -207,8 +207,13 @@ def _atomic_write_text(text: str, path: str) -> None:
     atomic_write_text(path, text)
 
 
+#: Run settings that checkpoints of older boltzgrad did not record, with the value those runs always had.
+_RUN_DEFAULTS = {"monitor": "val_loss"}
+
+
 def _check_run(saved: dict, config: dict, path: str) -> None:
     """A pre-training checkpoint must belong to this run (same settings, training and validation structures)."""
+    saved = {**_RUN_DEFAULTS, **saved}
     missing = [k for k in config if k not in saved]
     if missing:  # checkpoints of boltzgrad before these entries
         warnings.warn(f"checkpoint {path} does not record {missing}: resuming without checking them",
@@ -422,9 +427,7 @@ def fit_energy_forces(
     dtype, device = _model_dtype_device(model)
     config = {"n_train": len(train_set), "n_val": len(val_set), "seed": seed, "batch_size": batch_size,
               "energy_weight": energy_weight, "force_weight": force_weight, "lr": lr,
-              "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set)}
-    if monitor != "val_loss":  # recorded only when set, so that older checkpoints (always the loss) still resume
-        config["monitor"] = monitor
+              "train_data": dataset_digest(train_set), "val_data": dataset_digest(val_set), "monitor": monitor}
     ckpt_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     root = distributed.is_root()
     if ckpt_dir is not None and root:
@@ -436,9 +439,6 @@ def fit_energy_forces(
     state = _load_on_root(last_path) if resume else None
     if state is not None:
         _check_run(state["config"], config, last_path)
-        if state["config"].get("monitor", "val_loss") != monitor:
-            raise ValueError(f"checkpoint {last_path} belongs to another run: monitor: checkpoint "
-                             f"{state['config'].get('monitor', 'val_loss')!r} vs now {monitor!r}")
     elif fit_shift_scale and hasattr(model, "fit_shift_scale") and train_set.has_energy:
         b = train_set.collate(dtype=torch.float64)
         model.fit_shift_scale(b.energy, b.species, b.batch, b.forces if train_set.has_forces else None)

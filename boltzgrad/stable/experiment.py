@@ -312,7 +312,7 @@ def run_experiment(cfg: dict, *, data: dict | None = None, verbose: bool = True)
 
 def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
     """Per-arm statistics and the arms' log-rank tests from the evaluation records (see the module doc)."""
-    arms = {}
+    arms, densities_of = {}, {}
     for arm, recs in records.items():
         groups = [np.asarray(r["stable_time"]) for r in recs]
         med, lo, hi = median_with_ci(groups, n_boot=n_boot)
@@ -341,7 +341,7 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
                 "n": len(per_replica), "mean": float(np.mean(per_replica)),
                 "sem": float(np.std(per_replica, ddof=1) / math.sqrt(len(per_replica))) if len(per_replica) > 1
                 else None}
-        densities = _replica_densities(recs)
+        densities = densities_of[arm] = _replica_densities(recs)
         if densities is not None:  # NPT: each replica's mean density; pooled over seeds: mean ± standard error
             pooled = [d for g in densities for d in g]
             arms[arm]["density"] = {
@@ -363,7 +363,7 @@ def summarize(records: dict[str, list[dict]], *, n_boot: int = 2000) -> dict:
     density_tests = {}
     for a, b in pairs:
         if a in records and b in records:
-            ga, gb = (_replica_densities(records[x]) for x in (a, b))
+            ga, gb = densities_of[a], densities_of[b]
             if ga and gb and all(ga) and all(gb):
                 d, lo, hi = mean_difference_with_ci(ga, gb, n_boot=n_boot)
                 density_tests[f"{a} vs {b}"] = {"difference": d, "ci95": [lo, hi]}
